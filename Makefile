@@ -1,0 +1,20 @@
+# The two commands of the README. Both create .venv/ (once) from pyproject.toml + requirements.lock.
+PYTHON ?= python3
+VENV := .venv
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+.PHONY: setup demo test bench
+setup: $(VENV)/.installed
+
+demo: setup  ## the main job on the embedded corpus: train cpu_tiny, write metrics and plots
+	$(VENV)/bin/blt train cpu_tiny
+
+test: setup  ## the whole test suite
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: setup  ## performance figures (prints ratios; not part of the tests)
+	for script in benchmarks/*.py; do $(VENV)/bin/python $$script || exit 1; done

@@ -1,0 +1,1 @@
+"""blt-scale: distributed training of Byte Latent Transformers."""

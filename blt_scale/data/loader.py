@@ -1,0 +1,74 @@
+"""Training and validation batches: packed byte rows with their patch lengths.
+
+A batch is a dict: `tokens` [B, seq_len + 1] (inputs are tokens[:, :-1], targets tokens[:, 1:])
+and `patch_lengths` [B, P] for the inputs (each row sums to seq_len, zero-padded).
+
+Rows are dealt out by a global cursor: step s uses rows [s * G, (s + 1) * G) of the epoch's seeded
+order, G = micro_batch * world_size, rank r taking its slice. The loader's state is that cursor,
+so resuming, also on another number of ranks with the same global batch, sees every row once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from blt_scale.config import Config
+from blt_scale.data.builtin import stdlib_documents
+from blt_scale.data.packing import pack
+from blt_scale.model.patcher import PatcherConfig, patch_lengths
+
+
+class DataConfig(Config):
+    seq_len: int = Field(default=512, gt=1, description="bytes per training sequence")
+    corpus_bytes: int = Field(default=8_000_000, gt=0, description="size of the embedded corpus to read")
+    val_fraction: float = Field(default=0.02, ge=0, lt=1, description="documents held out, chosen by hash")
+
+
+def is_validation(document: bytes, fraction: float) -> bool:
+    return zlib.crc32(document) % 10_000 < fraction * 10_000
+
+
+class BuiltinLoader:
+    """The embedded corpus, packed in memory."""
+
+    def __init__(
+        self, cfg: DataConfig, patcher: PatcherConfig, micro_batch: int, split: str = "train",
+        rank: int = 0, world_size: int = 1, seed: int = 0,
+    ):
+        if patcher.mode == "entropy":
+            raise ValueError("patcher.mode=entropy needs entropy shards; the embedded corpus has none")
+        docs = (d for d in stdlib_documents(cfg.corpus_bytes) if is_validation(d, cfg.val_fraction) == (split == "val"))
+        rows = list(pack(docs, cfg.seq_len + 1))
+        if len(rows) < micro_batch * world_size:
+            raise ValueError(f"the embedded corpus gives {len(rows)} {split} rows of {cfg.seq_len + 1} ids; "
+                             f"one step needs {micro_batch * world_size}: raise data.corpus_bytes")
+        self.rows = np.stack(rows).astype(np.int16)  # ids < 259 fit
+        self.patcher, self.micro_batch, self.seed = patcher, micro_batch, seed
+        self.rank, self.world_size = rank, world_size
+        self.consumed = 0  # rows dealt to all ranks so far
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
+        return self._orders[epoch]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(self.rows)
+        while True:
+            start = self.consumed + self.rank * self.micro_batch
+            idx = [self._order((start + i) // n)[(start + i) % n] for i in range(self.micro_batch)]
+            self.consumed += self.micro_batch * self.world_size
+            tokens = torch.from_numpy(self.rows[idx].astype(np.int64))
+            yield {"tokens": tokens, "patch_lengths": patch_lengths(tokens[:, :-1], self.patcher)}
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed = int(state["consumed"])

@@ -1,0 +1,126 @@
+"""FLOP and parameter accounting: the one place blt-scale counts compute.
+
+Forward FLOPs per byte, by component, split into
+- `linear`: products with weight matrices (2 * in * out per row they are applied to);
+- `attention`: score (QK^T) and value (AV) products, 2 * 2 * dim per visible key, honouring
+  causality and sliding windows (document masks are not counted: this is the upper bound).
+Embedding and hash-table lookups cost 0. Per-patch work (the latent transformer and the
+projections into and out of it) is divided by the mean bytes per patch. Training = 3 x forward.
+
+Sequences are taken to be `seq_len` bytes cut into patches of `patch_bytes` bytes each, the
+quantity a trainer measures and a sweep plans with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from blt_scale.model.blt import BLTConfig
+from blt_scale.model.byte_lm import ByteLMConfig
+from blt_scale.model.layers import TransformerConfig
+from blt_scale.model.vocab import VOCAB_SIZE
+
+
+@dataclass
+class FlopReport:
+    params: dict[str, int]
+    linear: dict[str, float]  # forward FLOPs per byte
+    attention: dict[str, float]  # forward FLOPs per byte
+    seq_len: int
+    patch_bytes: float
+
+    @property
+    def forward_per_byte(self) -> float:
+        return sum(self.linear.values()) + sum(self.attention.values())
+
+    @property
+    def train_per_byte(self) -> float:
+        return 3 * self.forward_per_byte
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params.values())
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {
+            "total_params": self.total_params,
+            "forward_flops_per_byte": self.forward_per_byte,
+            "train_flops_per_byte": self.train_per_byte,
+        }
+
+
+def _block_params(t: TransformerConfig) -> int:
+    return 4 * t.dim * t.dim + 3 * t.dim * t.ffn_dim + 2 * t.dim
+
+
+def _block_linear(t: TransformerConfig) -> float:
+    return 2.0 * (4 * t.dim * t.dim + 3 * t.dim * t.ffn_dim)
+
+
+def mean_visible_keys(length: float, window: int | None) -> float:
+    """Average number of keys a causal query sees in a sequence of `length`, within `window`."""
+    n = max(int(round(length)), 1)
+    w = n if window is None else min(window, n)
+    # sum_{t<n} min(t+1, w) = w(w+1)/2 + (n-w)w
+    return (w * (w + 1) / 2 + (n - w) * w) / n
+
+
+def _stack_attention(t: TransformerConfig, length: float) -> float:
+    return t.layers * 4.0 * t.dim * mean_visible_keys(length, t.window)
+
+
+def byte_lm_flops(cfg: ByteLMConfig, seq_len: int) -> FlopReport:
+    d = cfg.dim
+    params = {
+        "embedding": VOCAB_SIZE * d,
+        "transformer": cfg.layers * _block_params(cfg) + d,
+        "output": d * VOCAB_SIZE,
+    }
+    linear = {"transformer": cfg.layers * _block_linear(cfg), "output": 2.0 * d * VOCAB_SIZE}
+    attention = {"transformer": _stack_attention(cfg, seq_len)}
+    return FlopReport(params, linear, attention, seq_len, 1.0)
+
+
+def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
+    enc, lat, dec, k = cfg.encoder, cfg.global_, cfg.decoder, cfg.patch_queries
+    d, D = enc.dim, lat.dim
+    T = float(seq_len)
+    P = T / patch_bytes  # patches per sequence
+    n_enc_x, n_dec_x = cfg.cross_layers(enc), cfg.cross_layers(dec)
+    cross_params = 4 * d * d + 2 * d
+
+    params = {
+        "embedding": VOCAB_SIZE * d,
+        "hash_embeddings": len(cfg.ngram.sizes) * cfg.ngram.buckets * d,
+        "local_encoder": enc.layers * _block_params(enc),
+        "encoder_cross_attn": d * k * d + n_enc_x * cross_params,
+        "latent": k * d * D + lat.layers * _block_params(lat) + D + D + D * k * d,
+        "decoder_cross_attn": n_dec_x * cross_params,
+        "local_decoder": dec.layers * _block_params(dec) + d + d * VOCAB_SIZE,
+    }
+    # Per sequence, then / T: queries and slots are applied per patch (P * k rows), keys and
+    # values of the encoder cross-attention per byte.
+    per_seq = {
+        "local_encoder": T * enc.layers * _block_linear(enc),
+        "encoder_cross_attn": 2.0 * P * d * k * d + n_enc_x * (2.0 * d * d * (2 * P * k + 2 * T)),
+        "latent": 2.0 * P * k * d * D + P * lat.layers * _block_linear(lat) + 2.0 * P * D * k * d,
+        "decoder_cross_attn": n_dec_x * (2.0 * d * d * (2 * T + 2 * P * k)),
+        "local_decoder": T * dec.layers * _block_linear(dec) + 2.0 * T * d * VOCAB_SIZE,
+    }
+    linear = {name: flops / T for name, flops in per_seq.items()}
+    attention = {
+        "local_encoder": _stack_attention(enc, T),
+        # each of a patch's k queries sees that patch's bytes: k * T keys per sequence
+        "encoder_cross_attn": n_enc_x * 4.0 * d * k,
+        "latent": _stack_attention(lat, P) * P / T,
+        # a byte of patch p sees (p + 1) * k slots; averaged over bytes: k * (P + 1) / 2
+        "decoder_cross_attn": n_dec_x * 4.0 * d * k * (P + 1) / 2,
+        "local_decoder": _stack_attention(dec, T),
+    }
+    return FlopReport(params, linear, attention, seq_len, patch_bytes)
+
+
+def model_flops(cfg: BLTConfig | ByteLMConfig, seq_len: int, patch_bytes: float = 1.0) -> FlopReport:
+    if isinstance(cfg, BLTConfig):
+        return blt_flops(cfg, seq_len, patch_bytes)
+    return byte_lm_flops(cfg, seq_len)

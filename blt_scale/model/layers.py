@@ -1,0 +1,160 @@
+"""Transformer building blocks shared by every model: RMSNorm, RoPE, masked self-attention,
+cross-attention, SwiGLU, and a pre-norm block. Attention runs through SDPA on any device.
+
+Masks are boolean tensors, True where a query may attend a key, shaped [B, 1, Tq, Tk]; None means
+plain causal attention, which lets SDPA pick its fused kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from blt_scale.config import Config
+
+
+class TransformerConfig(Config):
+    dim: int = Field(gt=0)
+    layers: int = Field(ge=0)
+    heads: int = Field(gt=0)
+    ffn_mult: float = Field(default=8 / 3, gt=0, description="SwiGLU hidden size = ffn_mult * dim, rounded up to 64")
+    window: int | None = Field(default=None, gt=0, description="sliding-window size; None = full causal")
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        return self.dim // self.heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return 64 * math.ceil(self.ffn_mult * self.dim / 64)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 so bf16 activations keep their scale.
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).type_as(x)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate pairs of channels of x [B, H, T, Dh] by angles position * theta^(-2i/Dh)."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.float()[..., None] * freqs  # [T, half] or [B, T, half]
+    if angles.dim() == 3:
+        angles = angles[:, None]
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def self_attention_mask(
+    length: int, window: int | None, doc_ids: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """Causal mask, optionally limited to a sliding window and to positions of the same document."""
+    if window is None and doc_ids is None:
+        return None
+    pos = torch.arange(length, device=device)
+    allowed = pos[:, None] >= pos[None, :]
+    if window is not None:
+        allowed = allowed & (pos[:, None] - pos[None, :] < window)
+    allowed = allowed[None, None]
+    if doc_ids is not None:
+        allowed = allowed & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    return allowed
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention when `kv` is None; cross-attention otherwise."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, rope_theta: float | None = 10000.0):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.rope_theta = rope_theta
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(kv_dim or dim, dim, bias=False)
+        self.wv = nn.Linear(kv_dim or dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        kv: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        source = x if kv is None else kv
+        q, k, v = self._split(self.wq(x)), self._split(self.wk(source)), self._split(self.wv(source))
+        if kv is None and self.rope_theta is not None:
+            positions = torch.arange(x.shape[1], device=x.device) if positions is None else positions
+            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        is_causal = kv is None and mask is None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self.wo(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm x), then + ffn(norm x)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg.dim, cfg.heads, rope_theta=cfg.rope_theta)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), mask)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention with a residual: queries x attend keys/values kv under mask."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.q_norm = RMSNorm(dim, eps)
+        self.kv_norm = RMSNorm(kv_dim, eps)
+        self.attn = Attention(dim, heads, kv_dim=kv_dim, rope_theta=None)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.q_norm(x), mask=mask, kv=self.kv_norm(kv))
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Normal(0, std) for linear and embedding weights; output projections scaled by depth later."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, RMSNorm):
+            nn.init.ones_(m.weight)

@@ -1,0 +1,40 @@
+"""RunConfig: everything a recipe describes, assembled from the config classes that live beside
+the code they configure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from blt_scale import config
+from blt_scale.config import Config
+from blt_scale.data.loader import DataConfig
+from blt_scale.model.build import ModelConfig
+from blt_scale.model.patcher import PatcherConfig
+from blt_scale.train.loop import TrainConfig
+from blt_scale.train.optim import OptimConfig
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RunConfig(Config):
+    run_dir: str = "runs/default"
+    model: ModelConfig
+    patcher: PatcherConfig = PatcherConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig
+    optim: OptimConfig = OptimConfig()
+
+
+def resolve_recipe_path(name: str | Path) -> Path:
+    """A path as given, else a name under recipes/ (with or without .yaml)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (RECIPES / path, RECIPES / f"{path}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise config.ConfigError(f"recipe {str(name)!r} not found (looked at it as a path and under {RECIPES})")
+
+
+def load_recipe(name: str | Path, overrides: list[str] = ()) -> RunConfig:
+    return config.load(RunConfig, resolve_recipe_path(name), list(overrides))
