@@ -4,6 +4,7 @@ line on stderr and a non-zero exit (a traceback only with --debug)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -12,7 +13,7 @@ from blt_scale.config import ConfigError
 EXIT_ERROR = 2
 
 
-def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe file, or a name under recipes/ (e.g. cpu_tiny)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.steps=100")
 
@@ -69,19 +70,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add their own subcommands: each has `register(subparsers)`; the heavy imports
+# happen inside the commands, so `blt --help` stays fast.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blt", description="Byte Latent Transformer training at scale")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
 
     p = sub.add_parser("flops", help="parameters and FLOPs per byte of a recipe, by component")
-    _add_recipe_args(p)
+    add_recipe_args(p)
     p.add_argument("--patch-bytes", type=float, default=None, help="mean bytes per patch (default: from the patcher)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("train", help="train a recipe in this process")
-    _add_recipe_args(p)
+    add_recipe_args(p)
     p.set_defaults(func=cmd_train)
     return parser
 

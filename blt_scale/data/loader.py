@@ -72,3 +72,11 @@ class BuiltinLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.consumed = int(state["consumed"])
+
+
+def build_loader(
+    cfg: DataConfig, patcher: PatcherConfig, micro_batch: int, split: str = "train",
+    rank: int = 0, world_size: int = 1, seed: int = 0,
+) -> BuiltinLoader:
+    """The loader for a data config: what the trainer calls."""
+    return BuiltinLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)

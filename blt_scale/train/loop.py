@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from blt_scale import config
 from blt_scale.config import Config
-from blt_scale.data.loader import BuiltinLoader
+from blt_scale.data.loader import build_loader
 from blt_scale.model.build import build_model, lm_loss
 from blt_scale.model.flops import model_flops
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
@@ -70,7 +70,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim)
         )
-        self.loader = BuiltinLoader(cfg.data, cfg.patcher, t.micro_batch, "train", seed=t.seed)
+        self.loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "train", seed=t.seed)
         self.batches = iter(self.loader)
         self.accum = t.global_batch // t.micro_batch
         self.step = 0
@@ -131,7 +131,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         t = self.cfg.train
-        loader = BuiltinLoader(self.cfg.data, self.cfg.patcher, t.micro_batch, "val", seed=t.seed)
+        loader = build_loader(self.cfg.data, self.cfg.patcher, t.micro_batch, "val", seed=t.seed)
         self.model.eval()
         loss_sum, count = 0.0, 0
         for _, batch in zip(range(t.eval_batches), loader):
