@@ -1,5 +1,8 @@
 """Training and validation batches: packed byte rows with their patch lengths.
 
+Loader state: `state_dict()` returns this rank's part; the trainer gathers the parts of all ranks
+and stores `merge_states(parts)`; `load_state_dict(merged)` works on any rank of any world size.
+
 A batch is a dict: `tokens` [B, seq_len + 1] (inputs are tokens[:, :-1], targets tokens[:, 1:])
 and `patch_lengths` [B, P] for the inputs (each row sums to seq_len, zero-padded).
 
@@ -80,3 +83,8 @@ def build_loader(
 ) -> BuiltinLoader:
     """The loader for a data config: what the trainer calls."""
     return BuiltinLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+
+
+def merge_states(parts: list[dict]) -> dict:
+    """One loader state from every rank's `state_dict()` (the builtin loader's cursor is global)."""
+    return parts[0]
