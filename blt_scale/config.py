@@ -115,20 +115,21 @@ def _explain(err: ValidationError, schema: type[BaseModel], data: dict, sources,
             valid = _valid_keys(schema, loc[:-1], data)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
-            messages.append(f"unknown key {key!r} in {source}; {hint or 'valid keys here: ' + ', '.join(valid)}")
+            messages.append(f"unknown key {key!r} set {source}; {hint or 'valid keys here: ' + ', '.join(valid)}")
         elif e["type"] == "missing":
             messages.append(f"missing required key {key!r} (recipe {path})")
         else:
-            messages.append(f"bad value for {key!r} in {source}: {e['msg']}, got {e.get('input')!r}")
+            messages.append(f"bad value for {key!r} set {source}: {e['msg']}, got {e.get('input')!r}")
     return "; ".join(messages)
 
 
 def _source_of(key: str, sources: dict[str, str], path: Path) -> str:
+    """Where the key was set, phrased to follow the word 'set'."""
     while key:
         if key in sources:
-            return sources[key]
+            return f"on {CLI}" if sources[key] == CLI else f"in {sources[key]}"
         key = key.rpartition(".")[0]
-    return str(path)
+    return f"in {path}"
 
 
 def _submodel(annotation: Any, value: Any) -> type[BaseModel] | None:

@@ -112,7 +112,7 @@ class BLT(nn.Module):
         slot_patch = torch.arange(P, device=ids.device).repeat_interleave(k)  # [P*k]
 
         # Local encoder: bytes, then k queries per patch attending to their patch's bytes.
-        h = self.embed(ids) + self.ngram(ids)
+        h = self.embed(ids) + self.ngram(ids, doc)
         enc_mask = self_attention_mask(T, self.cfg.encoder.window, doc, ids.device)
         own_patch = _nonempty_rows(slot_patch[None, :, None] == patch_ids[:, None, :])[:, None]
         pooled = h.new_zeros(B, P, d).scatter_reduce(

@@ -24,12 +24,19 @@ class NgramConfig(Config):
     buckets: int = Field(default=500_000, gt=0, description="rows per n-gram table")
 
 
-def ngram_hashes(ids: torch.Tensor, n: int) -> torch.Tensor:
-    """Hash of the n ids ending at each position of ids [B, T] -> int64 [B, T] in [0, PRIME)."""
+def ngram_hashes(ids: torch.Tensor, n: int, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Hash of the n ids ending at each position of ids [B, T] -> int64 [B, T] in [0, PRIME).
+
+    With doc_ids, bytes of an earlier document count like positions before the sequence start,
+    so an n-gram never reaches across a document boundary.
+    """
     h = torch.zeros_like(ids)
+    T = ids.shape[1]
     for i in range(n - 1, -1, -1):  # oldest byte first: h = h * BASE + (id[t-i] + 1)
         shifted = torch.zeros_like(ids)
-        shifted[:, i:] = ids[:, : ids.shape[1] - i] + 1
+        shifted[:, i:] = ids[:, : T - i] + 1
+        if doc_ids is not None and i > 0:
+            shifted[:, i:] *= doc_ids[:, : T - i] == doc_ids[:, i:]
         h = (h * BASE + shifted) % PRIME
     return h
 
@@ -41,8 +48,8 @@ class HashNgramEmbedding(nn.Module):
         self.buckets = cfg.buckets
         self.tables = nn.ModuleList(nn.Embedding(cfg.buckets, dim) for _ in self.sizes)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         out = 0
         for n, table in zip(self.sizes, self.tables):
-            out = out + table(ngram_hashes(ids, n) % self.buckets)
+            out = out + table(ngram_hashes(ids, n, doc_ids) % self.buckets)
         return out
