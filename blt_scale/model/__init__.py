@@ -1,0 +1,1 @@
+"""Model family: pure PyTorch; knows nothing of how it is distributed."""

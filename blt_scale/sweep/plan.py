@@ -1,0 +1,173 @@
+"""Planning a FLOP-matched sweep: for every (variant, size, budget), the steps whose training FLOPs
+equal the budget, by the one FLOP function and the mean bytes per patch *measured on the data*
+with that variant's patcher.
+
+Two modes:
+- `isoflop`: each variant is scaled over a grid of sizes (width and latent-depth multipliers of
+  its base recipe) and trained to each budget: IsoFLOP curves and compute-optimal frontiers.
+- `fixed_inference`: each variant keeps its recipe's size; their inference FLOPs per byte must
+  agree within `inference_tolerance` (larger BLT with larger patches vs a smaller baseline), and
+  all are trained to the same budgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from blt_scale.config import Config
+from blt_scale.model.flops import model_flops
+from blt_scale.recipe import RunConfig, load_recipe
+
+
+class VariantConfig(Config):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    recipe: str = Field(description="base recipe: a path (relative to the sweep file) or a name under recipes/")
+    overrides: list[str] = []
+
+
+class SizeConfig(Config):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    width: float = Field(default=1.0, gt=0, description="multiplies the dim of every transformer")
+    depth: float = Field(default=1.0, gt=0, description="multiplies the layers of the latent (BLT) or only (byte LM) transformer")
+
+
+class SweepConfig(Config):
+    run_dir: str
+    mode: Literal["isoflop", "fixed_inference"] = "isoflop"
+    variants: list[VariantConfig] = Field(min_length=1)
+    budgets: list[float] = Field(min_length=1, description="training FLOPs per run")
+    sizes: list[SizeConfig] = [SizeConfig(name="base")]
+    patch_sample_batches: int = Field(default=8, gt=0, description="batches used to measure mean bytes/patch")
+    budget_tolerance: float = Field(default=0.01, gt=0, description="max relative gap of planned FLOPs to budget")
+    inference_tolerance: float = Field(default=0.05, gt=0, description="fixed_inference: max relative FLOPs/byte gap")
+    max_parallel: int = Field(default=4, gt=0, description="SLURM array parallelism limit")
+    overrides: list[str] = Field(default=[], description="applied to every run, e.g. train.log_every=50")
+
+    @model_validator(mode="after")
+    def _fixed_inference_has_one_size(self) -> "SweepConfig":
+        if self.mode == "fixed_inference" and len(self.sizes) != 1:
+            raise ValueError("mode fixed_inference trains each variant at its recipe's size: give no `sizes`")
+        return self
+
+
+@dataclass
+class PlannedRun:
+    variant: str
+    size: str
+    budget_flops: float
+    recipe: str
+    overrides: list[str]
+    run_dir: str
+    steps: int
+    params: int
+    mean_patch_bytes: float
+    train_flops_per_byte: float
+    inference_flops_per_byte: float
+    bytes_per_step: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def train_flops(self) -> float:
+        return self.steps * self.bytes_per_step * self.train_flops_per_byte
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}-{self.size}-{self.budget_flops:.3g}"
+
+
+def _round_dim(dim: float, heads: int) -> int:
+    step = 2 * heads  # divisible by heads with an even head dimension (RoPE rotates pairs)
+    return max(step, step * round(dim / step))
+
+
+def size_overrides(cfg: RunConfig, size: SizeConfig) -> list[str]:
+    """Dotted overrides that scale a base recipe's model by a size's width and depth."""
+    m = cfg.model
+    if m.kind == "blt":
+        local = _round_dim(m.encoder.dim * size.width, m.encoder.heads)
+        return [
+            f"model.encoder.dim={local}", f"model.decoder.dim={local}",
+            f"model.global.dim={_round_dim(m.global_.dim * size.width, m.global_.heads)}",
+            f"model.global.layers={max(1, round(m.global_.layers * size.depth))}",
+        ]
+    return [f"model.dim={_round_dim(m.dim * size.width, m.heads)}", f"model.layers={max(1, round(m.layers * size.depth))}"]
+
+
+def measure_patch_bytes(cfg: RunConfig, batches: int) -> float:
+    """Mean bytes per patch of this recipe's patcher on its own training data."""
+    from blt_scale.data.loader import build_loader
+
+    if cfg.model.kind != "blt":
+        return 1.0
+    loader = build_loader(cfg.data, cfg.patcher, cfg.train.micro_batch, "train", seed=cfg.train.seed)
+    total_bytes = total_patches = 0
+    for _, batch in zip(range(batches), loader):
+        total_bytes += batch["patch_lengths"].sum().item()
+        total_patches += (batch["patch_lengths"] > 0).sum().item()
+    return total_bytes / total_patches
+
+
+def _recipe_path(sweep_file: Path, recipe: str) -> str:
+    candidate = (sweep_file.parent / recipe).resolve()
+    return str(candidate) if candidate.exists() else recipe
+
+
+def plan_sweep(sweep: SweepConfig, sweep_file: Path) -> list[PlannedRun]:
+    runs = []
+    for variant in sweep.variants:
+        recipe = _recipe_path(sweep_file, variant.recipe)
+        base = load_recipe(recipe, variant.overrides + sweep.overrides)
+        patch_bytes = measure_patch_bytes(base, sweep.patch_sample_batches)
+        for size in sweep.sizes:
+            overrides = variant.overrides + sweep.overrides + size_overrides(base, size)
+            cfg = load_recipe(recipe, overrides)
+            report = model_flops(cfg.model, cfg.data.seq_len, patch_bytes)
+            bytes_per_step = cfg.train.global_batch * cfg.data.seq_len
+            for budget in sweep.budgets:
+                steps = max(1, round(budget / (report.train_per_byte * bytes_per_step)))
+                run = PlannedRun(
+                    variant.name, size.name, budget, recipe, [], "", steps, report.total_params - report.params.get("hash_embeddings", 0),
+                    patch_bytes, report.train_per_byte, report.forward_per_byte, bytes_per_step,
+                )
+                run.run_dir = str(Path(sweep.run_dir) / "runs" / run.name)
+                warmup = min(cfg.optim.warmup_steps, max(1, steps // 10))
+                run.overrides = overrides + [
+                    f"run_dir={run.run_dir}", f"train.steps={steps}", f"optim.warmup_steps={warmup}",
+                    f"train.eval_every={steps}",
+                ]
+                gap = abs(run.train_flops / budget - 1)
+                if gap > sweep.budget_tolerance:
+                    raise ValueError(
+                        f"run {run.name}: {steps} steps give {run.train_flops:.3g} FLOPs, {gap:.1%} off the budget "
+                        f"(tolerance {sweep.budget_tolerance:.0%}); lower train.global_batch or raise the budget"
+                    )
+                runs.append(run)
+    if sweep.mode == "fixed_inference":
+        _check_inference_matched(runs, sweep.inference_tolerance)
+    return runs
+
+
+def _check_inference_matched(runs: list[PlannedRun], tolerance: float) -> None:
+    per_byte = {r.variant: r.inference_flops_per_byte for r in runs}
+    low, high = min(per_byte.values()), max(per_byte.values())
+    if high / low - 1 > tolerance:
+        listing = ", ".join(f"{v}: {f:.4g}" for v, f in per_byte.items())
+        raise ValueError(f"fixed_inference sweep: inference FLOPs/byte differ by {high / low - 1:.1%} "
+                         f"(> {tolerance:.0%}): {listing}")
+
+
+def plan_table(runs: list[PlannedRun]) -> str:
+    """The planned grid as a Markdown table."""
+    lines = ["| run | params | bytes/patch | steps | train FLOPs | budget | gap | inference FLOPs/byte |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(
+            f"| {r.name} | {r.params:,} | {r.mean_patch_bytes:.2f} | {r.steps} | {r.train_flops:.3g} | "
+            f"{r.budget_flops:.3g} | {r.train_flops / r.budget_flops - 1:+.2%} | {r.inference_flops_per_byte:.3g} |"
+        )
+    return "\n".join(lines)
+
