@@ -1,0 +1,107 @@
+"""`blt prep ...`: dataset preparation commands. Each kind of data adds a subcommand to the
+`prep` group through `PREP_COMMANDS` (text and entropies here; brain recordings elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+# Modules adding `prep` subcommands: each has `register_prep(prep_subparsers)`.
+PREP_COMMANDS: list[str] = ["blt_scale.data.prep_cli"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'64MB', '512KiB', '1000000' -> bytes."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower().removesuffix("b") if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size like 64MB or 512KiB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise argparse.ArgumentTypeError(f"expected --part i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def cmd_text(args: argparse.Namespace) -> int:
+    from blt_scale.data.prep_text import TextPrepConfig, convert_text
+
+    cfg = TextPrepConfig(
+        inputs=args.inputs, out=args.out, format=args.format, text_field=args.text_field,
+        val_fraction=args.val_fraction, shard_size=args.shard_size, part_size=args.part_size,
+        workers=args.workers, skip_bad=args.skip_bad, overwrite=args.overwrite,
+    )
+    report = convert_text(cfg, progress=not args.quiet)
+    print(json.dumps(_summary(args.out, report)))
+    return 0
+
+
+def cmd_entropies(args: argparse.Namespace) -> int:
+    from blt_scale.data.prep_entropies import EntropyPrepConfig, merge_parts, prep_entropies
+
+    if args.merge:
+        report = merge_parts(args.out)
+    else:
+        if not (args.data and args.model):
+            raise ValueError("blt prep entropies needs --data URI and --model CKPT (or --merge)")
+        index, count = args.part or (0, 1)
+        cfg = EntropyPrepConfig(
+            data=args.data, model=args.model, out=args.out, part=index, parts=count,
+            batch_size=args.batch_size, context=args.context, overlap=args.overlap,
+            shard_size=args.shard_size, device=args.device,
+        )
+        report = prep_entropies(cfg, progress=not args.quiet)
+    print(json.dumps(_summary(args.out, report)))
+    return 0
+
+
+def _summary(out: str, report: dict) -> dict:
+    keys = ("converted_parts", "bad_lines", "skipped_inputs", "part", "complete")
+    splits = {s: {k: v for k, v in d.items() if k != "files"} for s, d in report.get("splits", {}).items()}
+    return {"out": out, **{k: report[k] for k in keys if k in report}, "splits": splits}
+
+
+def register_prep(prep: argparse._SubParsersAction) -> None:
+    p = prep.add_parser("text", help="text corpora -> MDS or webdataset shards")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs; any fsspec URI")
+    p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
+    p.add_argument("--format", choices=["mds", "wds"], default="mds")
+    p.add_argument("--text-field", default="text", help="jsonl key / parquet column holding the text")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out by hash")
+    p.add_argument("--shard-size", type=parse_size, default=64 << 20, help="uncompressed bytes per shard")
+    p.add_argument("--part-size", type=parse_size, default=32 << 20, help="input bytes per part")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines/unreadable files, count them")
+    p.add_argument("--overwrite", action="store_true", help="delete --out and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_text)
+
+    p = prep.add_parser("entropies", help="per-byte entropies of a dataset under an entropy model")
+    p.add_argument("--data", help="prepared text dataset (URI)")
+    p.add_argument("--model", help="exported entropy-model checkpoint directory")
+    p.add_argument("--out", required=True, help="entropy dataset directory (path or URI)")
+    p.add_argument("--part", type=parse_part, default=None, metavar="I/N", help="do only part I of N (SLURM arrays)")
+    p.add_argument("--merge", action="store_true", help="only merge finished parts into the dataset")
+    p.add_argument("--batch-size", type=int, default=16, help="context windows per forward")
+    p.add_argument("--context", type=int, default=None, help="window length (default: the model's data.seq_len)")
+    p.add_argument("--overlap", type=int, default=None, help="context kept from the previous window (default: context/2)")
+    p.add_argument("--shard-size", type=parse_size, default=64 << 20)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_entropies)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    import importlib
+
+    p = subparsers.add_parser("prep", help="prepare datasets: text, entropies, ...")
+    prep = p.add_subparsers(dest="prep_command", required=True)
+    for name in PREP_COMMANDS:
+        importlib.import_module(name).register_prep(prep)
