@@ -60,19 +60,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from blt_scale.recipe import load_recipe
-    from blt_scale.train.loop import train
-
-    cfg = load_recipe(args.recipe, args.overrides)
-    rows = train(cfg)
-    print(json.dumps({"run_dir": cfg.run_dir, "steps": len(rows), "final_loss": rows[-1]["loss"] if rows else None}))
-    return 0
-
-
 # Modules that add their own subcommands: each has `register(subparsers)`; the heavy imports
 # happen inside the commands, so `blt --help` stays fast.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["blt_scale.train.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,9 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
 
-    p = sub.add_parser("train", help="train a recipe in this process")
-    add_recipe_args(p)
-    p.set_defaults(func=cmd_train)
     return parser
 
 

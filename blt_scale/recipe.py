@@ -10,8 +10,11 @@ from blt_scale.config import Config
 from blt_scale.data.loader import DataConfig
 from blt_scale.model.build import ModelConfig
 from blt_scale.model.patcher import PatcherConfig
+from blt_scale.parallel.config import ParallelConfig
+from blt_scale.train.checkpoint import CheckpointConfig
 from blt_scale.train.loop import TrainConfig
 from blt_scale.train.optim import OptimConfig
+from blt_scale.train.wandb_log import WandbConfig
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -23,6 +26,9 @@ class RunConfig(Config):
     data: DataConfig = DataConfig()
     train: TrainConfig
     optim: OptimConfig = OptimConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    wandb: WandbConfig = WandbConfig()
 
 
 def resolve_recipe_path(name: str | Path) -> Path:

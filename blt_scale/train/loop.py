@@ -1,27 +1,34 @@
 """The training loop: gradient accumulation, clipping, AdamW with warmup + decay, non-finite step
-skipping, periodic validation, and DESIGN.md's metrics.
+skipping, stop signals, checkpoints, periodic validation and DESIGN.md's metrics.
 
-The loop is written against a model, an optimizer and a loader; how the model is sharded and where
-checkpoints go are decided outside, so the distributed strategies plug in without changing it.
+The loop talks to a Strategy (parallel/strategy.py) for everything that depends on how the model
+is spread over ranks, so FSDP, one plain process and DeepSpeed share it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from blt_scale import config
-from blt_scale.config import Config
-from blt_scale.data.loader import build_loader
+from blt_scale.config import Config, ConfigError
+from blt_scale.data.loader import build_loader, merge_states
 from blt_scale.model.build import build_model, lm_loss
 from blt_scale.model.flops import model_flops
+from blt_scale.parallel.env import DistEnv, init_distributed, pick_device
+from blt_scale.parallel.strategy import all_reduce, build_strategy
+from blt_scale.train import records
+from blt_scale.train.checkpoint import Checkpointer, is_complete, latest_complete, remove_partial
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
-from blt_scale.train.optim import build_optimizer, lr_factor
+from blt_scale.train.optim import lr_factor
+from blt_scale.train.signals import StopFlag
 
 if TYPE_CHECKING:
     from blt_scale.recipe import RunConfig
@@ -34,10 +41,13 @@ class TrainConfig(Config):
     micro_batch: int = Field(default=8, gt=0, description="sequences per forward pass on one rank")
     log_every: int = Field(default=10, gt=0)
     eval_every: int | None = Field(default=None, gt=0, description="validation every N steps (and at the end)")
-    eval_batches: int = Field(default=4, gt=0)
+    eval_batches: int = Field(default=4, gt=0, description="validation micro-batches, over all ranks")
     max_bad_steps: int = Field(default=5, gt=0, description="halt after this many non-finite steps in a row")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_flops: float | None = Field(default=None, gt=0, description="device peak for MFU; None: measured matmul peak")
+    deterministic: bool = Field(default=False, description="deterministic kernels (bitwise-reproducible resume on CPU)")
+    trace_data: bool = Field(default=False, description="record a CRC of every row each rank trains on (data_trace/)")
+    inject_nan_at: list[int] = Field(default=[], description="fault drill: rank 0's loss is NaN at these steps")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":
@@ -50,110 +60,190 @@ class NonFiniteHalt(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class StopRequested(Exception):
+    """A stop signal reached some rank; every rank saved the same step."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by signal after step {step}; checkpoint saved")
+        self.step = step
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, env: DistEnv = DistEnv(), resume: str = "auto"):
+        self.cfg, self.env = cfg, env
         t = cfg.train
+        if t.global_batch % (t.micro_batch * env.world_size):
+            raise ConfigError(
+                f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch ({t.micro_batch}) "
+                f"x world size ({env.world_size})"
+            )
+        self.accum = t.global_batch // (t.micro_batch * env.world_size)
         self.run_dir = Path(cfg.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config.dump(cfg))
-        self.device = pick_device(t.device)
-        torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim)
-        )
-        self.loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "train", seed=t.seed)
+        self.device = pick_device(t.device, env)
+        self.strategy = build_strategy(cfg.parallel, env, self.device)
+        init_distributed(env, self.device, self.strategy.needs_process_group)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config.dump(cfg))
+        torch.manual_seed(t.seed)  # the same initial weights on every rank, before sharding
+        self.model, self.optimizer = self.strategy.setup(build_model(cfg.model), cfg.optim)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim))
+        self.loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "train", env.rank, env.world_size, t.seed)
+        self.step = self.skipped_steps = self.bad_in_row = self.bytes_consumed = 0
+        self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, env.rank, self.strategy, config.dump(cfg))
+        self.resumed_from = self._resume(resume)
         self.batches = iter(self.loader)
-        self.accum = t.global_batch // t.micro_batch
-        self.step = 0
-        self.bad_in_row = 0
-        self.skipped_steps = 0
         self.peak = t.peak_flops or measure_matmul_peak(self.device)
-        self.metrics = MetricsLogger(self.run_dir, t.steps)
+        self.metrics = MetricsLogger(self.run_dir, t.steps, enabled=env.is_main)
+        self.stop = StopFlag().install()
+        self.trace = records.DataTrace(self.run_dir, env.rank) if t.trace_data else None
 
+    # -- resume -------------------------------------------------------------------------------
+    def _resume(self, resume: str) -> Path | None:
+        if resume == "never":
+            path = None
+        elif resume == "auto":
+            path = latest_complete(self.run_dir)
+        else:
+            path = Path(resume)
+            if not is_complete(path):
+                raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint directory (step_N with a COMPLETE marker)")
+        if path is not None:
+            state = self.checkpointer.load(path, self.model, self.optimizer)
+            self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+            self.bad_in_row, self.bytes_consumed = state["bad_in_row"], state["bytes_consumed"]
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.loader.load_state_dict(state["loader"])
+            self.checkpointer.last_saved = self.step
+        if self.env.is_main:
+            remove_partial(self.run_dir)
+            # Rows logged after the checkpoint belong to steps that are trained again now.
+            records.truncate_after(self.run_dir, self.step)
+        if dist.is_initialized():
+            dist.barrier()
+        return path
+
+    def train_state(self) -> dict:
+        parts = [None] * self.env.world_size
+        local = self.loader.state_dict()
+        if dist.is_initialized():
+            dist.all_gather_object(parts, local)
+        else:
+            parts = [local]
+        return {
+            "step": self.step, "skipped_steps": self.skipped_steps, "bad_in_row": self.bad_in_row,
+            "bytes_consumed": self.bytes_consumed, "scheduler": self.scheduler.state_dict(),
+            "loader": merge_states(parts), "world_size": self.env.world_size,
+        }
+
+    def save(self) -> Path:
+        finite = all(bool(torch.isfinite(p.detach()).all()) for p in self.model.parameters())
+        if all_reduce([0.0 if finite else 1.0])[0]:
+            raise NonFiniteHalt(f"step {self.step}: the weights are not finite; refusing to checkpoint them")
+        return self.checkpointer.save(self.step, self.model, self.optimizer, self.train_state())
+
+    # -- one optimizer step -------------------------------------------------------------------
     def train_step(self) -> dict:
         t, seq_len = self.cfg.train, self.cfg.data.seq_len
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         targets = patches = 0
         data_wait = 0.0
-        for _ in range(self.accum):
+        # Sum over every target slot of the global batch, whatever the split over ranks.
+        scale = self.strategy.grad_sum_factor / (t.global_batch * seq_len)
+        for i in range(self.accum):
             wait_start = time.perf_counter()
             batch = next(self.batches)
             data_wait += time.perf_counter() - wait_start
             tokens = batch["tokens"].to(self.device)
             lengths = batch["patch_lengths"].to(self.device)
-            summed, count = lm_loss(self.model(tokens[:, :-1], lengths), tokens[:, 1:])
-            # A fixed normaliser (all target slots of the global batch) weights every byte alike
-            # across micro-batches and ranks.
-            (summed / (t.global_batch * seq_len)).backward()
+            if self.trace:
+                self.trace.add(self.step + 1, [zlib.crc32(row.numpy().tobytes()) for row in batch["tokens"]])
+            self.strategy.set_gradient_sync(self.model, i == self.accum - 1)
+            with self.strategy.autocast():
+                summed, count = lm_loss(self.model(tokens[:, :-1], lengths), tokens[:, 1:])
+            if self.step + 1 in t.inject_nan_at and self.env.rank == 0:
+                summed = summed * float("nan")
+            self.strategy.backward(summed * scale)
             loss_sum += summed.detach()
             targets += int(count)
             patches += int((lengths > 0).sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm or math.inf)
+        grad_norm = self.strategy.clip_grad_norm(self.model, self.cfg.optim.clip_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
-        finite = bool(torch.isfinite(loss_sum)) and bool(torch.isfinite(grad_norm))
+        g_loss, g_targets, g_patches = all_reduce([float(loss_sum), targets, patches])
+        finite = math.isfinite(g_loss) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
             self.bad_in_row = 0
         else:
             self.skipped_steps += 1
             self.bad_in_row += 1
-            if self.bad_in_row >= t.max_bad_steps:
-                raise NonFiniteHalt(
-                    f"{self.bad_in_row} steps in a row had a non-finite loss or gradient norm "
-                    f"(last: step {self.step + 1}, loss {float(loss_sum)}, grad_norm {float(grad_norm)}, lr {lr:.3e})"
-                )
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
+        if self.trace:
+            self.trace.flush()
+        # One MAX reduction carries the stop flag too: every rank sees it at this same step.
+        wait_max, mem_max, stop = all_reduce(
+            [data_wait, memory_gb(self.device), float(self.stop.requested)], op=dist.ReduceOp.MAX if dist.is_initialized() else None
+        )
+        self.stop_now = bool(stop)
         elapsed = time.perf_counter() - started
         input_bytes = t.global_batch * seq_len
-        mean_patch = input_bytes / max(patches, 1)
+        self.bytes_consumed += input_bytes
+        mean_patch = input_bytes / max(g_patches, 1)
         flops = model_flops(self.cfg.model, seq_len, mean_patch).train_per_byte * input_bytes
-        loss = float(loss_sum) / max(targets, 1)
-        return {
+        loss = g_loss / max(g_targets, 1)
+        row = {
             "step": self.step, "loss": loss, "bpb": loss / math.log(2), "lr": lr,
             "grad_norm": float(grad_norm), "bytes_per_s": input_bytes / elapsed,
-            "patches_per_s": patches / elapsed, "mean_patch_bytes": mean_patch,
+            "patches_per_s": g_patches / elapsed, "mean_patch_bytes": mean_patch,
             "flops_per_s": flops / elapsed, "mfu": flops / elapsed / self.peak,
-            "mem_gb": memory_gb(self.device), "data_wait_s": data_wait, "skipped_steps": self.skipped_steps,
+            "mem_gb": mem_max, "data_wait_s": wait_max, "skipped_steps": self.skipped_steps,
+            "bytes_consumed": self.bytes_consumed, "world_size": self.env.world_size,
         }
+        if not finite and self.bad_in_row >= t.max_bad_steps:
+            self.metrics.log(row)
+            raise NonFiniteHalt(
+                f"{self.bad_in_row} steps in a row had a non-finite loss or gradient norm "
+                f"(last: step {self.step}, loss {loss}, grad_norm {float(grad_norm)}, lr {lr:.3e}); "
+                f"the last checkpoint holds finite weights"
+            )
+        return row
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        t = self.cfg.train
-        loader = build_loader(self.cfg.data, self.cfg.patcher, t.micro_batch, "val", seed=t.seed)
+        from blt_scale.train.evaluate import evaluate_bpb
+
         self.model.eval()
-        loss_sum, count = 0.0, 0
-        for _, batch in zip(range(t.eval_batches), loader):
-            tokens = batch["tokens"].to(self.device)
-            summed, n = lm_loss(self.model(tokens[:, :-1], batch["patch_lengths"].to(self.device)), tokens[:, 1:])
-            loss_sum, count = loss_sum + float(summed), count + int(n)
+        row = evaluate_bpb(self.model, self.cfg, self.env, self.device, self.strategy.autocast)
         self.model.train()
-        loss = loss_sum / count
-        return {"step": self.step, "split": "val", "loss": loss, "bpb": loss / math.log(2)}
+        return {"step": self.step, "split": "val", **row}
 
     def fit(self) -> list[dict]:
-        t = self.cfg.train
+        t, every = self.cfg.train, self.cfg.checkpoint.every
         rows = []
+        self.stop_now = False
         while self.step < t.steps:
             row = self.train_step()
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                self.metrics.log(row)
             rows.append(row)
+            if self.step % t.log_every == 0 or self.step == t.steps or self.stop_now:
+                row["shard_bytes"] = all_reduce(
+                    [self.strategy.local_state_bytes(self.model, self.optimizer)],
+                    op=dist.ReduceOp.MAX if dist.is_initialized() else None,
+                )[0]
+                self.metrics.log(row)
             if t.eval_every and (self.step % t.eval_every == 0 or self.step == t.steps):
                 self.metrics.log(self.evaluate())
+            if self.stop_now:
+                self.save()
+                self.checkpointer.wait()
+                raise StopRequested(self.step)
+            if every and self.step % every == 0 and self.step < t.steps:
+                self.save()
+        if self.checkpointer.last_saved != self.step:
+            self.save()
+        self.checkpointer.wait()
         return rows
-
-
-def train(cfg: RunConfig) -> list[dict]:
-    return Trainer(cfg).fit()

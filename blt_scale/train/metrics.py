@@ -37,7 +37,8 @@ def memory_gb(device: torch.device) -> float:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, enabled: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool = True, sinks: list = ()):
+        self.sinks = list(sinks)  # objects with log(row), e.g. the wandb run
         self.path = Path(run_dir) / "metrics.jsonl"
         self.total_steps = total_steps
         self.enabled = enabled
@@ -49,6 +50,8 @@ class MetricsLogger:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        for sink in self.sinks:
+            sink.log(row)
         if "split" not in row:
             self._progress(row)
         else:

@@ -1,0 +1,101 @@
+"""The one place that reads the process environment: rank, world size and rendezvous from torchrun
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or, without them, from SLURM
+(SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST: the first host is the master),
+plus the WANDB_* variables the metrics honour."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+SLURM_DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    source: str = "single"  # single | torchrun | slurm
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list such as 'n[1-3,7],gpu05' (no scontrol needed)."""
+    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if not head:
+        raise ValueError(f"SLURM_JOB_NODELIST={nodelist!r}: cannot find a host name")
+    prefix, _, ranges = head.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def read_env(environ: dict | None = None) -> DistEnv:
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(
+            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env.get("LOCAL_RANK", 0)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", 0)),
+            source="torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
+        job = int(env.get("SLURM_JOB_ID", "0") or 0)
+        return DistEnv(
+            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
+            master_addr=env.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            # A port derived from the job id lets two jobs share a node without colliding.
+            master_port=int(env.get("MASTER_PORT") or SLURM_DEFAULT_PORT + job % 10000),
+            source="slurm",
+        )
+    return DistEnv()
+
+
+def wandb_settings(environ: dict | None = None) -> dict:
+    """WANDB_MODE/WANDB_DIR/WANDB_PROJECT as the user set them (empty when unset)."""
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY") if env.get(k)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_device(name: str, env: DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.cuda.set_device(env.local_rank)
+        return torch.device("cuda", env.local_rank)
+    return torch.device(name)
+
+
+def init_distributed(env: DistEnv, device: torch.device, needed: bool) -> bool:
+    """Start the process group (nccl on GPU, gloo on CPU) when there are several ranks or the
+    strategy needs one; returns whether a group exists."""
+    if dist.is_initialized():
+        return True
+    if env.world_size == 1 and not needed:
+        return False
+    port = env.master_port or free_port()  # a lone process needs no agreed port
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend, init_method=f"tcp://{env.master_addr}:{port}", rank=env.rank, world_size=env.world_size,
+        timeout=timedelta(minutes=30),
+    )
+    return True

@@ -1,0 +1,138 @@
+"""The strategy interface the training loop talks to, and the strategies behind it.
+
+The loop only calls these methods; a new strategy (DeepSpeed, issue 5) implements the same ones
+and registers itself in STRATEGIES. Checkpoints of model + optimizer go through the strategy, so
+an engine with its own checkpoint format fits too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
+
+from blt_scale.config import ConfigError
+from blt_scale.parallel.apply import parallelize
+from blt_scale.parallel.config import ParallelConfig
+from blt_scale.parallel.env import DistEnv
+from blt_scale.train.optim import OptimConfig, build_optimizer
+
+
+class Strategy:
+    """One unsharded process (`parallel.strategy: none`); the base of the sharded strategies."""
+
+    needs_process_group = False
+
+    def __init__(self, cfg: ParallelConfig, env: DistEnv, device: torch.device):
+        self.cfg, self.env, self.device = cfg, env, device
+        if env.world_size > 1 and not self.needs_process_group:
+            raise ConfigError(
+                f"parallel.strategy={cfg.strategy} runs one process, but the world size is {env.world_size}: "
+                "use parallel.strategy=fsdp"
+            )
+
+    def setup(self, model: nn.Module, optim_cfg: OptimConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model = parallelize(model.to(self.device), self.cfg, self.device, self.env.world_size)
+        return model, build_optimizer(model, optim_cfg)
+
+    @property
+    def grad_sum_factor(self) -> float:
+        """Loss multiplier that turns the strategy's gradient average over ranks into a sum."""
+        return 1.0
+
+    def autocast(self):
+        if self.cfg.mixed_precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def set_gradient_sync(self, model: nn.Module, sync: bool) -> None:
+        """Accumulation micro-batches before the last need no gradient communication."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm(self, model: nn.Module, max_norm: float | None) -> torch.Tensor:
+        """Global gradient norm (the same number on every rank), clipping to max_norm."""
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or math.inf)
+        return (norm.full_tensor() if isinstance(norm, DTensor) else norm).detach().float().cpu()
+
+    def local_state_bytes(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """Bytes of parameters + optimizer state this rank holds."""
+        total = 0
+        tensors = list(model.parameters()) + [
+            v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        ]
+        for t in tensors:
+            local = t.to_local() if isinstance(t, DTensor) else t
+            total += local.numel() * local.element_size()
+        return total
+
+    def save(self, model, optimizer, path: Path, process_group=None, async_save: bool = False):
+        """Write model + optimizer (sharded by DCP) into `path`; returns a future when async."""
+        msd, osd = get_state_dict(model, optimizer)
+        state = {"model": msd, "optim": osd}
+        if async_save:
+            return dcp.async_save(state, checkpoint_id=str(path), process_group=process_group)
+        dcp.save(state, checkpoint_id=str(path), process_group=process_group)
+        return None
+
+    def load(self, model, optimizer, path: Path) -> None:
+        """Load a checkpoint written at any world size: DCP reshards to this one."""
+        msd, osd = get_state_dict(model, optimizer)
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+class FSDPStrategy(Strategy):
+    needs_process_group = True
+
+    def setup(self, model, optim_cfg):
+        # With CPU offload FSDP moves the shards itself; otherwise build on the device.
+        if not self.cfg.cpu_offload:
+            model = model.to(self.device)
+        model = parallelize(model, self.cfg, self.device, self.env.world_size)
+        return model, build_optimizer(model, optim_cfg)
+
+    @property
+    def grad_sum_factor(self) -> float:
+        return float(self.env.world_size)
+
+    def autocast(self):
+        return contextlib.nullcontext()  # MixedPrecisionPolicy casts parameters itself
+
+    def set_gradient_sync(self, model, sync):
+        model.set_requires_gradient_sync(sync)
+
+
+class DeepSpeedSlot(Strategy):
+    """Placeholder for issue 5 (DeepSpeed ZeRO): same methods, engine-backed."""
+
+    needs_process_group = True
+
+    def __init__(self, cfg, env, device):
+        raise ConfigError("parallel.strategy=deepspeed is not implemented yet (issue 5); use parallel.strategy=fsdp")
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"none": Strategy, "fsdp": FSDPStrategy, "deepspeed": DeepSpeedSlot}
+
+
+def build_strategy(cfg: ParallelConfig, env: DistEnv, device: torch.device) -> Strategy:
+    return STRATEGIES[cfg.strategy](cfg, env, device)
+
+
+def all_reduce(values: list[float], op=None) -> list[float]:
+    """Sum (or `op`) of a few numbers over ranks; identity without a process group."""
+    if not dist.is_initialized():
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()

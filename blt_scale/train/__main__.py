@@ -1,0 +1,3 @@
+from blt_scale.train.run import main
+
+main()

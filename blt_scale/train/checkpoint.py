@@ -1,0 +1,179 @@
+"""Checkpoints in RUN_DIR/checkpoints/step_NNNNNN/: model + optimizer written by the strategy
+(DCP, sharded: any world size can load them), `train_state.json` (step, scheduler, merged loader
+state, counters), `rank_R.pt` per rank (RNG states), `config.yaml` (the resolved recipe), and the marker `COMPLETE`, written last.
+
+A checkpoint is written as `step_NNNNNN.tmp` and renamed before the marker is written, so a
+process killed at any point leaves either a complete checkpoint or one that `latest_complete`
+never returns. Only the newest `keep_last` complete checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field
+
+from blt_scale.config import Config
+
+MARKER, TRAIN_STATE, CONFIG = "COMPLETE", "train_state.json", "config.yaml"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointConfig(Config):
+    every: int | None = Field(default=None, gt=0, description="save every N steps (also on a stop signal and at the end)")
+    keep_last: int = Field(default=3, gt=0, description="complete checkpoints kept; older ones are deleted")
+    async_save: bool = Field(default=False, description="write in a background thread while training goes on")
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    return checkpoints_dir(run_dir) / f"step_{step:06d}"
+
+
+def is_complete(path: Path) -> bool:
+    return bool(STEP_DIR.match(path.name)) and (path / MARKER).is_file()
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = checkpoints_dir(run_dir)
+    found = [p for p in root.iterdir() if is_complete(p)] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def latest_complete(run_dir: str | Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def remove_partial(run_dir: str | Path) -> list[Path]:
+    """Delete what killed saves left behind (temporary or unmarked directories)."""
+    root = checkpoints_dir(run_dir)
+    partial = [p for p in root.iterdir() if p.is_dir() and not is_complete(p)] if root.is_dir() else []
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
+
+
+def read_train_state(path: Path) -> dict:
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path}: not a complete checkpoint (no {MARKER} marker)")
+    return json.loads((path / TRAIN_STATE).read_text())
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()[1].tolist()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _barrier(group=None) -> None:
+    if dist.is_initialized():
+        dist.barrier(group=group)
+
+
+class Checkpointer:
+    """Saves and loads checkpoints of one run; every rank calls every method at the same step."""
+
+    def __init__(self, cfg: CheckpointConfig, run_dir: str | Path, rank: int, strategy, config_text: str = ""):
+        self.cfg, self.run_dir, self.rank, self.strategy = cfg, Path(run_dir), rank, strategy
+        self.config_text = config_text  # the resolved recipe, so a checkpoint directory stands alone
+        # Async saves talk to each other from a background thread: give them their own group so
+        # they never interleave with the training collectives.
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() and cfg.async_save else None
+        self.pending: tuple[object, Callable[[], None]] | None = None
+        self.last_saved: int | None = None
+
+    def save(self, step: int, model, optimizer, train_state: dict) -> Path:
+        self.wait()
+        final, tmp = step_dir(self.run_dir, step), step_dir(self.run_dir, step).with_name(f"step_{step:06d}.tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        torch.save(rng_state(), tmp / f"rank_{self.rank}.pt")
+        future = self.strategy.save(model, optimizer, tmp, process_group=self.group, async_save=self.cfg.async_save)
+
+        def finish() -> None:
+            _barrier(self.group)
+            if self.rank == 0:
+                _write_atomic(tmp / TRAIN_STATE, json.dumps(train_state))
+                _write_atomic(tmp / CONFIG, self.config_text)
+                shutil.rmtree(final, ignore_errors=True)  # an unmarked leftover of a killed save
+                os.replace(tmp, final)
+                _write_atomic(final / MARKER, f"step {step}\n")
+                _fsync_dir(final.parent)
+                self._prune()
+            self.last_saved = step
+
+        self.pending = (future, finish)
+        if future is None:
+            self.wait()
+        return final
+
+    def wait(self) -> None:
+        """Finish the save in flight (async): all ranks done writing, then the marker."""
+        if self.pending is None:
+            return
+        future, finish = self.pending
+        self.pending = None
+        if future is not None:
+            future.result()
+        finish()
+
+    def _prune(self) -> None:
+        for old in complete_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
+            # Unmark first: a crash halfway through the deletion must not leave a "complete" husk.
+            (old / MARKER).unlink()
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Path, model, optimizer) -> dict:
+        """Load model + optimizer (resharding as needed), this rank's RNG state when the checkpoint
+        has one for it, and return the train state."""
+        state = read_train_state(path)
+        self.strategy.load(model, optimizer, path)
+        rng_file = path / f"rank_{self.rank}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        return state

@@ -1,0 +1,32 @@
+"""Validation bits per byte on held-out data, on one process or spread over the ranks of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from blt_scale.data.loader import build_loader
+from blt_scale.model.build import lm_loss
+from blt_scale.parallel.env import DistEnv
+from blt_scale.parallel.strategy import all_reduce
+
+
+@torch.no_grad()
+def evaluate_bpb(model, cfg, env: DistEnv = DistEnv(), device=torch.device("cpu"), autocast=contextlib.nullcontext,
+                 batches: int | None = None) -> dict:
+    """bpb over `train.eval_batches` validation micro-batches in all (rows dealt over ranks, so
+    the same rows at any world size that divides the count)."""
+    t = cfg.train
+    total = batches or t.eval_batches
+    loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "val", env.rank, env.world_size, t.seed)
+    loss_sum, count = 0.0, 0
+    for _, batch in zip(range(max(1, total // env.world_size)), loader):
+        tokens = batch["tokens"].to(device)
+        with autocast():
+            summed, n = lm_loss(model(tokens[:, :-1], batch["patch_lengths"].to(device)), tokens[:, 1:])
+        loss_sum, count = loss_sum + float(summed), count + int(n)
+    loss_sum, count = all_reduce([loss_sum, count])
+    loss = loss_sum / max(count, 1)
+    return {"loss": loss, "bpb": loss / math.log(2), "bytes": int(count)}

@@ -1,0 +1,52 @@
+"""A trained model on one process from whatever the user points at: an exported directory
+(model.safetensors), a checkpoint directory (step_N with COMPLETE), or a run directory (its latest
+complete checkpoint). DCP reads sharded checkpoints without a process group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from blt_scale.train.checkpoint import CONFIG, is_complete, latest_complete
+from blt_scale.train.export import WEIGHTS, load_exported
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if is_complete(path):
+        return path
+    if path.is_dir() and path.name.startswith("step_"):
+        raise FileNotFoundError(f"{path}: checkpoint is not complete (no COMPLETE marker); pick an earlier one")
+    latest = latest_complete(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path}: no complete checkpoint under {path / 'checkpoints'} (and not an exported model)")
+    return latest
+
+
+def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, object]:
+    from blt_scale.model.build import build_model
+    from blt_scale.recipe import load_recipe
+
+    cfg = load_recipe(ckpt / CONFIG)
+    model = build_model(cfg.model)
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    set_model_state_dict(model, state["model"])
+    return model.eval(), cfg
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, object, Path]:
+    """(model in eval mode, its RunConfig, the directory it came from)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / WEIGHTS).is_file():
+        model, cfg = load_exported(path, device)
+        return model, cfg, path
+    ckpt = resolve_checkpoint(path)
+    model, cfg = load_checkpoint_model(ckpt)
+    return model.to(device), cfg, ckpt

@@ -1,0 +1,82 @@
+"""One training process from start to exit code: read the rank environment, train, save, and
+leave through os._exit (gloo's worker threads can abort a normal interpreter shutdown)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import torch.distributed as dist
+
+from blt_scale.config import ConfigError
+from blt_scale.parallel.env import read_env
+from blt_scale.train.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK, EXIT_STOPPED
+
+
+def run_training(cfg, resume: str = "auto", debug: bool = False) -> int:
+    from blt_scale.train.loop import NonFiniteHalt, StopRequested, Trainer
+    from blt_scale.train.wandb_log import WandbSink
+
+    env = read_env()
+    tag = f"[rank {env.rank}/{env.world_size}]"
+    trainer = wandb = None
+    try:
+        trainer = Trainer(cfg, env, resume)
+        if env.is_main:
+            where = f"resumed from {trainer.resumed_from}" if trainer.resumed_from else "fresh start"
+            print(f"{tag} {cfg.run_dir}: {where} at step {trainer.step}/{cfg.train.steps}", file=sys.stderr, flush=True)
+            if cfg.wandb.enabled:
+                wandb = WandbSink(cfg.wandb, trainer.run_dir, cfg.model_dump(mode="json", by_alias=True))
+                trainer.metrics.sinks.append(wandb)
+        trainer.fit()
+        code = EXIT_OK
+    except StopRequested as stop:
+        print(f"{tag} {stop} (exit {EXIT_STOPPED})", file=sys.stderr, flush=True)
+        code = EXIT_STOPPED
+    except NonFiniteHalt as err:
+        print(f"{tag} halted: {err}", file=sys.stderr, flush=True)
+        code = EXIT_NONFINITE
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"{tag} error: {err}", file=sys.stderr, flush=True)
+        code = EXIT_CONFIG
+    except Exception as err:  # noqa: BLE001 - every failure must end in an exit code
+        if debug or not isinstance(err, (ValueError, RuntimeError)):
+            traceback.print_exc()
+        print(f"{tag} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        code = EXIT_FAILED
+    finally:
+        if wandb is not None:
+            wandb.finish()
+    return code
+
+
+def exit_process(code: int) -> None:
+    """Tear down the process group and leave without interpreter shutdown."""
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m blt_scale.train RECIPE [k=v ...] [--resume auto|never|PATH]`, e.g. under torchrun or srun."""
+    import argparse
+
+    from blt_scale.recipe import load_recipe
+
+    p = argparse.ArgumentParser(prog="python -m blt_scale.train")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--resume", default="auto", help="auto (latest complete checkpoint), never, or a checkpoint dir")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_recipe(args.recipe, args.overrides)
+    except ConfigError as err:
+        print(f"blt train: error: {err}", file=sys.stderr, flush=True)
+        exit_process(EXIT_CONFIG)
+    exit_process(run_training(cfg, args.resume, args.debug))
