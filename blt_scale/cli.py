@@ -62,7 +62,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands: each has `register(subparsers)`; the heavy imports
 # happen inside the commands, so `blt --help` stays fast.
-COMMAND_MODULES: list[str] = ["blt_scale.train.cli"]
+COMMAND_MODULES: list[str] = ["blt_scale.data.prep_cli", "blt_scale.train.cli", "blt_scale.sweep.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may come after options (`blt train cpu_tiny --nproc 2 train.steps=5`):
+    # argparse stops filling a positional list at the first option, so collect the rest here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:

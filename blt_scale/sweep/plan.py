@@ -41,7 +41,7 @@ class SweepConfig(Config):
     variants: list[VariantConfig] = Field(min_length=1)
     budgets: list[float] = Field(min_length=1, description="training FLOPs per run")
     sizes: list[SizeConfig] = [SizeConfig(name="base")]
-    patch_sample_batches: int = Field(default=8, gt=0, description="batches used to measure mean bytes/patch")
+    patch_sample_batches: int = Field(default=8, gt=0, description="steps of data for the first patch-size estimate")
     budget_tolerance: float = Field(default=0.01, gt=0, description="max relative gap of planned FLOPs to budget")
     inference_tolerance: float = Field(default=0.05, gt=0, description="fixed_inference: max relative FLOPs/byte gap")
     max_parallel: int = Field(default=4, gt=0, description="SLURM array parallelism limit")
@@ -97,18 +97,41 @@ def size_overrides(cfg: RunConfig, size: SizeConfig) -> list[str]:
     return [f"model.dim={_round_dim(m.dim * size.width, m.heads)}", f"model.layers={max(1, round(m.layers * size.depth))}"]
 
 
-def measure_patch_bytes(cfg: RunConfig, batches: int) -> float:
-    """Mean bytes per patch of this recipe's patcher on its own training data."""
-    from blt_scale.data.loader import build_loader
+class PatchCounter:
+    """Patches per training step of a recipe's data stream, measured on the stream itself.
 
-    if cfg.model.kind != "blt":
-        return 1.0
-    loader = build_loader(cfg.data, cfg.patcher, cfg.train.micro_batch, "train", seed=cfg.train.seed)
-    total_bytes = total_patches = 0
-    for _, batch in zip(range(batches), loader):
-        total_bytes += batch["patch_lengths"].sum().item()
-        total_patches += (batch["patch_lengths"] > 0).sum().item()
-    return total_bytes / total_patches
+    The loader is deterministic, so the first n steps of a run see exactly the rows measured
+    here; counts are extended lazily and shared by every size and budget of a variant.
+    """
+
+    def __init__(self, cfg: RunConfig):
+        from blt_scale.data.loader import build_loader
+
+        self.is_blt = cfg.model.kind == "blt"
+        self.bytes_per_step = cfg.train.global_batch * cfg.data.seq_len
+        self.batches = iter(build_loader(cfg.data, cfg.patcher, cfg.train.global_batch, "train", seed=cfg.train.seed))
+        self.patches: list[int] = []
+
+    def mean_patch_bytes(self, steps: int) -> float:
+        if not self.is_blt:
+            return 1.0
+        while len(self.patches) < steps:
+            self.patches.append(int((next(self.batches)["patch_lengths"] > 0).sum()))
+        return steps * self.bytes_per_step / sum(self.patches[:steps])
+
+
+def steps_for_budget(cfg: RunConfig, budget: float, counter: PatchCounter, sample_steps: int) -> tuple[int, float]:
+    """Steps whose training FLOPs, at the patch size of exactly those steps, equal the budget."""
+    bytes_per_step = cfg.train.global_batch * cfg.data.seq_len
+    patch_bytes = counter.mean_patch_bytes(sample_steps)
+    steps = 0
+    for _ in range(8):  # steps -> patch size of those steps -> steps; settles in a few rounds
+        per_step = model_flops(cfg.model, cfg.data.seq_len, patch_bytes).train_per_byte * bytes_per_step
+        new_steps = max(1, round(budget / per_step))
+        if new_steps == steps:
+            break
+        steps, patch_bytes = new_steps, counter.mean_patch_bytes(new_steps)
+    return steps, patch_bytes
 
 
 def _recipe_path(sweep_file: Path, recipe: str) -> str:
@@ -121,23 +144,23 @@ def plan_sweep(sweep: SweepConfig, sweep_file: Path) -> list[PlannedRun]:
     for variant in sweep.variants:
         recipe = _recipe_path(sweep_file, variant.recipe)
         base = load_recipe(recipe, variant.overrides + sweep.overrides)
-        patch_bytes = measure_patch_bytes(base, sweep.patch_sample_batches)
+        counter = PatchCounter(base)
         for size in sweep.sizes:
             overrides = variant.overrides + sweep.overrides + size_overrides(base, size)
             cfg = load_recipe(recipe, overrides)
-            report = model_flops(cfg.model, cfg.data.seq_len, patch_bytes)
             bytes_per_step = cfg.train.global_batch * cfg.data.seq_len
             for budget in sweep.budgets:
-                steps = max(1, round(budget / (report.train_per_byte * bytes_per_step)))
-                run = PlannedRun(
-                    variant.name, size.name, budget, recipe, [], "", steps, report.total_params - report.params.get("hash_embeddings", 0),
-                    patch_bytes, report.train_per_byte, report.forward_per_byte, bytes_per_step,
-                )
+                steps, patch_bytes = steps_for_budget(cfg, budget, counter, sweep.patch_sample_batches)
+                report = model_flops(cfg.model, cfg.data.seq_len, patch_bytes)
+                params = report.total_params - report.params.get("hash_embeddings", 0)
+                run = PlannedRun(variant.name, size.name, budget, recipe, [], "", steps, params, patch_bytes,
+                                 report.train_per_byte, report.forward_per_byte, bytes_per_step)
                 run.run_dir = str(Path(sweep.run_dir) / "runs" / run.name)
                 warmup = min(cfg.optim.warmup_steps, max(1, steps // 10))
+                # Every step is logged: the run's FLOPs are then computed from its own patch counts.
                 run.overrides = overrides + [
                     f"run_dir={run.run_dir}", f"train.steps={steps}", f"optim.warmup_steps={warmup}",
-                    f"train.eval_every={steps}",
+                    f"train.eval_every={steps}", "train.log_every=1",
                 ]
                 gap = abs(run.train_flops / budget - 1)
                 if gap > sweep.budget_tolerance:

@@ -29,7 +29,8 @@ def collect(runs: list[PlannedRun]) -> list[dict]:
         train = [r for r in metrics if "split" not in r]
         if not val:
             continue
-        measured = sum(r["mean_patch_bytes"] for r in train) / len(train) if train else run.mean_patch_bytes
+        # Equal bytes per step: the run's bytes/patch is the harmonic mean of the per-step values.
+        measured = len(train) / sum(1 / r["mean_patch_bytes"] for r in train) if train else run.mean_patch_bytes
         rows.append({
             "variant": run.variant, "size": run.size, "params": run.params, "budget_flops": run.budget_flops,
             "train_flops": _flops_at(run, measured), "val_bpb": val[-1]["bpb"],
