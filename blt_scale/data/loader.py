@@ -6,14 +6,17 @@ and stores `merge_states(parts)`; `load_state_dict(merged)` works on any rank of
 A batch is a dict: `tokens` [B, seq_len + 1] (inputs are tokens[:, :-1], targets tokens[:, 1:])
 and `patch_lengths` [B, P] for the inputs (each row sums to seq_len, zero-padded).
 
-Rows are dealt out by a global cursor: step s uses rows [s * G, (s + 1) * G) of the epoch's seeded
-order, G = micro_batch * world_size, rank r taking its slice. The loader's state is that cursor,
-so resuming, also on another number of ranks with the same global batch, sees every row once.
+Three loaders, chosen by `data.sources`:
+- none: the embedded corpus (BuiltinLoader below). Rows are dealt out by a global cursor: step s
+  uses rows [s * G, (s + 1) * G) of the epoch's seeded order, G = micro_batch * world_size, rank
+  r taking its slice; the state is that cursor.
+- MDS datasets (`blt prep text`/`entropies`): stream_loader.ShardLoader, exactly-once resume
+  across world sizes through per-stream state.
+- webdataset datasets: wds_loader.WdsLoader, resampled, no exact resume.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,19 +24,29 @@ import torch
 from pydantic import Field
 
 from blt_scale.config import Config
+from blt_scale.data.assemble import is_validation
 from blt_scale.data.builtin import stdlib_documents
 from blt_scale.data.packing import pack
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 
 
+class SourceConfig(Config):
+    uri: str = Field(description="a dataset written by `blt prep text` or `blt prep entropies` (path or fsspec URI)")
+    weight: float = Field(default=1.0, gt=0, description="relative share of documents drawn from this source")
+
+
 class DataConfig(Config):
     seq_len: int = Field(default=512, gt=1, description="bytes per training sequence")
-    corpus_bytes: int = Field(default=8_000_000, gt=0, description="size of the embedded corpus to read")
-    val_fraction: float = Field(default=0.02, ge=0, lt=1, description="documents held out, chosen by hash")
-
-
-def is_validation(document: bytes, fraction: float) -> bool:
-    return zlib.crc32(document) % 10_000 < fraction * 10_000
+    sources: list[SourceConfig] = Field(default=[], description="prepared datasets; none: the embedded corpus")
+    streams: int | None = Field(
+        default=None, gt=0,
+        description="canonical streams of the data order (sources only); keep it fixed for a run, e.g. the "
+                    "global batch. None: micro_batch x world size at the start; a resumed run keeps the saved number",
+    )
+    workers: int = Field(default=0, ge=0, description="loader processes per rank (sources only)")
+    cache_dir: str | None = Field(default=None, description="local cache of decompressed MDS shards; None: system temp dir")
+    corpus_bytes: int = Field(default=8_000_000, gt=0, description="embedded corpus only: bytes to read")
+    val_fraction: float = Field(default=0.02, ge=0, lt=1, description="embedded corpus only: documents held out, by hash")
 
 
 class BuiltinLoader:
@@ -80,11 +93,29 @@ class BuiltinLoader:
 def build_loader(
     cfg: DataConfig, patcher: PatcherConfig, micro_batch: int, split: str = "train",
     rank: int = 0, world_size: int = 1, seed: int = 0,
-) -> BuiltinLoader:
+):
     """The loader for a data config: what the trainer calls."""
-    return BuiltinLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+    if not cfg.sources:
+        return BuiltinLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+    from blt_scale.data.store import open_complete
+
+    formats = {s.uri: open_complete(s.uri)[1]["format"] for s in cfg.sources}
+    if set(formats.values()) == {"mds"}:
+        from blt_scale.data.stream_loader import ShardLoader
+
+        return ShardLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+    if set(formats.values()) == {"wds"}:
+        from blt_scale.data.wds_loader import WdsLoader
+
+        return WdsLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+    raise ValueError(f"data.sources mix formats {formats}: use all MDS or all webdataset")
 
 
 def merge_states(parts: list[dict]) -> dict:
-    """One loader state from every rank's `state_dict()` (the builtin loader's cursor is global)."""
+    """One loader state from every rank's `state_dict()`: the union of the ranks' streams for
+    MDS sources; the builtin loader's cursor (and the wds marker) is global, any part will do."""
+    if parts and parts[0].get("kind") == "streams":
+        from blt_scale.data.stream_loader import merge_stream_states
+
+        return merge_stream_states(parts)
     return parts[0]

@@ -1,0 +1,159 @@
+"""The streaming loader for MDS datasets: canonical streams (streams.py) served by ranks.
+
+Rank r of W serves the contiguous slice of streams rank_streams(N, r, W) round-robin: each
+micro-batch takes the next micro_batch rows of that cycle. With `workers` > 0, worker w of a
+rank packs every workers-th stream of the cycle and torch's DataLoader hands rows back in
+worker order, which is the cycle order again, so batches do not depend on the worker count.
+
+State: per stream {drawn, cursors, current, offset, rows} (streams.py), plus the number of
+streams and the seed. The cycle resumes at the first stream that has produced the fewest rows,
+so a resume on the same world size continues exactly where the run stopped, and one on another
+world size serves the least advanced streams first. Rows produced by workers but not yet
+returned in a batch are not in the state: prefetching never counts as consumption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from blt_scale.data.mds_reader import MDSSplit
+from blt_scale.data.streams import Source, StreamPacker, fresh_state, rank_streams
+from blt_scale.model.patcher import PatcherConfig, patch_lengths
+
+
+class _Rows(IterableDataset):
+    """Rows of some streams, in cycle order; in a DataLoader worker, only that worker's share."""
+
+    def __init__(self, loader: "ShardLoader", order: list[int], states: dict[int, dict]):
+        self.loader, self.order, self.states = loader, order, states
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        try:
+            ld = self.loader
+            mine = self.order[worker::workers]
+            packers = [ld.packer(s, self.states[s]) for s in mine]
+            while True:
+                for stream, packer in zip(mine, packers):
+                    ids, ent = packer.next_row()
+                    lengths = patch_lengths(torch.from_numpy(ids[None, :-1]), ld.patcher,
+                                            None if ent is None else torch.from_numpy(ent[None, :-1]))[0]
+                    yield stream, ids, lengths.numpy(), packer.snapshot()
+        except (ValueError, FileNotFoundError, OSError) as err:
+            # One line for the user: a worker's exception would otherwise arrive wrapped in a traceback.
+            yield "error", f"{type(err).__name__}: {err}"
+
+
+class ShardLoader:
+    def __init__(self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int):
+        self.patcher, self.micro_batch, self.split = patcher, micro_batch, split
+        self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, cfg.workers
+        self.row_len = cfg.seq_len + 1
+        self.with_entropy = patcher.mode == "entropy"
+        self.uris = [s.uri for s in cfg.sources]
+        splits = [MDSSplit(s.uri, split, cfg.cache_dir) for s in cfg.sources]
+        if self.with_entropy:
+            for s, sp in zip(cfg.sources, splits):
+                if "entropy" not in sp.columns:
+                    raise ValueError(f"{s.uri}: has no entropies, but patcher.mode=entropy; run `blt prep entropies` on it")
+        used = [i for i, sp in enumerate(splits) if len(sp)]
+        if split == "train" and len(used) < len(splits):
+            empty = [self.uris[i] for i in range(len(splits)) if i not in used]
+            raise ValueError(f"{empty[0]}: the {split} split has no documents")
+        if not used:  # a validation split may be empty in some sources, not in all
+            raise ValueError(f"{self.uris}: no {split} documents in any source (prepare with --val-fraction > 0)")
+        self.sources = [Source(splits[i], seed, i, f"{self.uris[i]} ({split})") if i in used else None for i in range(len(splits))]
+        self.weights = np.array([s.weight if i in used else 0.0 for i, s in enumerate(cfg.sources)])
+        self.num_streams = cfg.streams or micro_batch * world_size
+        self.configured_streams = cfg.streams
+        self.states = {s: fresh_state(len(splits)) for s in range(self.num_streams)}
+        self._layout()
+        self._generation = 0
+
+    def _layout(self) -> None:
+        self.my_streams = rank_streams(self.num_streams, self.rank, self.world_size)
+        if self.workers and len(self.my_streams) % self.workers:
+            raise ValueError(f"data.workers ({self.workers}) must divide the streams each rank serves "
+                             f"({len(self.my_streams)} = data.streams {self.num_streams} / world size {self.world_size})")
+
+    def packer(self, stream: int, state: dict) -> StreamPacker:
+        sources = [s if s is not None else _Empty() for s in self.sources]
+        return StreamPacker(stream, self.num_streams, sources, self.weights, self.seed, self.row_len, self.with_entropy, state)
+
+    def _order(self) -> list[int]:
+        rows = [self.states[s].get("rows", 0) for s in self.my_streams]
+        first = rows.index(min(rows))
+        return self.my_streams[first:] + self.my_streams[:first]
+
+    def _items(self) -> Iterator[tuple]:
+        rows = _Rows(self, self._order(), {s: self.states[s] for s in self.my_streams})
+        if not self.workers:
+            return iter(rows)
+        return iter(DataLoader(rows, batch_size=None, num_workers=self.workers, prefetch_factor=4))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            generation = self._generation
+            items = self._items()
+            batch: list[tuple] = []
+            for item in items:
+                if item[0] == "error":
+                    raise ValueError(item[1])
+                batch.append(item)
+                if len(batch) < self.micro_batch:
+                    continue
+                out = self._collate(batch)
+                batch = []
+                yield out
+                if self._generation != generation:  # load_state_dict() was called: restart there
+                    break
+            del items
+
+    def _collate(self, batch: list[tuple]) -> dict[str, torch.Tensor]:
+        # DataLoader workers hand numpy arrays back as tensors; rows made in-process are arrays.
+        tokens = torch.stack([torch.as_tensor(b[1]) for b in batch])
+        lengths = torch.zeros(len(batch), max(len(b[2]) for b in batch), dtype=torch.long)
+        for i, (stream, _, lens, state) in enumerate(batch):
+            lengths[i, : len(lens)] = torch.as_tensor(lens)
+            self.states[stream] = {**state, "rows": self.states[stream].get("rows", 0) + 1}
+        return {"tokens": tokens, "patch_lengths": lengths}
+
+    def state_dict(self) -> dict:
+        return {"kind": "streams", "num_streams": self.num_streams, "seed": self.seed, "split": self.split,
+                "sources": self.uris, "streams": {str(s): self.states[s] for s in self.my_streams}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "streams":
+            raise ValueError(f"loader state of kind {state.get('kind')!r} cannot resume a streaming (MDS) loader")
+        for key, mine in (("sources", self.uris), ("seed", self.seed), ("split", self.split)):
+            if state[key] != mine:
+                raise ValueError(f"loader state was saved with {key}={state[key]!r}, this run has {mine!r}: "
+                                 f"resuming would not be exactly-once")
+        n = int(state["num_streams"])
+        if self.configured_streams not in (None, n):
+            raise ValueError(f"loader state has {n} streams but data.streams={self.configured_streams}; set data.streams={n}")
+        missing = [s for s in range(n) if str(s) not in state["streams"]]
+        if missing:
+            raise ValueError(f"loader state lacks streams {missing[:8]}: merge every rank's part with merge_states()")
+        self.num_streams = n
+        self._layout()
+        self.states = {s: dict(state["streams"][str(s)]) for s in range(n)}
+        self._generation += 1
+
+
+class _Empty:
+    """Stands in for a source with no documents in this split (weight 0: never drawn)."""
+
+
+def merge_stream_states(parts: list[dict]) -> dict:
+    merged = {**parts[0], "streams": {}}
+    for part in parts:
+        if part["num_streams"] != merged["num_streams"]:
+            raise ValueError("loader state parts disagree on the number of streams")
+        merged["streams"].update(part["streams"])
+    return merged

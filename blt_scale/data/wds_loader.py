@@ -1,0 +1,95 @@
+"""Webdataset sources, read resampled: each rank and each worker draws shards at random, with
+replacement, from its own seeded sequence (webdataset's ResampledShards with a seed made of
+(seed, rank, worker)), so ranks never need to agree on a split of the shard list.
+
+Resampling has no cursor, so exact resume is impossible: `state_dict()` says so, and
+`load_state_dict()` refuses it with an error rather than replaying data silently. Use MDS
+sources where exactly-once resume matters.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+
+import fsspec
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from blt_scale.data.packing import document_ids
+from blt_scale.data.store import open_complete
+from blt_scale.model.patcher import PatcherConfig, patch_lengths
+
+
+def _open_shards(urls: Iterator[dict]) -> Iterator[dict]:
+    for sample in urls:  # fsspec instead of webdataset's gopen: memory://, s3://, ... all work
+        with fsspec.open(sample["url"], "rb") as stream:
+            yield {**sample, "stream": stream}
+
+
+def shard_urls(uri: str, split: str) -> list[str]:
+    root, manifest = open_complete(uri)
+    if manifest["format"] != "wds":
+        raise ValueError(f"{uri}: a {manifest['format']} dataset, not webdataset")
+    files = manifest["splits"][split].get("files", [])
+    return [root.fs.unstrip_protocol(root.join(posixpath.join(split, f["basename"]))) for f in files if f["samples"]]
+
+
+class _WdsRows(IterableDataset):
+    def __init__(self, loader: "WdsLoader"):
+        self.ld = loader
+
+    def _documents(self, urls: list[str], worker: int) -> Iterator[bytes]:
+        ld = self.ld
+        shards = wds.ResampledShards(urls, seed=ld.seed, deterministic=True, worker_seed=lambda: ld.rank * 1000 + worker)
+        for sample in group_by_keys(tar_file_expander(_open_shards(iter(shards)))):
+            yield sample["bin"]
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        ld = self.ld
+        docs = [self._documents(u, worker) for u in ld.urls]
+        rng = np.random.default_rng([ld.seed, ld.rank, worker])
+        p = ld.weights / ld.weights.sum()
+        buffer = np.empty(0, dtype=np.int64)
+        while True:
+            while len(buffer) < ld.row_len:
+                buffer = np.concatenate([buffer, document_ids(next(docs[rng.choice(len(docs), p=p)]))])
+            ids, buffer = buffer[: ld.row_len], buffer[ld.row_len:]
+            yield ids, patch_lengths(torch.from_numpy(ids[None, :-1]), ld.patcher)[0].numpy()
+
+
+class WdsLoader:
+    def __init__(self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int):
+        if patcher.mode == "entropy":
+            raise ValueError("patcher.mode=entropy needs MDS entropy shards (`blt prep entropies`); webdataset sources have none")
+        self.patcher, self.micro_batch, self.rank, self.seed = patcher, micro_batch, rank, seed
+        self.row_len, self.workers = cfg.seq_len + 1, cfg.workers
+        self.urls = [shard_urls(s.uri, split) for s in cfg.sources]
+        self.weights = np.array([s.weight if u else 0.0 for s, u in zip(cfg.sources, self.urls)])
+        if not self.weights.any():
+            raise ValueError(f"{[s.uri for s in cfg.sources]}: no {split} shards")
+        self.urls = [u or ["unused"] for u in self.urls]
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rows = _WdsRows(self)
+        items = iter(DataLoader(rows, batch_size=None, num_workers=self.workers)) if self.workers else iter(rows)
+        while True:
+            batch = [next(items) for _ in range(self.micro_batch)]
+            self.rows += len(batch)
+            lengths = torch.zeros(len(batch), max(len(b[1]) for b in batch), dtype=torch.long)
+            for i, (_, lens) in enumerate(batch):
+                lengths[i, : len(lens)] = torch.as_tensor(lens)  # tensors when they come from workers
+            yield {"tokens": torch.stack([torch.as_tensor(b[0]) for b in batch]), "patch_lengths": lengths}
+
+    def state_dict(self) -> dict:
+        return {"kind": "wds", "exact": False, "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        raise ValueError("webdataset sources are read resampled and cannot resume exactly-once "
+                         "(no cursor to restore); convert them with `blt prep text --format mds` to resume")
