@@ -19,6 +19,10 @@ import fsspec
 _GLOB_CHARS = "*?["
 
 
+class InputError(ValueError):
+    """A problem with the content of an input, already phrased with its file and line."""
+
+
 @dataclass(frozen=True)
 class InputFile:
     uri: str
@@ -72,12 +76,23 @@ def _as_bytes(value, where: str, text_field: str) -> bytes:
         return value.encode("utf-8", errors="surrogateescape")
     if isinstance(value, bytes):
         return value
-    raise ValueError(f"{where}: field {text_field!r} is {type(value).__name__}, expected a string")
+    raise InputError(f"{where}: field {text_field!r} is {type(value).__name__}, expected a string")
+
+
+def _lines(fh, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary stream; zstd readers cannot iterate lines themselves."""
+    rest = b""
+    while block := fh.read(chunk):
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
 
 
 def _jsonl(f: InputFile, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[bytes]:
     with fsspec.open(f.uri, "rb", compression="infer") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in enumerate(_lines(fh), start=1):
             if not line.strip():
                 continue
             where = f"{f.uri}:{lineno}"
@@ -85,15 +100,17 @@ def _jsonl(f: InputFile, text_field: str, skip_bad: bool, stats: ReadStats) -> I
                 try:
                     obj = json.loads(line)
                 except ValueError as err:
-                    raise ValueError(f"{where}: not valid JSON ({err})") from None
+                    raise InputError(f"{where}: not valid JSON ({err})") from None
                 if not isinstance(obj, dict) or text_field not in obj:
                     keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-                    raise ValueError(f"{where}: no text field {text_field!r} (found {keys}); set --text-field")
-                yield _as_bytes(obj[text_field], where, text_field)
-            except ValueError:
+                    raise InputError(f"{where}: no text field {text_field!r} (found {keys}); set --text-field")
+                value = _as_bytes(obj[text_field], where, text_field)
+            except InputError:
                 if not skip_bad:
                     raise
                 stats.bad_lines += 1
+                continue
+            yield value
 
 
 def _parquet(f: InputFile, text_field: str) -> Iterator[bytes]:
@@ -102,7 +119,7 @@ def _parquet(f: InputFile, text_field: str) -> Iterator[bytes]:
     with fsspec.open(f.uri, "rb") as fh:
         pf = pq.ParquetFile(fh)
         if text_field not in pf.schema_arrow.names:
-            raise ValueError(f"{f.uri}: no text column {text_field!r} (columns {pf.schema_arrow.names}); set --text-field")
+            raise InputError(f"{f.uri}: no text column {text_field!r} (columns {pf.schema_arrow.names}); set --text-field")
         row = 0
         for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
             for value in batch.column(0).to_pylist():
@@ -131,7 +148,7 @@ def read_documents(f: InputFile, text_field: str, skip_bad: bool, stats: ReadSta
                 stats.empty_documents += 1
         if empty:
             stats.skipped_inputs.append((f.uri, "no documents"))
-    except ValueError:
+    except InputError:
         raise
     except Exception as err:  # OSError, gzip/zstd/parquet decoding errors: the file is unreadable
         message = f"{f.uri}: unreadable ({type(err).__name__}: {err})".replace("\n", " ")
