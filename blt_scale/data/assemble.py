@@ -10,16 +10,10 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
-import zlib
 
 from blt_scale.data.shard_writer import MDSPartWriter, WdsPartWriter, shard_files
-from blt_scale.data.store import COMPLETE, MANIFEST, PARTS, SPLITS, Root
-
-
-def is_validation(document: bytes, fraction: float) -> bool:
-    """The train/validation split: by a hash of the document, so it never depends on order,
-    on the number of workers, or on which other documents are in the corpus."""
-    return zlib.crc32(document) % 10_000 < fraction * 10_000
+from blt_scale.data.splits import SPLITS
+from blt_scale.data.store import COMPLETE, MANIFEST, PARTS, Root
 
 
 class PartStager:

@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from blt_scale.config import Config
-from blt_scale.data.assemble import is_validation
+from blt_scale.data.splits import is_validation
 from blt_scale.data.builtin import stdlib_documents
 from blt_scale.data.packing import pack
 from blt_scale.model.patcher import PatcherConfig, patch_lengths

@@ -29,7 +29,8 @@ from blt_scale.config import Config
 from blt_scale.data.assemble import PartStager, finalize, upload_part
 from blt_scale.data.mds_reader import MDSSplit
 from blt_scale.data.packing import document_ids
-from blt_scale.data.store import MANIFEST, PARTS, PLAN, SPLITS, Root
+from blt_scale.data.splits import SPLITS
+from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
 from blt_scale.model.vocab import PAD
 
 

@@ -17,8 +17,9 @@ from pydantic import Field
 from tqdm import tqdm
 
 from blt_scale.config import Config
-from blt_scale.data.assemble import PartStager, finalize, is_validation, upload_part
+from blt_scale.data.assemble import PartStager, finalize, upload_part
 from blt_scale.data.inputs import InputFile, ReadStats, expand_inputs, read_documents
+from blt_scale.data.splits import is_validation
 from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
 
 

@@ -21,7 +21,6 @@ import uuid
 import fsspec
 
 PLAN, MANIFEST, COMPLETE, PARTS = "prep.json", "manifest.json", "_COMPLETE", "parts"
-SPLITS = ("train", "val")
 
 
 class Root:
