@@ -1,0 +1,105 @@
+"""`blt prep entropies`: stored entropies equal a direct forward of the entropy model, `--part`
+runs merged equal one run, and the loader patches rows from the stored entropies."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from blt_scale import cli
+from blt_scale.data.loader import DataConfig, build_loader
+from blt_scale.data.packing import document_ids
+from blt_scale.model.patcher import PatcherConfig, patch_lengths
+from blt_scale.train.export import load_exported
+from data_helpers import export_entropy_model, make_documents, read_mds_split, split_documents, stream_sequences, write_text_files
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("entropies")
+    old = tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    # lengths up to 400 ids with context 64: most documents span several overlapping windows
+    docs = make_documents(40, seed=21, lo=5, hi=400)
+    write_text_files(tmp / "src", docs)
+    assert cli.main(["prep", "text", str(tmp / "src"), "--out", str(tmp / "text"), "--val-fraction", "0.2", "--quiet"]) == 0
+    model_dir = export_entropy_model(tmp / "model", window=8, layers=2, seq_len=64)
+    assert cli.main(["prep", "entropies", "--data", str(tmp / "text"), "--model", str(model_dir),
+                     "--out", str(tmp / "ent"), "--batch-size", "5", "--quiet"]) == 0
+    model, _ = load_exported(model_dir)
+    yield tmp, docs, model
+    tempfile.tempdir = old
+
+
+def direct(model, doc: bytes) -> np.ndarray:
+    """One forward over the whole document, no windows, no batching."""
+    return model.entropies(torch.from_numpy(document_ids(doc))[None])[0].numpy()
+
+
+def test_entropies_equal_a_direct_forward(setup):
+    tmp, docs, model = setup
+    total = 0
+    for split in ("train", "val"):
+        text = [s["text"] for s in read_mds_split(str(tmp / "text"), split, tmp / "c1")]
+        samples = read_mds_split(str(tmp / "ent"), split, tmp / "c2")
+        assert [s["text"] for s in samples] == text  # same documents, same order
+        for s in samples:
+            ent = np.frombuffer(s["entropy"], dtype=np.float16).astype(np.float32)
+            want = direct(model, s["text"])
+            assert ent.shape == want.shape
+            np.testing.assert_allclose(ent, want, atol=1e-2, rtol=2e-3)
+        total += len(samples)
+    assert total == len(docs)
+    spread = np.concatenate([direct(model, d) for d in docs[:5]])
+    assert spread.max() - spread.min() > 1.0  # the check above compares varied values, not a constant
+
+
+def test_parts_then_merge_equal_a_single_run(setup, capsys):
+    tmp, _, _ = setup
+    base = ["prep", "entropies", "--data", str(tmp / "text"), "--model", str(tmp / "model"), "--out", str(tmp / "parts"), "--quiet"]
+    assert cli.main([*base, "--part", "1/3"]) == 0
+    assert cli.main([*base, "--part", "0/3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["prep", "entropies", "--out", str(tmp / "parts"), "--merge"]) == 2  # part 2 is missing
+    assert "00002-of-00003" in capsys.readouterr().err
+    assert not (tmp / "parts" / "_COMPLETE").exists()
+    assert cli.main([*base, "--part", "2/3"]) == 0
+    assert cli.main(["prep", "entropies", "--out", str(tmp / "parts"), "--merge", "--quiet"]) == 0
+    for split in ("train", "val"):
+        one = read_mds_split(str(tmp / "ent"), split, tmp / f"one{split}")
+        merged = read_mds_split(str(tmp / "parts"), split, tmp / f"merged{split}")
+        assert [s["text"] for s in merged] == [s["text"] for s in one]
+        for a, b in zip(one, merged):
+            np.testing.assert_allclose(np.frombuffer(a["entropy"], np.float16), np.frombuffer(b["entropy"], np.float16), atol=4e-3)
+    manifest = json.loads((tmp / "parts" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 40
+
+
+def test_loader_patches_rows_from_stored_entropies(setup):
+    tmp, docs, model = setup
+    by_text = {d: direct(model, d).astype(np.float16).astype(np.float32) for d in docs}
+    threshold = float(np.median(np.concatenate(list(by_text.values()))))
+    patcher = PatcherConfig(mode="entropy", threshold=threshold)
+    cfg = DataConfig(seq_len=40, sources=[{"uri": str(tmp / "ent")}], streams=2, cache_dir=str(tmp / "c3"))
+    batches = [next(it) for it in [iter(build_loader(cfg, patcher, 2, seed=3))] for _ in range(30)]
+    streams = stream_sequences(batches, [0, 1], 2)
+    patches = stream_sequences([{"tokens": b["patch_lengths"]} for b in batches], [0, 1], 2)
+    checked = 0
+    for s, rows in streams.items():
+        ids = np.concatenate(rows)
+        complete = split_documents(ids)
+        ent = np.concatenate([by_text[d] for d in complete])  # the stream starts at a document start
+        for j, row in enumerate(rows):
+            if (j + 1) * 41 > len(ent):
+                break
+            want = patch_lengths(torch.from_numpy(row[None, :-1]), patcher, torch.from_numpy(ent[None, j * 41:(j + 1) * 41 - 1]))[0]
+            got = torch.as_tensor(patches[s][j])
+            assert torch.equal(got[: len(want)], want) and not got[len(want):].any()
+            checked += 1
+    assert checked > 20
+    assert Counter(len(p[p > 0]) for rows in patches.values() for p in rows).most_common(1)[0][0] > 3  # real patching
