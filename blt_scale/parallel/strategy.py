@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -78,6 +79,7 @@ class Strategy:
         """Write model + optimizer (sharded by DCP) into `path`; returns a future when async."""
         msd, osd = get_state_dict(model, optimizer)
         state = {"model": msd, "optim": osd}
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: expected
         if async_save:
             return dcp.async_save(state, checkpoint_id=str(path), process_group=process_group)
         dcp.save(state, checkpoint_id=str(path), process_group=process_group)

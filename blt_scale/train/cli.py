@@ -64,14 +64,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def data_override(data_uri: str | None, cfg):
-    """The run's config with its held-out data pointed at `data_uri` (the data layer's URI key)."""
+    """The run's config with its data pointed at `data_uri` (one source; its validation split is read)."""
     if data_uri is None:
         return cfg
-    fields = type(cfg.data).model_fields
-    key = next((k for k in ("val_uri", "uri", "path") if k in fields), None)
-    if key is None:
-        raise ValueError(f"--data {data_uri}: this data layer ({type(cfg.data).__name__}) reads no URI; omit --data")
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={key: data_uri})})
+    data_cls = type(cfg.data)
+    if "sources" not in data_cls.model_fields:
+        raise ValueError(f"--data {data_uri}: this data layer ({data_cls.__name__}) reads no URI; omit --data")
+    data = data_cls.model_validate(cfg.data.model_dump() | {"sources": [{"uri": data_uri}]})
+    return cfg.model_copy(update={"data": data})
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ complete checkpoint). DCP reads sharded checkpoints without a process group."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,7 +35,9 @@ def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, object]:
     cfg = load_recipe(ckpt / CONFIG)
     model = build_model(cfg.model)
     state = {"model": get_model_state_dict(model)}
-    dcp.load(state, checkpoint_id=str(ckpt))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: expected
+        dcp.load(state, checkpoint_id=str(ckpt))
     set_model_state_dict(model, state["model"])
     return model.eval(), cfg
 

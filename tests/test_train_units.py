@@ -1,0 +1,54 @@
+"""Trainer pieces that need no processes: the rank environment, checkpoint picking, configs."""
+
+import pytest
+
+from blt_scale.config import ConfigError
+from blt_scale.parallel.config import ParallelConfig
+from blt_scale.parallel.env import DistEnv, first_slurm_host, read_env
+from blt_scale.parallel.strategy import build_strategy
+from blt_scale.recipe import load_recipe
+from blt_scale.train import exit_codes
+from blt_scale.train.checkpoint import MARKER, latest_complete, remove_partial
+
+
+def test_env_from_torchrun_then_slurm():
+    tr = read_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1234"})
+    assert (tr.rank, tr.world_size, tr.local_rank, tr.master_addr, tr.master_port, tr.source) == (3, 4, 1, "h", 1234, "torchrun")
+    sl = read_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+                   "SLURM_JOB_NODELIST": "gpu[07-08,11],cpu3", "SLURM_JOB_ID": "4242"})
+    assert (sl.rank, sl.world_size, sl.local_rank, sl.master_addr, sl.source) == (5, 8, 1, "gpu07", "slurm")
+    assert sl.master_port == 29500 + 4242
+    assert read_env({}) == DistEnv()
+
+
+@pytest.mark.parametrize("nodes, first", [("n1", "n1"), ("n[1-2]", "n1"), ("a12,b3", "a12"), ("x[003,9]", "x003")])
+def test_first_slurm_host(nodes, first):
+    assert first_slurm_host(nodes) == first
+
+
+def test_latest_complete_ignores_partial_checkpoints(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name, marked in [("step_000004", True), ("step_000008", True), ("step_000010", False), ("step_000012.tmp", False)]:
+        (root / name).mkdir(parents=True)
+        if marked:
+            (root / name / MARKER).write_text("")
+    (root / "step_000012.tmp" / MARKER).write_text("")  # a marker inside a temp dir does not count
+    assert latest_complete(tmp_path).name == "step_000008"
+    assert sorted(p.name for p in remove_partial(tmp_path)) == ["step_000010", "step_000012.tmp"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_000004", "step_000008"]
+
+
+def test_strategy_errors_name_the_key():
+    with pytest.raises(ConfigError, match="parallel.strategy=fsdp"):
+        build_strategy(ParallelConfig(strategy="none"), DistEnv(world_size=2), "cpu")
+    with pytest.raises(ConfigError, match="issue 5"):
+        build_strategy(ParallelConfig(strategy="deepspeed"), DistEnv(), "cpu")
+    with pytest.raises(ConfigError, match="parallel.cpu_offload"):
+        load_recipe("cpu_tiny", ["parallel.cpu_offload=true"])
+
+
+def test_exit_codes_are_distinct_and_documented():
+    codes = {exit_codes.EXIT_OK, exit_codes.EXIT_FAILED, exit_codes.EXIT_CONFIG, exit_codes.EXIT_NONFINITE, exit_codes.EXIT_STOPPED}
+    assert len(codes) == 5 and exit_codes.EXIT_STOPPED == 75
+    for code in codes:
+        assert f"    {code} " in exit_codes.__doc__
