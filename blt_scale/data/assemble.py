@@ -70,6 +70,7 @@ def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
     for key in ("bad_lines", "empty_documents"):
         manifest[key] = sum(r.get(key, 0) for r in records)
     manifest["skipped_inputs"] = [s for r in records for s in r.get("skipped_inputs", [])]
+    indexes = {}
     for split in SPLITS:
         shards = [_relocated(s, r["name"]) for r in records for s in r["shards"][split]]
         manifest["splits"][split] = {
@@ -78,12 +79,14 @@ def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
             "shards": len(shards),
         }
         if fmt == "mds":
-            root.write_json(f"{split}/index.json", {"version": 2, "shards": shards})
+            indexes[split] = {"version": 2, "shards": shards}
         else:
             manifest["splits"][split]["files"] = [{"basename": s["basename"], "samples": s["samples"]} for s in shards]
     if sum(manifest["splits"][s]["documents"] for s in SPLITS) == 0:
         raise ValueError(f"{root.uri}: the corpus has no documents (empty corpus); skipped inputs: "
                          f"{manifest['skipped_inputs'][:5]}, bad lines: {manifest['bad_lines']}")
+    for split, index in indexes.items():
+        root.write_json(f"{split}/index.json", index)
     root.write_json(MANIFEST, manifest)
     root.write_bytes(COMPLETE, b"")
     return manifest

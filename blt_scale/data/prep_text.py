@@ -53,13 +53,16 @@ def part_name(index: int) -> str:
 
 
 def check_plan(root: Root, plan: dict) -> None:
-    """Refuse to mix two different conversions in one directory."""
+    """Refuse to mix two different conversions in one directory. An unfinished conversion with
+    other settings (say, re-run with --skip-bad after an error) is discarded and started over."""
     if root.exists(PLAN):
         old = root.read_json(PLAN)
         if old != plan:
             keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            raise ValueError(f"{root.name(PLAN)}: this directory holds a different conversion "
-                             f"(differs in {keys}); pass --overwrite to start over")
+            if root.is_complete():
+                raise ValueError(f"{root.name(PLAN)}: this directory holds a different finished conversion "
+                                 f"(differs in {keys}); pass --overwrite to replace it")
+            root.remove_all()
     elif root.exists() and root.fs.ls(root.path):
         raise ValueError(f"{root.uri}: exists and is not a blt-scale dataset; pass --overwrite or choose another --out")
 
