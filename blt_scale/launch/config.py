@@ -39,6 +39,11 @@ class LaunchConfig(Config):
                 f"tasks_per_node ({self.tasks_per_node}) and gpus_per_node ({self.gpus_per_node}) disagree: "
                 "there is one rank per GPU, give only one of them"
             )
+        if self.signal_delay_s >= self.time_min * 60:
+            raise ValueError(
+                f"signal_delay_s ({self.signal_delay_s}) must be shorter than the time limit "
+                f"({self.time_min} min): the stop warning would come before the job starts"
+            )
         return self
 
     @property

@@ -28,9 +28,11 @@ def sbatch_parameters(launch: LaunchConfig, code: Path, array_parallelism: int |
         "signal_delay_s": launch.signal_delay_s,
         "job_name": launch.job_name or "blt",
         "setup": [
-            # The snapshot comes before the installed package: a queued job runs the code as it
-            # was at submission.
+            # The snapshot comes before the installed package, and `python -m` must not put the
+            # working directory (often the checkout) first: a queued job runs the code as it was
+            # at submission. (PYTHONSAFEPATH: Python >= 3.11.)
             f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}",
+            "export PYTHONSAFEPATH=1",
             # One math thread per rank unless the job asks for CPUs per task (torchrun's default).
             "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}",
             *launch.setup,

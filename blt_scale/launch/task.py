@@ -48,7 +48,8 @@ class TrainTask:
         job_id = str(env.job_id)
         if main:
             restart = sum(1 for r in rundir.history(run_dir) if r["event"] == "start" and r.get("job") == job_id)
-            rundir.record(run_dir, "start", job=job_id, restart=restart, nodes=list(env.hostnames), world=env.num_tasks)
+            rundir.record(run_dir, "start", job=job_id, restart=restart, nodes=list(env.hostnames), world=env.num_tasks,
+                          code=str(Path(rundir.__file__).resolve().parents[1]))
         code, signals = self._run_trainer(run_dir)
         if code == EXIT_OK:
             if main:
