@@ -10,8 +10,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 .PHONY: setup demo test bench
 setup: $(VENV)/.installed
 
-demo: setup  ## the main job on the embedded corpus: train cpu_tiny, write metrics and plots
-	$(VENV)/bin/blt train cpu_tiny
+demo: setup  ## the main job on the embedded corpus: FSDP on 2 processes, stop by signal, resume, eval, plot
+	$(VENV)/bin/python -m blt_scale.train.demo runs/demo
 
 test: setup  ## the whole test suite
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
