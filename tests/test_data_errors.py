@@ -133,7 +133,7 @@ def test_damaged_shard_stops_training_with_one_line(dataset, tmp_path):
         shard.write_bytes(shard.read_bytes()[:-10])
     cmd = [str(REPO / ".venv/bin/blt"), "train", "cpu_tiny", f"run_dir={tmp_path / 'run'}", "train.steps=1",
            "train.micro_batch=2", "train.global_batch=2", f"data.sources=[{{uri: {dataset}}}]", "data.seq_len=64",
-           f"data.cache_dir={tmp_path / 'cache'}", "train.peak_flops=1e12"]
+           f"data.cache_dir={tmp_path / 'cache'}", "train.peak_flops=1e12", "wandb.enabled=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if "truncated" in line]

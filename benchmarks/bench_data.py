@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Data-path figures for issue 3 (a benchmark, not a test):
+
+1. `blt prep text` conversion MB/s on a >= 200 MB corpus (the Python standard library's sources,
+   repeated), and its ratio to `zstd -3` compressing the same bytes in the same run;
+2. the streaming loader's packed bytes/s with 2 workers (cpu_tiny's seq_len, micro batch and
+   patcher), and its ratio to the bytes/s `cpu_tiny` trains at (measured here by training it).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--mb 200] [--workers 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_corpus(directory: Path, megabytes: int) -> tuple[int, Path]:
+    """Stdlib files copied round after round (each round its own folder) up to `megabytes`;
+    also their concatenation, for zstd."""
+    from blt_scale.data.builtin import stdlib_files
+
+    files = [p for p in stdlib_files() if p.stat().st_size]
+    total, rounds = 0, 0
+    with open(directory / "all.bin", "wb") as concat:
+        while total < megabytes * 1e6:
+            folder = directory / "corpus" / f"round{rounds:03d}"
+            folder.mkdir(parents=True)
+            for i, path in enumerate(files):
+                data = path.read_bytes()
+                (folder / f"{i:05d}.py").write_bytes(data)
+                concat.write(data)
+                total += len(data)
+            rounds += 1
+    return total, directory / "all.bin"
+
+
+def zstd_seconds(path: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["zstd", "-3", "-q", "-c", str(path)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def conversion_seconds(corpus: Path, out: Path, workers: int) -> float:
+    from blt_scale.data.prep_text import TextPrepConfig, convert_text
+
+    started = time.perf_counter()
+    convert_text(TextPrepConfig(inputs=[str(corpus)], out=str(out), workers=workers), progress=False)
+    return time.perf_counter() - started
+
+
+def loader_bytes_per_s(dataset: Path, cache: Path, workers: int, batches: int = 300) -> float:
+    from blt_scale.data.loader import DataConfig, build_loader
+    from blt_scale.recipe import load_recipe
+
+    recipe = load_recipe("cpu_tiny")
+    t = recipe.train
+    cfg = DataConfig(seq_len=recipe.data.seq_len, sources=[{"uri": str(dataset)}], workers=workers,
+                     streams=t.micro_batch, cache_dir=str(cache))
+    it = iter(build_loader(cfg, recipe.patcher, t.micro_batch, seed=0))
+    for _ in range(20):  # worker start-up and shard fetching are not the steady state
+        next(it)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * t.micro_batch * recipe.data.seq_len / (time.perf_counter() - started)
+
+
+def train_bytes_per_s(run_dir: Path, steps: int = 20) -> float:
+    cmd = [str(REPO / ".venv/bin/blt"), "train", "cpu_tiny", f"train.steps={steps}", f"run_dir={run_dir}",
+           "wandb.enabled=false", "train.log_every=1"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["bytes_per_s"] for r in rows if "bytes_per_s" in r and r.get("split") is None]
+    return statistics.median(rates[2:] or rates)  # the first steps include warm-up
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mb", type=int, default=200)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_data_"))
+    try:
+        size, concat = make_corpus(tmp, args.mb)
+        zstd_s = zstd_seconds(concat)
+        prep_s = conversion_seconds(tmp / "corpus", tmp / "ds", args.workers)
+        load = loader_bytes_per_s(tmp / "ds", tmp / "cache", args.workers)
+        train = train_bytes_per_s(tmp / "run")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    figures = {
+        "corpus_mb": size / 1e6, "prep_workers": args.workers,
+        "prep_mb_per_s": size / 1e6 / prep_s, "zstd3_mb_per_s": size / 1e6 / zstd_s, "prep_vs_zstd3": zstd_s / prep_s,
+        "loader_workers": args.workers, "loader_bytes_per_s": load, "cpu_tiny_train_bytes_per_s": train,
+        "loader_vs_train": load / train, "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"corpus {figures['corpus_mb']:.0f} MB; conversion ({args.workers} workers) {figures['prep_mb_per_s']:.1f} MB/s, "
+          f"zstd -3 {figures['zstd3_mb_per_s']:.1f} MB/s, ratio {figures['prep_vs_zstd3']:.2f} (goal >= 0.5)")
+    print(f"loader ({args.workers} workers) {load / 1e6:.2f} MB/s packed; cpu_tiny trains at {train / 1e3:.2f} kB/s; "
+          f"ratio {figures['loader_vs_train']:.0f}x (goal >= 50x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
