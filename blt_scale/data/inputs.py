@@ -132,9 +132,12 @@ def read_documents(f: InputFile, text_field: str, skip_bad: bool, stats: ReadSta
     """Documents of one input. An unreadable input is an error naming it; with skip_bad it is
     recorded in stats.skipped_inputs instead (documents already yielded from it stay)."""
     try:
-        if f.kind == "text":
-            with fsspec.open(f.uri, "rb") as fh:
+        if f.kind == "text" and "://" not in f.uri:
+            with open(f.uri, "rb") as fh:  # fsspec's per-open bookkeeping costs more than a small file
                 docs: Iterator[bytes] = iter([fh.read()])
+        elif f.kind == "text":
+            with fsspec.open(f.uri, "rb") as fh:
+                docs = iter([fh.read()])
         elif f.kind == "jsonl":
             docs = _jsonl(f, text_field, skip_bad, stats)
         else:

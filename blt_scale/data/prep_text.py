@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import tempfile
+import time
 from typing import Literal
 
 from pydantic import Field
@@ -78,12 +79,17 @@ def _init_worker(progress: mp.Queue) -> None:
 def _convert_part(cfg: TextPrepConfig, name: str, files: list[InputFile], staging: str) -> dict:
     stager = PartStager(cfg.format, staging, name, cfg.shard_size, with_entropy=False)
     stats = ReadStats()
+    pending, last = [0, 0, 0], time.monotonic()
     for f in files:
-        docs = 0
         for doc in read_documents(f, cfg.text_field, cfg.skip_bad, stats):
             stager.write("val" if is_validation(doc, cfg.val_fraction) else "train", doc)
-            docs += 1
-        _progress.put((1, docs, f.size))
+            pending[1] += 1
+        pending[0] += 1
+        pending[2] += f.size
+        if time.monotonic() - last > 0.2:  # a queue message per small file would cost more than the file
+            _progress.put(tuple(pending))
+            pending, last = [0, 0, 0], time.monotonic()
+    _progress.put(tuple(pending))
     return stager.finish(bad_lines=stats.bad_lines, empty_documents=stats.empty_documents,
                          skipped_inputs=stats.skipped_inputs)
 
