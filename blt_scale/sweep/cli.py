@@ -1,4 +1,4 @@
-"""`blt sweep SWEEP.yaml [KEY=VALUE ...] [--local] [--dry-run]`."""
+"""`blt sweep SWEEP.yaml [KEY=VALUE ...] [--local | --wait] [--dry-run]`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     path = Path(args.sweep)
     cfg = config.load(SweepConfig, path, args.overrides)
-    submit_array = None
-    if not args.local and not args.dry_run:
-        from blt_scale.launch.array import submit_command_array  # SLURM only when asked for
-
-        submit_array = submit_command_array
-    print(json.dumps(sweep(cfg, path, local=args.local, dry_run=args.dry_run, submit_array=submit_array)))
+    print(json.dumps(sweep(cfg, path, local=args.local, dry_run=args.dry_run, wait=args.wait)))
     return 0
 
 
@@ -29,4 +24,5 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the sweep recipe")
     p.add_argument("--local", action="store_true", help="train the runs one after another on this machine")
     p.add_argument("--dry-run", action="store_true", help="print and write the planned grid only")
+    p.add_argument("--wait", action="store_true", help="SLURM: wait for the array, then aggregate")
     p.set_defaults(func=cmd_sweep)

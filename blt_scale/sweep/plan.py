@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from blt_scale.config import Config
+from blt_scale.launch.config import LaunchConfig
 from blt_scale.model.flops import model_flops
 from blt_scale.recipe import RunConfig, load_recipe
 
@@ -44,7 +45,9 @@ class SweepConfig(Config):
     patch_sample_batches: int = Field(default=8, gt=0, description="steps of data for the first patch-size estimate")
     budget_tolerance: float = Field(default=0.01, gt=0, description="max relative gap of planned FLOPs to budget")
     inference_tolerance: float = Field(default=0.05, gt=0, description="fixed_inference: max relative FLOPs/byte gap")
-    max_parallel: int = Field(default=4, gt=0, description="SLURM array parallelism limit")
+    max_parallel: int = Field(default=4, gt=0, description="SLURM array: runs at once")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig, description="SLURM placement of each run")
+    wait_timeout_s: float = Field(default=7 * 24 * 3600, gt=0, description="--wait: give up after this long")
     overrides: list[str] = Field(default=[], description="applied to every run, e.g. train.log_every=50")
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,12 +47,26 @@ def aggregate(sweep: SweepConfig, runs: list[PlannedRun]) -> dict:
     return {"results": str(out / "results.csv"), "runs": len(rows)}
 
 
-def sweep(sweep_cfg: SweepConfig, sweep_file: Path, local: bool, dry_run: bool, submit_array=None) -> dict:
-    """Plan and print the grid; launch unfinished runs; aggregate when all are finished.
+def submit_slurm(sweep_cfg: SweepConfig, runs: list[PlannedRun]) -> list:
+    """All pending runs as one SLURM job array sharing one code snapshot."""
+    from blt_scale.launch.submit import submit_runs
+    from blt_scale.recipe import load_recipe
 
-    `submit_array(commands, run_dirs, max_parallel) -> job id` launches on SLURM (see
-    blt_scale.launch); without `local` and without it, nothing can run.
-    """
+    cfgs = [load_recipe(r.recipe, r.overrides) for r in runs]
+    return submit_runs(cfgs, sweep_cfg.launch, Path(sweep_cfg.run_dir) / "array", sweep_cfg.max_parallel)
+
+
+def wait_for(jobs: list, timeout_s: float, poll_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(job.done() for job in jobs):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sweep array not finished after {timeout_s:.0f} s; run `blt sweep` again later")
+        time.sleep(poll_s)
+
+
+def sweep(sweep_cfg: SweepConfig, sweep_file: Path, local: bool, dry_run: bool, wait: bool = False) -> dict:
+    """Plan and print the grid; launch unfinished runs (here or as one SLURM array); aggregate
+    once every run has its final evaluation. Running it again launches only what is unfinished."""
     runs = plan_sweep(sweep_cfg, sweep_file)
     write_plan(runs, Path(sweep_cfg.run_dir))
     print(plan_table(runs), file=sys.stderr)
@@ -61,8 +76,12 @@ def sweep(sweep_cfg: SweepConfig, sweep_file: Path, local: bool, dry_run: bool, 
     if pending and local:
         run_local(pending)
     elif pending:
-        if submit_array is None:
-            raise RuntimeError("no SLURM launcher available: use --local to run here")
-        job = submit_array([train_command(r) for r in pending], [r.run_dir for r in pending], sweep_cfg.max_parallel)
-        return {"planned": len(runs), "submitted": len(pending), "job": job}
+        jobs = submit_slurm(sweep_cfg, pending)
+        summary = {"planned": len(runs), "submitted": len(pending), "job": str(jobs[0].job_id).split("_")[0]}
+        if not wait:
+            return summary
+        wait_for(jobs, sweep_cfg.wait_timeout_s)
+        unfinished = [r.name for r in pending if not run_finished(r)]
+        if unfinished:
+            raise RuntimeError(f"array job {summary['job']} ended with unfinished runs: {', '.join(unfinished)}")
     return {"planned": len(runs), "trained": len(pending), **aggregate(sweep_cfg, runs)}

@@ -1,0 +1,76 @@
+"""A FLOP-matched sweep end to end on this machine: plan within 1% of each budget, train every run
+with --local, aggregate, fit, plot; a second invocation trains nothing."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blt_scale import config
+from blt_scale.sweep.plan import SweepConfig, plan_sweep
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+TINY_BLT = ["model.encoder.dim=32", "model.decoder.dim=32", "model.global.dim=64", "model.encoder.heads=2",
+            "model.decoder.heads=2", "model.global.heads=2", "model.global.layers=1", "model.decoder.layers=1",
+            "model.ngram.buckets=512"]
+
+
+def tiny_sweep(tmp_path: Path) -> Path:
+    sweep = {
+        "run_dir": str(tmp_path / "sweep"),
+        "variants": [
+            {"name": "blt_space", "recipe": str(RECIPES / "cpu_tiny.yaml"), "overrides": TINY_BLT},
+            {"name": "byte_baseline", "recipe": str(RECIPES / "cpu_tiny_baseline.yaml"),
+             "overrides": ["model.dim=32", "model.heads=2", "model.layers=2"]},
+        ],
+        "sizes": [{"name": "s", "width": 0.75}, {"name": "m", "width": 1.0}, {"name": "l", "width": 1.5}],
+        "budgets": [6.0e9, 9.0e9],
+        "overrides": ["data.seq_len=64", "data.corpus_bytes=1500000", "data.val_fraction=0.1", "train.global_batch=2", "train.micro_batch=2",
+                      "train.eval_batches=1", "wandb.enabled=false", "checkpoint.every=100000"],
+    }
+    path = tmp_path / "tiny_sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def blt_sweep(*args):
+    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True)
+
+
+def test_every_planned_run_matches_its_budget_within_one_percent(tmp_path):
+    path = tiny_sweep(tmp_path)
+    runs = plan_sweep(config.load(SweepConfig, path), path)
+    assert len(runs) == 12 and len({r.run_dir for r in runs}) == 12
+    for run in runs:
+        assert abs(run.train_flops / run.budget_flops - 1) < 0.01, run.name
+    blt = [r for r in runs if r.variant == "blt_space"]
+    assert all(4 < r.mean_patch_bytes < 10 for r in blt)  # measured space patches, not a default
+
+
+@pytest.mark.slow
+def test_local_sweep_trains_aggregates_and_then_does_nothing(tmp_path):
+    path = tiny_sweep(tmp_path)
+    out = blt_sweep(str(path), "--local")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert summary["trained"] == 12 and summary["runs"] == 12
+    sweep_dir = tmp_path / "sweep"
+    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+    assert len(rows) == 12
+    for row in rows:  # FLOPs recomputed from each run's own measured patch sizes
+        assert abs(float(row["train_flops"]) / float(row["budget_flops"]) - 1) < 0.01, row
+        assert 0 < float(row["val_bpb"]) < 9
+    assert "blt_space" in (sweep_dir / "results.md").read_text()
+    for png in ("bpb_vs_flops.png", "isoflop.png", "frontier.png"):
+        data = (sweep_dir / "plots" / png).read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 10_000
+
+    metrics_sizes = {p: p.stat().st_size for p in sweep_dir.rglob("metrics.jsonl")}
+    again = blt_sweep(str(path), "--local")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["trained"] == 0
+    assert {p: p.stat().st_size for p in sweep_dir.rglob("metrics.jsonl")} == metrics_sizes
