@@ -3,6 +3,7 @@ with --local, aggregate, fit, plot; a second invocation trains nothing."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,9 @@ def tiny_sweep(tmp_path: Path) -> Path:
 
 
 def blt_sweep(*args):
-    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True)
+    # One thread per run: tiny models run faster so, and local and SLURM runs add up floats alike.
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True, env=env)
 
 
 def test_every_planned_run_matches_its_budget_within_one_percent(tmp_path):

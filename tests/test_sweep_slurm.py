@@ -3,6 +3,7 @@ the same sweep run here, and running it again submits nothing."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def blt_sweep(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True,
+    # One thread per run: tiny models run faster so, and local and SLURM runs add up floats alike.
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 
