@@ -18,19 +18,30 @@ from dist_helpers import DETERMINISTIC, FSDP, TINY, losses  # noqa: F401 - re-ex
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local_cluster.sh"
 JOB_TIMEOUT_S = 240
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING"}
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
-@pytest.fixture(scope="session")
+_STARTED: list[Path] = []
+_SUBMITTED: list[str] = []
+
+
+@pytest.fixture
 def slurm_cluster():
-    try:
-        r = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"local SLURM cluster cannot start ({CLUSTER} start): {err}")
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"local SLURM cluster cannot start ({CLUSTER} start exit {r.returncode}): {last}")
-    return CLUSTER
+    """The running cluster (started on first use); jobs a test leaves behind are cancelled."""
+    if not _STARTED:
+        try:
+            r = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            pytest.skip(f"local SLURM cluster cannot start ({CLUSTER} start): {err}")
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"local SLURM cluster cannot start ({CLUSTER} start exit {r.returncode}): {last}")
+        _STARTED.append(CLUSTER)
+    yield CLUSTER
+    leftovers = [j for j in _SUBMITTED if job_state(j)[0] in ACTIVE]
+    if leftovers:
+        subprocess.run(["scancel", *leftovers], capture_output=True, timeout=30)
+    _SUBMITTED.clear()
 
 
 def blt(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -47,7 +58,13 @@ def submit(run_dir: Path, overrides: list[str], nodes: int, tasks: int = 1, *opt
             "--tasks-per-node", str(tasks), *options)
     lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
     assert lines["run_dir"] == str(run_dir.resolve()), r.stdout
+    track(lines["job"])
     return lines["job"]
+
+
+def track(job: str) -> None:
+    """Cancel this job when the test ends, whatever its outcome."""
+    _SUBMITTED.append(job)
 
 
 def job_state(job: str) -> tuple[str, str]:
