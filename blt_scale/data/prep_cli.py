@@ -76,7 +76,7 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument("--text-field", default="text", help="jsonl key / parquet column holding the text")
     p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out by hash")
     p.add_argument("--shard-size", type=parse_size, default=64 << 20, help="uncompressed bytes per shard")
-    p.add_argument("--part-size", type=parse_size, default=32 << 20, help="input bytes per part")
+    p.add_argument("--part-size", type=parse_size, default=16 << 20, help="input bytes per part (parallelism, resume)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines/unreadable files, count them")
     p.add_argument("--overwrite", action="store_true", help="delete --out and start over")

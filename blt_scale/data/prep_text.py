@@ -31,7 +31,7 @@ class TextPrepConfig(Config):
     text_field: str = Field(default="text", description="jsonl key / parquet column of the text")
     val_fraction: float = Field(default=0.01, ge=0, lt=1, description="documents held out for validation, by hash")
     shard_size: int = Field(default=64 << 20, gt=0, description="uncompressed bytes per shard")
-    part_size: int = Field(default=32 << 20, gt=0, description="input bytes per part (unit of parallelism and resume)")
+    part_size: int = Field(default=16 << 20, gt=0, description="input bytes per part (unit of parallelism and resume)")
     workers: int = Field(default=1, gt=0)
     skip_bad: bool = Field(default=False, description="count and skip malformed lines / unreadable files")
     overwrite: bool = False
@@ -121,7 +121,7 @@ def convert_text(cfg: TextPrepConfig, progress: bool = True) -> dict:
         with ctx.Pool(min(cfg.workers, max(len(jobs), 1)), _init_worker, (progress_q,)) if cfg.workers > 1 else _Inline() as pool:
             pending = [pool.apply_async(_convert_part, job) for job in jobs]
             while pending:
-                _drain(progress_q, bar, totals, wait=0.1)
+                _drain(progress_q, bar, totals, wait=0.1 if cfg.workers > 1 else 0)
                 for result in [r for r in pending if r.ready()]:
                     upload_part(root, cfg.format, result.get())  # re-raises a worker's error here
                     pending.remove(result)
