@@ -49,6 +49,8 @@ def register(sub) -> None:
     p = sub.add_parser("submit", help="submit a training run to SLURM (submitit); prints the job id and run_dir")
     add_recipe_args(p)
     _placement_args(p, required=True)
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write the run directory and print the `sbatch slurm/train.sbatch` line instead of submitting")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("resume", help="resubmit a stopped or failed SLURM run, on the same or another number of nodes")
@@ -83,7 +85,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         launch = LaunchConfig(**_changes(args))
     except ValueError as err:
         raise ConfigError(f"blt submit options: {err}".replace("\n", " ")) from None
-    job, run_dir = submit(cfg, launch, dry_run=args.dry_run)
+    job, run_dir = submit(cfg, launch, dry_run=args.dry_run, prepare_only=args.prepare_only)
+    if args.prepare_only:
+        print(f"run_dir {run_dir}")
+        print(job)
+        return 0
     return _report(job, run_dir, args.dry_run)
 
 

@@ -51,7 +51,7 @@ def run_status(run_dir: str | Path) -> dict:
         exits = [r for r in mine if r["event"] == "exit"]
         jobs.append({
             "job": job,
-            "submitted_as": next((r["event"] for r in mine if r["event"] in ("submit", "resume")), None),
+            "submitted_as": next((r["event"] for r in mine if r["event"] in ("submit", "resume")), "sbatch"),
             "allocations": len(starts),
             "nodes": starts[-1]["nodes"] if starts else None,
             "world": starts[-1]["world"] if starts else None,

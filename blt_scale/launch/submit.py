@@ -68,13 +68,32 @@ def sbatch_script(folder: Path, launch: LaunchConfig, code: Path) -> str:
     return _make_sbatch_string(command=command, folder=folder, **sbatch_parameters(launch, code))
 
 
-def submit(cfg, launch: LaunchConfig, dry_run: bool = False):
-    """Prepare cfg.run_dir and submit its training job. Returns (job or the sbatch script, run_dir)."""
+def submit(cfg, launch: LaunchConfig, dry_run: bool = False, prepare_only: bool = False):
+    """Prepare cfg.run_dir and submit its training job. Returns (job or the sbatch script, run_dir);
+    `prepare_only` writes the run directory for slurm/train.sbatch and returns its sbatch command."""
+    if prepare_only:
+        run_dir = rundir.prepare(cfg, launch)
+        return plain_sbatch_command(run_dir, launch), run_dir
     if dry_run:  # nothing is written
         run_dir = Path(cfg.run_dir).resolve()
         return sbatch_script(run_dir / rundir.LOGS, launch, run_dir / rundir.CODE), run_dir
     run_dir = rundir.prepare(cfg, launch)
     return _submit_prepared(run_dir, launch, False, "submit")
+
+
+def plain_sbatch_command(run_dir: Path, launch: LaunchConfig) -> str:
+    """The `sbatch slurm/train.sbatch` line that runs a prepared run directory as `blt submit` would."""
+    template = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
+    options = [f"--nodes={launch.nodes}", f"--ntasks-per-node={launch.ranks_per_node}", f"--time={launch.time_min}",
+               f"--signal=USR2@{launch.signal_delay_s}", f"--output={run_dir / rundir.LOGS}/%j_sbatch.out"]
+    if launch.gpus_per_node:
+        options.append(f"--gpus-per-node={launch.gpus_per_node}")
+    for key in ("partition", "account", "qos", "constraint", "exclude", "cpus_per_task"):
+        if getattr(launch, key) is not None:
+            options.append(f"--{key.replace('_', '-')}={getattr(launch, key)}")
+    if launch.mem_gb:
+        options.append(f"--mem={int(launch.mem_gb * 1024)}M")
+    return shlex.join(["sbatch", *options, str(template), str(run_dir)])
 
 
 def resume(run_dir: str | Path, changes: dict | None = None, dry_run: bool = False):

@@ -128,3 +128,22 @@ def last_step(run_dir: Path) -> int:
 
     latest = latest_complete(run_dir)
     return int(STEP_DIR.match(latest.name).group(1)) if latest else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`srun python -m blt_scale.launch.task RUN_DIR`: the same task without submitit's pickle,
+    for slurm/train.sbatch. Exit 0 done, 75 stopped (requeued or to resume), 1 failed."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m blt_scale.launch.task")
+    p.add_argument("run_dir")
+    args = p.parse_args(argv)
+    try:
+        TrainTask(rundir.check_run_dir(args.run_dir))()
+    except (RuntimeError, FileNotFoundError) as err:
+        print(f"blt task: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
