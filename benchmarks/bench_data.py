@@ -22,14 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from blt_scale.data.builtin import stdlib_files
+from blt_scale.data.loader import DataConfig, build_loader
+from blt_scale.data.prep_text import TextPrepConfig, convert_text  # imported here: not part of a timing
+from blt_scale.recipe import load_recipe
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def make_corpus(directory: Path, megabytes: int) -> tuple[int, Path]:
     """Stdlib files copied round after round (each round its own folder) up to `megabytes`;
     also their concatenation, for zstd."""
-    from blt_scale.data.builtin import stdlib_files
-
     files = [p for p in stdlib_files() if p.stat().st_size]
     total, rounds = 0, 0
     with open(directory / "all.bin", "wb") as concat:
@@ -52,17 +55,12 @@ def zstd_seconds(path: Path) -> float:
 
 
 def conversion_seconds(corpus: Path, out: Path, workers: int) -> float:
-    from blt_scale.data.prep_text import TextPrepConfig, convert_text
-
     started = time.perf_counter()
     convert_text(TextPrepConfig(inputs=[str(corpus)], out=str(out), workers=workers), progress=False)
     return time.perf_counter() - started
 
 
 def loader_bytes_per_s(dataset: Path, cache: Path, workers: int, batches: int = 300) -> float:
-    from blt_scale.data.loader import DataConfig, build_loader
-    from blt_scale.recipe import load_recipe
-
     recipe = load_recipe("cpu_tiny")
     t = recipe.train
     cfg = DataConfig(seq_len=recipe.data.seq_len, sources=[{"uri": str(dataset)}], workers=workers,
