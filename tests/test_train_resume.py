@@ -85,15 +85,18 @@ def test_stop_signal_to_one_rank_then_resume_on_one_process(tmp_path, tmp_path_f
     assert traced_rows(run_dir) == expected_rows(ONE, 20)
 
 
-def test_resume_one_process_on_two_ranks(tmp_path, tmp_path_factory):
+def test_resume_one_process_on_two_ranks_hsdp_async(tmp_path, tmp_path_factory):
     ref_dir = reference(tmp_path_factory, "blt_1proc", ONE, 1)
     run_dir = tmp_path / "grown"
     shutil.copytree(ref_dir, run_dir)
     for ckpt in checkpoints_dir(run_dir).iterdir():
         if step_of(ckpt) > 10:
             shutil.rmtree(ckpt)
-    _, out = run(run_dir, TWO, 2)
+    # The grown run also takes the HSDP mesh (2 replicas x 1 shard) and saves asynchronously.
+    _, out = run(run_dir, TWO + ["parallel.replicate=2", "checkpoint.async_save=true"], 2)
     assert "step_000010 at step 10/20" in out
+    assert [step_of(c) for c in sorted(checkpoints_dir(run_dir).iterdir())] == [10, 15, 20]
+    assert all(is_complete(c) for c in checkpoints_dir(run_dir).iterdir())
     ref, grown = losses(ref_dir), losses(run_dir)
     assert sorted(grown) == list(range(1, 21))
     assert max(abs(grown[s] - ref[s]) for s in range(11, 21)) <= FP32_TOL
