@@ -53,19 +53,19 @@ def expand_inputs(specs: list[str]) -> list[InputFile]:
     for spec in specs:
         fs, path = fsspec.core.url_to_fs(spec)
         if any(c in path for c in _GLOB_CHARS):
-            paths = [p for p in fs.glob(path) if fs.isfile(p)]
-            if not paths:
+            infos = {p: i for p, i in fs.glob(path, detail=True).items() if i["type"] == "file"}
+            if not infos:
                 raise FileNotFoundError(f"{spec}: no file matches this pattern")
         elif fs.isdir(path):
-            paths = fs.find(path)
+            infos = fs.find(path, detail=True)  # sizes come with the listing: no stat per file
         elif fs.isfile(path):
-            paths = [path]
+            infos = {path: fs.info(path)}
         else:
             raise FileNotFoundError(f"{spec}: no such file or directory")
         keep_plain = "://" not in spec  # plain local paths stay plain in the manifest
-        for p in paths:
+        for p, info in infos.items():
             uri = p if keep_plain else fs.unstrip_protocol(p)
-            found[uri] = int(fs.size(p) or 0)
+            found[uri] = int(info.get("size") or 0)
     if not found:
         raise ValueError(f"no input files in {specs} (empty corpus)")
     return [InputFile(uri, size) for uri, size in sorted(found.items())]
