@@ -8,15 +8,22 @@ same Python.
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 
+SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
 def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
-    return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]  # pruned, never walked: site-packages can be huge
+        files += [Path(folder) / n for n in names if n.endswith(".py")]
+    return sorted(files)
 
 
 def stdlib_documents(max_bytes: int | None = None) -> Iterator[bytes]:
