@@ -35,7 +35,8 @@ class Source:
         if epoch not in self._perms:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
-            self._perms[epoch] = np.random.default_rng([self.seed, self.index, epoch]).permutation(self.n)
+            order = np.arange(self.n, dtype=np.int32 if self.n < 2**31 else np.int64)  # half the memory
+            self._perms[epoch] = np.random.default_rng([self.seed, self.index, epoch]).permutation(order)
         return int(self._perms[epoch][position % self.n])
 
 
