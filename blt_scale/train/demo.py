@@ -1,6 +1,7 @@
-"""`make demo`: the main job end to end on the embedded corpus, on 2 CPU processes.
+"""`make demo`: the main job end to end on a corpus every machine has, on 2 CPU processes.
 
-Trains a cpu_tiny BLT with FSDP over gloo, sends SIGUSR2 midway (as SLURM does before a time
+Converts ~4 MB of the Python standard library's sources to MDS shards with `blt prep text`,
+trains a cpu_tiny BLT on them with FSDP over gloo, sends SIGUSR2 midway (as SLURM does before a time
 limit), checks that both ranks saved the same step and exited with the stop code, resumes with
 `--resume auto`, evaluates validation bpb on the held-out documents and writes
 RUN_DIR/plots/loss.png. `python -m blt_scale.train.demo [RUN_DIR] [k=v ...]`.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,22 @@ def main(argv: list[str]) -> int:
     steps = 100
     shutil.rmtree(run_dir, ignore_errors=True)
     started = time.time()
+
+    print(f"== 0. converting the standard library's sources to {run_dir / 'data'}", flush=True)
+    from blt_scale.data.builtin import stdlib_files
+
+    files, total = [], 0
+    for path in stdlib_files():
+        files.append(str(path))
+        total += path.stat().st_size
+        if total > 4_000_000:
+            break
+    prep = subprocess.run([sys.executable, "-m", "blt_scale.cli", "prep", "text", *files, "--out", str(run_dir / "data"),
+                           "--quiet"])
+    if prep.returncode:
+        print(f"demo: blt prep text exited {prep.returncode}", file=sys.stderr)
+        return 1
+    args.append(f"data.sources=[{{uri: {run_dir.resolve() / 'data'}}}]")
 
     print(f"== 1. training {run_dir} on 2 processes (FSDP over gloo)", flush=True)
     procs = spawn_ranks([*args, "--resume", "never"], 2)
