@@ -9,7 +9,8 @@ from blt_scale.model.build import build_model
 from blt_scale.model.flops import model_flops
 from blt_scale.recipe import RECIPES, load_recipe
 
-ALL = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if "sweeps" not in p.parts)
+# sweeps/ holds sweep recipes and brain/ the `blt prep brain` presets: not training recipes.
+ALL = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if not {"sweeps", "brain"} & set(p.parts))
 
 
 def meta_model(cfg):
@@ -42,3 +43,34 @@ def test_byte_baselines_match_their_blt_forward_flops_per_byte():
         fa = model_flops(a.model, a.data.seq_len, 4.5).forward_per_byte
         fb = model_flops(b.model, b.data.seq_len).forward_per_byte
         assert abs(fa / fb - 1) < 0.05, (blt, fa, fb)
+
+
+SWEEPS = sorted((RECIPES / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_recipe_variants_and_sizes_resolve(path):
+    from blt_scale import config
+    from blt_scale.sweep.plan import SweepConfig, _recipe_path, size_overrides
+
+    sweep = config.load(SweepConfig, path)
+    for variant in sweep.variants:
+        recipe = _recipe_path(path, variant.recipe)
+        base = load_recipe(recipe, variant.overrides + sweep.overrides)
+        for size in sweep.sizes:
+            cfg = load_recipe(recipe, variant.overrides + sweep.overrides + size_overrides(base, size))
+            assert sum(p.numel() for p in meta_model(cfg).parameters()) > 0
+
+
+def test_fixed_inference_sweep_is_matched_at_its_target_patch_sizes():
+    from blt_scale import config
+    from blt_scale.sweep.plan import SweepConfig, _recipe_path
+
+    path = RECIPES / "sweeps" / "paper_fixed_inference.yaml"
+    sweep = config.load(SweepConfig, path)
+    targets = {"byte_baseline": 1.0, "blt_ps4.5": 4.5, "blt_ps6": 6.0, "blt_ps8": 8.0}
+    per_byte = {}
+    for v in sweep.variants:
+        cfg = load_recipe(_recipe_path(path, v.recipe), v.overrides + sweep.overrides)
+        per_byte[v.name] = model_flops(cfg.model, cfg.data.seq_len, targets[v.name]).forward_per_byte
+    assert max(per_byte.values()) / min(per_byte.values()) - 1 < sweep.inference_tolerance, per_byte
