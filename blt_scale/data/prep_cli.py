@@ -8,7 +8,7 @@ import json
 import re
 
 # Modules adding `prep` subcommands: each has `register_prep(prep_subparsers)`.
-PREP_COMMANDS: list[str] = ["blt_scale.data.prep_cli"]
+PREP_COMMANDS: list[str] = ["blt_scale.data.prep_cli", "blt_scale.data.brain.cli"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}

@@ -1,0 +1,168 @@
+"""`blt prep brain`: recordings -> windows -> MDS shards, one part per recording.
+
+Like `blt prep text`: prep.json records what was asked (a different finished conversion in the
+same directory is refused), a part marker is written after its shards (re-running skips finished
+recordings and does nothing once _COMPLETE exists), and the manifest is written last.
+
+Checks made before any shard is written: every input is a recording of a known format, BIDS
+recordings have an events.tsv, all inputs share one sampling rate unless preprocess.resample
+is set, and each recording is at least one window long. Recordings that are bad (too short,
+no text events, too many bad channels) stop the conversion with an error naming the file, or,
+with skip_bad, are skipped, logged and counted in the manifest. Windows that cross a
+recording's ends are always skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import zlib
+
+from tqdm import tqdm
+
+from blt_scale.data.assemble import finalize, upload_part
+from blt_scale.data.brain.config import BrainPrepConfig
+from blt_scale.data.brain.events import text_events
+from blt_scale.data.brain.preprocess import preprocess
+from blt_scale.data.brain.read import Recording, find_recordings, open_raw
+from blt_scale.data.brain.shards import COLUMNS, BrainPartStager
+from blt_scale.data.brain.windows import cut_windows, window_samples
+from blt_scale.data.prep_text import check_plan, part_name
+from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
+
+log = logging.getLogger(__name__)
+
+
+class BadRecording(ValueError):
+    """A recording that cannot give windows; skipped and counted with skip_bad."""
+
+
+def _check_inputs(recs: list[Recording], cfg: BrainPrepConfig) -> dict[str, BadRecording]:
+    """Header-only checks of every recording; returns the bad ones (errors unless skip_bad)."""
+    bad: dict[str, BadRecording] = {}
+    first: tuple[float, str] | None = None
+    for rec in recs:
+        if rec.bids is not None and rec.events_tsv is None:
+            bad[rec.name] = BadRecording(f"{rec.path}: BIDS recording without events; expected "
+                                         f"{os.path.basename(rec.path).rsplit('_', 1)[0]}_events.tsv beside it")
+            continue
+        raw = open_raw(rec, preload=False)
+        sfreq, seconds = float(raw.info["sfreq"]), raw.n_times / raw.info["sfreq"]
+        if cfg.preprocess.resample is None:
+            if first is None:
+                first = (sfreq, rec.path)
+            elif sfreq != first[0]:
+                raise ValueError(f"{rec.path}: sampling rate {sfreq:g} Hz differs from {first[0]:g} Hz of {first[1]}; "
+                                 f"set preprocess.resample=HZ to bring all inputs to one rate")
+        if seconds < cfg.windows.seconds():
+            bad[rec.name] = BadRecording(f"{rec.path}: recording of {seconds:.3f} s is shorter than one window "
+                                         f"({cfg.windows.seconds():g} s of windows.*)")
+    if bad and not cfg.skip_bad:
+        raise next(iter(bad.values()))
+    return bad
+
+
+def _is_val(name: str, start: int, fraction: float) -> bool:
+    return zlib.crc32(f"{name}:{start}".encode()) % 10_000 < fraction * 10_000
+
+
+def convert_recording(rec: Recording, cfg: BrainPrepConfig, stager: BrainPartStager) -> dict:
+    """Write one recording's windows; returns its statistics for the part marker."""
+    raw = open_raw(rec, preload=True)
+    events = text_events(raw, rec.events_tsv, cfg.events)
+    if not events and cfg.windows.mode == "events":
+        where = rec.events_tsv or "its annotations"
+        raise BadRecording(f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
+                           f"ignored {cfg.events.ignore}); expected word or sentence descriptions")
+    prep = preprocess(raw, cfg.preprocess, rec.path)
+    windows, outside = cut_windows(events, prep.data.shape[1], prep.sfreq, cfg.windows)
+    n = window_samples(cfg.windows, prep.sfreq)
+    if not windows:
+        raise BadRecording(f"{rec.path}: none of {len(events)} text events leaves a whole window "
+                           f"({cfg.windows.tmin:g}...{cfg.windows.tmax:g} s) inside the recording")
+    empty = 0
+    for w in windows:
+        if not w.text:
+            empty += 1
+            continue
+        stager.write("val" if _is_val(rec.name, w.start, cfg.val_fraction) else "train", {
+            "signal": prep.data[:, w.start:w.start + n], "text": w.text.encode("utf-8"), "subject": rec.subject,
+            "session": rec.session, "recording": rec.name, "sfreq": prep.sfreq, "ch_names": prep.ch_names,
+            "ch_pos": prep.ch_pos, "onset_s": w.onset_s})
+    return {"subject": rec.subject, "session": rec.session, "sfreq": prep.sfreq, "ch_names": prep.ch_names,
+            "window_samples": n, "windows_outside": outside, "empty_text": empty,
+            "bad_channels": prep.bad_channels, "no_position": prep.dropped_no_position}
+
+
+def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
+    """Convert (or finish converting) cfg.inputs into cfg.out; returns the manifest plus
+    `converted_parts` (0 when it was already complete)."""
+    root = Root(cfg.out)
+    if cfg.overwrite:
+        root.remove_all()
+    recs = find_recordings(cfg.inputs)
+    options = cfg.model_dump(exclude={"inputs", "out", "overwrite", "preset"})
+    sizes = [os.path.getsize(r.path) if os.path.isfile(r.path) else 0 for r in recs]
+    plan = {"kind": "brain", "options": options, "inputs": [[r.name, s] for r, s in zip(recs, sizes)],
+            "parts": [[i] for i in range(len(recs))]}
+    check_plan(root, plan)
+    if root.is_complete():
+        return {**root.read_json(MANIFEST), "converted_parts": 0}
+    bad = _check_inputs(recs, cfg)
+    root.write_json(PLAN, plan)
+    names = [part_name(i) for i in range(len(recs))]
+    todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]
+    bar = tqdm(total=len(todo), unit="rec", desc=f"prep brain ({len(todo)}/{len(recs)} recordings)", disable=not progress)
+    with tempfile.TemporaryDirectory(prefix="blt-prep-brain-") as staging:
+        for i in todo:
+            rec = recs[i]
+            stager = BrainPartStager(staging, names[i], cfg.shard_size)
+            try:
+                if rec.name in bad:
+                    raise bad[rec.name]
+                stats = convert_recording(rec, cfg, stager)
+                record = stager.finish(recording=rec.name, **stats)
+            except BadRecording as err:
+                if not cfg.skip_bad:
+                    raise
+                log.warning("skipping %s", err)
+                bar.write(f"prep brain: skipped {err}")
+                stager = BrainPartStager(staging, names[i], cfg.shard_size)  # nothing of it is kept
+                record = stager.finish(recording=rec.name, skipped_inputs=[{"input": rec.path, "reason": str(err)}])
+            upload_part(root, "mds", record)
+            bar.update(1)
+            bar.set_postfix(windows=sum(record["documents"].values()), refresh=False)
+    bar.close()
+    records = [root.read_json(f"{PARTS}/{n}.json") for n in names]
+    manifest = finalize(root, "mds", names, _manifest_extra(cfg, records, root))
+    return {**manifest, "converted_parts": len(todo)}
+
+
+def _manifest_extra(cfg: BrainPrepConfig, records: list[dict], root: Root) -> dict:
+    done = [r for r in records if "sfreq" in r]
+    skipped = [s for r in records for s in r.get("skipped_inputs", [])]
+    if not any(sum(r["documents"].values()) for r in done):
+        raise ValueError(f"{root.uri}: no windows from {len(records)} recording(s) (skipped: "
+                         f"{[s['reason'] for s in skipped][:3]}); nothing to train on")
+    rates = sorted({r["sfreq"] for r in done})
+    if len(rates) > 1:
+        raise ValueError(f"{root.uri}: recordings ended at different sampling rates {rates}; set preprocess.resample")
+    names: list[str] = []
+    for r in done:
+        names += [n for n in r["ch_names"] if n not in names]
+    bad_counts: dict[str, int] = {}
+    for r in done:
+        for reason, chans in r["bad_channels"].items():
+            bad_counts[reason] = bad_counts.get(reason, 0) + len(chans)
+    return {
+        "kind": "brain", "columns": list(COLUMNS), "preset": cfg.preset, "sfreq": rates[0],
+        "window_samples": done[0]["window_samples"], "window_s": cfg.windows.seconds(),
+        "windows": cfg.windows.model_dump(), "recordings": len(records),
+        "channels": {"max": max(len(r["ch_names"]) for r in done), "names": names},
+        "subjects": sorted({r["subject"] for r in done}), "sessions": sorted({r["session"] for r in done}),
+        "skipped": {"recordings": len(skipped), "windows_outside_recording": sum(r["windows_outside"] for r in done),
+                    "windows_without_text": sum(r["empty_text"] for r in done), "bad_channels": bad_counts,
+                    "channels_without_position": sum(len(r["no_position"]) for r in done),
+                    "bad_channels_action": cfg.preprocess.bad_channels.action},
+    }
