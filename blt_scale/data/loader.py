@@ -13,6 +13,8 @@ Three loaders, chosen by `data.sources`:
 - MDS datasets (`blt prep text`/`entropies`): stream_loader.ShardLoader, exactly-once resume
   across world sizes through per-stream state.
 - webdataset datasets: wds_loader.WdsLoader, resampled, no exact resume.
+- brain datasets (`blt prep brain`, manifest kind: brain): brain.loader.BrainLoader, the MDS
+  loader with one window per row; its batches add signal, channel_mask, ch_pos and subject.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from pydantic import Field
 
 from blt_scale.config import Config
+from blt_scale.data.brain.collate import BrainDataConfig
 from blt_scale.data.splits import is_validation
 from blt_scale.data.builtin import stdlib_documents
 from blt_scale.data.packing import pack
@@ -47,6 +50,7 @@ class DataConfig(Config):
     cache_dir: str | None = Field(default=None, description="local cache of decompressed MDS shards; None: system temp dir")
     corpus_bytes: int = Field(default=8_000_000, gt=0, description="embedded corpus only: bytes to read")
     val_fraction: float = Field(default=0.02, ge=0, lt=1, description="embedded corpus only: documents held out, by hash")
+    brain: BrainDataConfig | None = Field(default=None, description="brain sources only: channel/time/text layout of batches")
 
 
 class BuiltinLoader:
@@ -99,7 +103,14 @@ def build_loader(
         return BuiltinLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
     from blt_scale.data.store import open_complete
 
-    formats = {s.uri: open_complete(s.uri)[1]["format"] for s in cfg.sources}
+    manifests = {s.uri: open_complete(s.uri)[1] for s in cfg.sources}
+    formats = {uri: m["format"] for uri, m in manifests.items()}
+    if any(m.get("kind") == "brain" for m in manifests.values()):
+        from blt_scale.data.brain.loader import BrainLoader
+
+        return BrainLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+    if cfg.brain is not None:
+        raise ValueError(f"data.brain is set but no source in data.sources is a brain dataset ({list(manifests)})")
     if set(formats.values()) == {"mds"}:
         from blt_scale.data.stream_loader import ShardLoader
 

@@ -3,7 +3,8 @@
 Sources: a BIDS recording's events.tsv (`onset` and `trial_type` columns, read as utf-8-sig so
 a byte-order mark does no harm), otherwise the recording's annotations. A description is the
 text itself, or a MEG-MASC dict literal such as {'kind': 'word', 'word': 'Tara', ...}, kept
-when its kind is one of `events.kinds` and its text is the first of `events.text_keys` present.
+when its kind is one of `events.kinds`; its text is the value under the kind's own key (`word`,
+`phoneme`), else the first of `events.text_keys` present.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def parse_description(desc: str, cfg: EventsConfig) -> str | None:
             return desc  # braces in plain text
         if not isinstance(value, dict):
             return desc
-        if value.get("kind", "word") not in cfg.kinds:
+        kind = value.get("kind", "word")
+        if kind not in cfg.kinds:
             return None
-        text = next((value[k] for k in cfg.text_keys if value.get(k) not in (None, "")), None)
+        # A phoneme event also names its word: the key named by the kind comes first.
+        text = next((value[k] for k in [kind, *cfg.text_keys] if value.get(k) not in (None, "")), None)
         return None if text is None else str(text).strip() or None
     return desc
 

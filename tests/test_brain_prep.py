@@ -1,0 +1,152 @@
+"""`blt prep brain`: FIF, EDF and BIDS (MEG-MASC) fixtures -> shards whose windows equal the
+same windows cut from independent mne calls (pick, notch, filter, resample, reference) plus a
+numpy median/IQR scaling, and whose texts and onsets match the events; sentences, sliding
+windows, presets and overrides, idempotent re-runs and the CLI."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import mne
+import numpy as np
+import pytest
+
+from blt_scale import cli
+from blt_scale.data.brain.config import EventsConfig, WindowConfig, load_prep_config
+from blt_scale.data.brain.events import parse_description, sentences
+from blt_scale.data.brain.prep import prep_brain
+from blt_scale.data.brain.windows import cut_windows
+from brain_helpers import (
+    EEG_CHANNELS, meg_masc_description, read_events_tsv, write_bids_meg_masc, write_eeg_edf, write_eeg_fif,
+)
+from data_helpers import read_mds_split
+
+TMIN, TMAX = -0.1, 0.6
+
+
+@pytest.fixture(autouse=True)
+def _tmpdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # streaming's lock files stay in this test
+
+
+def samples(out, tmp) -> list[dict]:
+    return read_mds_split(str(out), "train", tmp) + read_mds_split(str(out), "val", tmp)
+
+
+def independent(raw, picks, notch, l_freq, h_freq, resample, reference, clamp=20.0) -> tuple[np.ndarray, float]:
+    """The preprocessing done with direct mne calls and numpy, not the library."""
+    raw = raw.copy().load_data().pick(picks)
+    if notch:
+        raw.notch_filter(notch, verbose="error")
+    raw.filter(l_freq, h_freq, verbose="error")
+    if resample:
+        raw.resample(resample, verbose="error")
+    if reference:
+        raw.set_eeg_reference("average", projection=False, verbose="error")
+    x = raw.get_data()
+    med = np.median(x, axis=1, keepdims=True)
+    iqr = np.subtract(*np.percentile(x, [75, 25], axis=1, keepdims=True))
+    return np.clip((x - med) / iqr, -clamp, clamp), raw.info["sfreq"]
+
+
+def check_windows(got: list[dict], data: np.ndarray, sfreq: float, events: list[tuple[float, str]], recording_end: str):
+    """Every event has its window: text, onset and signal equal to the independent cut."""
+    mine = {round(s["onset_s"], 6): s for s in got if s["recording"].endswith(recording_end)}
+    n = int(round((TMAX - TMIN) * sfreq))
+    assert len(mine) == len(events)
+    for onset, word in events:
+        s = mine[round(onset, 6)]
+        assert s["text"].decode() == word
+        start = int(round(onset * sfreq)) + int(round(TMIN * sfreq))
+        expected = data[:, start:start + n]
+        assert s["signal"].dtype == np.float16 and s["signal"].shape == expected.shape
+        np.testing.assert_allclose(s["signal"].astype(np.float64), expected, rtol=2e-3, atol=2e-3)
+        assert s["sfreq"] == sfreq
+
+
+def prep(inputs, out, preset="eeg-default", *overrides) -> dict:
+    cfg = load_prep_config([str(i) for i in inputs], str(out), preset,
+                           [f"windows.tmin={TMIN}", f"windows.tmax={TMAX}", "val_fraction=0.3", *overrides])
+    return prep_brain(cfg, progress=False)
+
+
+def test_fif_and_edf_windows_equal_direct_mne(tmp_path):
+    fif, fif_events = write_eeg_fif(tmp_path / "sub-01_raw.fif", n_words=12, seed=0)
+    edf, edf_events = write_eeg_edf(tmp_path / "sub-02_eeg.edf", n_words=12, seed=1)
+    report = prep([fif, edf], tmp_path / "ds", "eeg-default", "preprocess.notch=[25]", "preprocess.h_freq=20",
+                  "preprocess.resample=50")
+    assert report["kind"] == "brain" and report["sfreq"] == 50 and report["window_samples"] == 35
+    assert report["subjects"] == ["01", "02"] and report["splits"]["val"]["documents"] > 0
+    assert report["channels"] == {"max": len(EEG_CHANNELS), "names": EEG_CHANNELS}
+    got = samples(tmp_path / "ds", tmp_path)
+    assert len(got) == 24
+    for path, events, reader in ((fif, fif_events, mne.io.read_raw_fif), (edf, edf_events, mne.io.read_raw_edf)):
+        raw = reader(path, preload=True, verbose="error")
+        data, sfreq = independent(raw, "eeg", [25], 0.5, 20.0, 50, "average")
+        check_windows(got, data, sfreq, events, path.name)
+        pos = np.array([ch["loc"][:3] for ch in raw.copy().set_montage("standard_1020").info["chs"]])
+        s = next(s for s in got if s["recording"].endswith(path.name))
+        assert s["ch_names"] == EEG_CHANNELS and s["subject"] == path.name[4:6]
+        np.testing.assert_allclose(s["ch_pos"], pos, atol=1e-6)
+        assert np.isfinite(s["ch_pos"]).all() and s["ch_pos"].dtype == np.float32
+
+
+def test_meg_masc_bids_words_at_the_right_samples(tmp_path):
+    root, words = write_bids_meg_masc(tmp_path / "bids", subjects=("01", "02"), n_words=10, bom=True)
+    report = prep([root], tmp_path / "ds", "meg-masc", "preprocess.h_freq=30")
+    assert report["subjects"] == ["01", "02"] and report["sessions"] == ["0"] and report["sfreq"] == 100
+    got = samples(tmp_path / "ds", tmp_path)
+    for sub in ("01", "02"):
+        tsv = next((root / f"sub-{sub}" / "ses-0" / "meg").glob("*_events.tsv"))
+        assert tsv.read_bytes().startswith(b"\xef\xbb\xbf")
+        rows = [r for r in read_events_tsv(tsv) if r["trial_type"]["kind"] == "word"]
+        assert [r["trial_type"]["word"] for r in rows] == [w for _, w in words[sub]]  # phonemes and sounds left out
+        mine = sorted((s for s in got if s["subject"] == sub), key=lambda s: s["onset_s"])
+        assert [s["text"].decode() for s in mine] == [r["trial_type"]["word"] for r in rows]
+        # the BIDS `sample` column (at the recording's 200 Hz) is where each word's onset is
+        assert [round(s["onset_s"] * 200) for s in mine] == [int(r["sample"]) for r in rows]
+        fif = next(tsv.parent.glob("*_meg.fif"))
+        raw = mne.io.read_raw_fif(fif, preload=True, verbose="error")
+        data, sfreq = independent(raw, "meg", [50.0], 0.5, 30.0, 100, None)
+        check_windows(got, data, sfreq, [(float(r["onset"]), r["trial_type"]["word"]) for r in rows], fif.name)
+        assert mine[0]["session"] == "0" and mine[0]["ch_pos"].shape == (12, 3)
+
+
+def test_dict_literals_and_plain_text_with_every_preset():
+    cfg = EventsConfig()
+    assert parse_description(meg_masc_description("Tara"), cfg) == "Tara"
+    assert parse_description(meg_masc_description("Tara", kind="phoneme"), cfg) is None
+    assert parse_description(meg_masc_description("Tara", kind="phoneme"), EventsConfig(kinds=["phoneme"])) == "T"
+    assert parse_description(str({"kind": "sound", "sound": "a.wav"}), cfg) is None
+    assert parse_description("hello, world", cfg) == "hello, world"
+    assert parse_description("BAD_segment", cfg) is None and parse_description("{not a dict", cfg) == "{not a dict"
+    for preset in ("eeg-default", "meg-masc"):
+        opts = load_prep_config(["x"], "y", preset).events
+        assert parse_description(meg_masc_description("x"), opts) == "x" and parse_description("x", opts) == "x"
+
+
+def test_sentences_and_sliding_windows():
+    words = [(1.0, "The"), (1.3, "cat"), (1.6, "sat."), (2.0, "A"), (2.2, "dog"), (5.0, "ran")]
+    assert sentences(words, gap_s=1.0) == [(1.0, "The cat sat."), (2.0, "A dog"), (5.0, "ran")]
+    win, outside = cut_windows(words, 600, 100.0, WindowConfig(mode="sliding", length_s=2.0, step_s=2.0))
+    assert [(w.start, w.text) for w in win] == [(0, "The cat sat."), (200, "A dog"), (400, "ran")] and outside == 0
+    win, outside = cut_windows(words, 560, 100.0, WindowConfig(tmin=-0.5, tmax=0.7))
+    assert [w.start for w in win] == [50, 80, 110, 150, 170] and outside == 1  # the last one crosses the end
+
+
+def test_rerun_is_idempotent_and_cli_uses_presets_and_overrides(tmp_path, capsys):
+    fif, _ = write_eeg_fif(tmp_path / "rec_raw.fif", n_words=6)
+    args = ["prep", "brain", str(fif), "--out", str(tmp_path / "ds"), f"windows.tmin={TMIN}", "--quiet",
+            f"windows.tmax={TMAX}", "events.unit=sentence", "events.sentence_gap_s=0.5"]
+    assert cli.main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["converted_parts"] == 1 and first["window_samples"] == 70 and first["subjects"] == ["rec_raw"]
+    assert cli.main(args) == 0 and json.loads(capsys.readouterr().out)["converted_parts"] == 0
+    assert cli.main([*args, "windows.tmax=0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "different finished conversion" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert cli.main([*args[:2], str(fif), "--out", str(tmp_path / "ds2"), "--preset", "nope", "--quiet"]) == 2
+    assert "brain preset 'nope'" in capsys.readouterr().err
+    assert cli.main([*args[:2], str(fif), "--out", str(tmp_path / "ds3"), "windows.tmnx=1", "--quiet"]) == 2
+    assert "did you mean 'windows.tmin'" in capsys.readouterr().err
