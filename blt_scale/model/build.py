@@ -10,14 +10,34 @@ from pydantic import Field
 from torch import nn
 
 from blt_scale.model.blt import BLT, BLTConfig
+from blt_scale.model.brain_blt import BrainBLT, BrainBLTConfig
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
+from blt_scale.model.meg_to_text import MegToText, MegToTextConfig
 from blt_scale.model.vocab import PAD
 
-ModelConfig = Annotated[Union[BLTConfig, ByteLMConfig], Field(discriminator="kind")]
+ModelConfig = Annotated[Union[BLTConfig, ByteLMConfig, BrainBLTConfig, MegToTextConfig], Field(discriminator="kind")]
+MODELS = {"blt": BLT, "byte_lm": ByteLM, "brain_blt": BrainBLT, "meg_to_text": MegToText}
+TEXT_KINDS = ("blt", "byte_lm")
 
 
-def build_model(cfg: BLTConfig | ByteLMConfig) -> nn.Module:
-    return {"blt": BLT, "byte_lm": ByteLM}[cfg.kind](cfg)
+def build_model(cfg) -> nn.Module:
+    return MODELS[cfg.kind](cfg)
+
+
+def text_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, None]:
+    tokens = batch["tokens"]
+    summed, count = lm_loss(model(tokens[:, :-1], batch["patch_lengths"]), tokens[:, 1:])
+    return summed, count, None
+
+
+def loss_fn(cfg):
+    """The training objective of a model kind: fn(model, batch) -> (sum, count, aux). The trainer
+    logs sum / count and back-propagates sum + aux (aux None: nothing extra)."""
+    if cfg.kind in TEXT_KINDS:
+        return text_loss
+    from blt_scale.train.brain_loss import LOSSES  # may talk to other ranks: lives on the training side
+
+    return LOSSES[cfg.kind]
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

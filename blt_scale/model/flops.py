@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from blt_scale.model.blt import BLTConfig
+from blt_scale.model.brain_blt import BrainBLTConfig
+from blt_scale.model.brain_encoder import BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLMConfig
+from blt_scale.model.meg_to_text import MegToTextConfig
 from blt_scale.model.layers import TransformerConfig
 from blt_scale.model.vocab import VOCAB_SIZE
 
@@ -120,7 +123,65 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
     return FlopReport(params, linear, attention, seq_len, patch_bytes)
 
 
-def model_flops(cfg: BLTConfig | ByteLMConfig, seq_len: int, patch_bytes: float = 1.0) -> FlopReport:
+# -- brain variants: per window (one text sample of seq_len bytes), then / seq_len ----------------
+def brain_encoder_parts(b: BrainEncoderConfig) -> tuple[int, float, float]:
+    """(params, linear FLOPs, attention FLOPs) of the brain encoder per window of b.samples."""
+    S, E, C, T, N = b.spatial_channels, b.dim, b.channels, float(b.samples), float(b.tokens())
+    params = b.fourier_dim * S + b.subjects * S * S + (S * b.stride * E + E) + E * E + b.layers * _block_params(b) + E
+    linear = (2.0 * b.fourier_dim * S * C + 2.0 * S * C * T + 2.0 * S * S * T  # spatial weights, mix, subject
+              + 2.0 * S * b.stride * E * N + 2.0 * E * E * N + N * b.layers * _block_linear(b))
+    attention = b.layers * 4.0 * E * N * N  # bidirectional: every token sees all N
+    return params, linear, attention
+
+
+def brain_blt_flops(cfg: BrainBLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
+    report = blt_flops(cfg, seq_len, patch_bytes)
+    D, E, T = cfg.global_.dim, cfg.brain.dim, float(seq_len)
+    P, N, n = T / patch_bytes, float(cfg.brain.tokens()), len(cfg.fusion.layers)
+    enc_params, enc_linear, enc_attention = brain_encoder_parts(cfg.brain)
+    report.params |= {"brain_encoder": enc_params, "fusion": n * (2 * D * D + 2 * E * D + D + E + 1)}
+    report.linear |= {"brain_encoder": enc_linear / T, "fusion": n * (4.0 * D * D * P + 4.0 * E * D * N) / T}
+    report.attention |= {"brain_encoder": enc_attention / T, "fusion": n * 4.0 * D * N * P / T}
+    return report
+
+
+def _lora_params(cfg: MegToTextConfig) -> int:
+    if cfg.lora is None:
+        return 0
+    d, f = cfg.decoder.dim, cfg.decoder.ffn_dim
+    per_layer = {"wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d), "w1": (d, f), "w3": (d, f), "w2": (f, d)}
+    total = sum(cfg.lora.rank * sum(per_layer[t]) for t in cfg.lora.targets if t in per_layer) * cfg.decoder.layers
+    return total + (cfg.lora.rank * (d + VOCAB_SIZE) if "output" in cfg.lora.targets else 0)
+
+
+def meg_to_text_flops(cfg: MegToTextConfig, seq_len: int) -> FlopReport:
+    """The language-modelling phase's forward (encoder, quantiser, decoder over prefix + bytes);
+    the codebooks are buffers, not parameters."""
+    b, q, dec = cfg.brain, cfg.rvq, cfg.decoder
+    E, Q, d, T, N = b.dim, q.dim, dec.dim, float(seq_len), float(b.tokens())
+    enc_params, enc_linear, enc_attention = brain_encoder_parts(b)
+    text = byte_lm_flops(dec, int(T + N))
+    params = {
+        "brain_encoder": enc_params + E + E * b.channels * b.stride,  # + mask token and MAE head
+        "rvq": E * Q + Q * E,
+        "prefix": E * d,
+        "decoder": text.total_params + _lora_params(cfg),
+    }
+    linear = {
+        "brain_encoder": enc_linear / T,
+        "rvq": (2.0 * E * Q + 2.0 * q.quantizers * q.codebook_size * Q + 2.0 * Q * E) * N / T,
+        "prefix": 2.0 * E * d * N / T,
+        "decoder": (T + N) * dec.layers * _block_linear(dec) / T + 2.0 * d * VOCAB_SIZE,
+    }
+    attention = {"brain_encoder": enc_attention / T, "decoder": text.attention["transformer"] * (T + N) / T}
+    return FlopReport(params, linear, attention, seq_len, 1.0)
+
+
+def model_flops(cfg, seq_len: int, patch_bytes: float = 1.0) -> FlopReport:
+    if isinstance(cfg, BrainBLTConfig):
+        return brain_blt_flops(cfg, seq_len, patch_bytes)
+    if isinstance(cfg, MegToTextConfig):
+        return meg_to_text_flops(cfg, seq_len)
     if isinstance(cfg, BLTConfig):
         return blt_flops(cfg, seq_len, patch_bytes)
     return byte_lm_flops(cfg, seq_len)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from blt_scale.data.loader import build_loader
-from blt_scale.model.build import lm_loss
+from blt_scale.model.build import loss_fn
 from blt_scale.parallel.env import DistEnv
 from blt_scale.parallel.strategy import all_reduce
 
@@ -21,11 +21,12 @@ def evaluate_bpb(model, cfg, env: DistEnv = DistEnv(), device=torch.device("cpu"
     t = cfg.train
     total = batches or t.eval_batches
     loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "val", env.rank, env.world_size, t.seed)
+    objective = loss_fn(cfg.model)  # the reported loss; auxiliary training terms are left out
     loss_sum, count = 0.0, 0
     for _, batch in zip(range(max(1, total // env.world_size)), loader):
-        tokens = batch["tokens"].to(device)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with autocast():
-            summed, n = lm_loss(model(tokens[:, :-1], batch["patch_lengths"].to(device)), tokens[:, 1:])
+            summed, n, _ = objective(model, inputs)
         loss_sum, count = loss_sum + float(summed), count + int(n)
     loss_sum, count = all_reduce([loss_sum, count])
     loss = loss_sum / max(count, 1)

@@ -20,12 +20,13 @@ from pydantic import Field, model_validator
 from blt_scale import config
 from blt_scale.config import Config, ConfigError
 from blt_scale.data.loader import build_loader, merge_states
-from blt_scale.model.build import build_model, lm_loss
+from blt_scale.model.build import build_model, loss_fn
 from blt_scale.model.flops import model_flops
 from blt_scale.parallel.env import DistEnv, init_distributed, pick_device
 from blt_scale.parallel.strategy import all_reduce, build_strategy
 from blt_scale.train import records
 from blt_scale.train.checkpoint import Checkpointer, is_complete, latest_complete, remove_partial
+from blt_scale.train.init_from import load_init
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
 from blt_scale.train.optim import lr_factor
 from blt_scale.train.signals import StopFlag
@@ -88,7 +89,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config.dump(cfg))
         torch.manual_seed(t.seed)  # the same initial weights on every rank, before sharding
-        self.model, self.optimizer = self.strategy.setup(build_model(cfg.model), cfg.optim)
+        model = build_model(cfg.model)
+        fresh = resume == "never" or (resume == "auto" and latest_complete(self.run_dir) is None)
+        if getattr(cfg.model, "init_from", None) and fresh:  # brain phases start from earlier runs
+            load_init(model, cfg.model.init_from)
+        self.model, self.optimizer = self.strategy.setup(model, cfg.optim)
+        self.loss_fn = loss_fn(cfg.model)  # the model kind's objective: the loop knows no variant
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim))
         self.loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "train", env.rank, env.world_size, t.seed)
         self.step = self.skipped_steps = self.bad_in_row = self.bytes_consumed = 0
@@ -157,16 +163,16 @@ class Trainer:
             wait_start = time.perf_counter()
             batch = next(self.batches)
             data_wait += time.perf_counter() - wait_start
-            tokens = batch["tokens"].to(self.device)
-            lengths = batch["patch_lengths"].to(self.device)
+            inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            lengths = inputs["patch_lengths"]
             if self.trace:
                 self.trace.add(self.step + 1, [zlib.crc32(row.numpy().tobytes()) for row in batch["tokens"]])
             self.strategy.set_gradient_sync(self.model, i == self.accum - 1)
             with self.strategy.autocast():
-                summed, count = lm_loss(self.model(tokens[:, :-1], lengths), tokens[:, 1:])
+                summed, count, aux = self.loss_fn(self.model, inputs)
             if self.step + 1 in t.inject_nan_at and self.env.rank == 0:
                 summed = summed * float("nan")
-            self.strategy.backward(summed * scale)
+            self.strategy.backward((summed if aux is None else summed + aux) * scale)
             loss_sum += summed.detach()
             targets += int(count)
             patches += int((lengths > 0).sum())

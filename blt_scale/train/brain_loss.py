@@ -1,0 +1,93 @@
+"""Training objectives of the brain variants: fn(model, batch) -> (sum, count, aux).
+
+`sum / count` is what the trainer logs as the loss (next-byte cross-entropy in nats for the LM
+phases, so bpb stays honest; squared error per element for the mae and rvq phases). `aux` holds
+the extra terms that are optimised but not reported: RVQ commitment, and for distillation
+weight * (KL - CE), so that CE + aux = (1 - weight) * CE + weight * KL.
+
+This is training-side code (not in model/) because it may talk to other ranks: the RVQ's EMA
+statistics are summed over ranks so every rank keeps the same codebooks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from blt_scale.model.brain_blt import BRAIN_KEYS
+from blt_scale.model.brain_common import kl_sum
+from blt_scale.model.build import lm_loss
+from blt_scale.model.rvq import LocalSync, ResidualVQ
+
+_TEACHERS: dict[tuple[str, str], nn.Module] = {}
+
+
+class DistSync(LocalSync):
+    """Codebook statistics summed over all ranks; restart candidates broadcast from rank 0."""
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.contiguous().clone()
+        dist.all_reduce(t)
+        return t
+
+    def from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.contiguous().clone()
+        dist.broadcast(t, src=0)
+        return t
+
+
+def install_sync(model: nn.Module) -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for m in model.modules():
+            if isinstance(m, ResidualVQ) and not isinstance(m.sync, DistSync):
+                m.sync = DistSync()
+
+
+def brain_inputs(batch: dict) -> list[torch.Tensor]:
+    missing = [k for k in BRAIN_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"a brain model needs batch keys {list(BRAIN_KEYS)}; the loader gave none of {missing} "
+                         "(point data.brain at shards from `blt prep brain`)")
+    return [batch[k] for k in BRAIN_KEYS]
+
+
+def teacher(path: str, device: torch.device) -> nn.Module:
+    key = (path, str(device))
+    if key not in _TEACHERS:
+        from blt_scale.train.export import load_exported
+
+        model, _ = load_exported(path, device)
+        _TEACHERS[key] = model.requires_grad_(False).eval()
+    return _TEACHERS[key]
+
+
+def lm_with_distill(model, batch, logits, aux):
+    tokens = batch["tokens"]
+    ce, count = lm_loss(logits, tokens[:, 1:])
+    aux = ce.new_zeros(()) if aux is None else aux
+    cfg = model.cfg.distill
+    if cfg is not None and model.training:
+        with torch.no_grad():
+            target = teacher(cfg.teacher, logits.device)(tokens[:, :-1], batch["patch_lengths"])
+        kl = kl_sum(logits, target, tokens[:, 1:], cfg.temperature)
+        aux = aux + cfg.weight * (kl - ce)
+    return ce, count, aux
+
+
+def brain_blt_loss(model, batch):
+    tokens = batch["tokens"]
+    logits = model(tokens[:, :-1], batch["patch_lengths"], *brain_inputs(batch))
+    return lm_with_distill(model, batch, logits, None)
+
+
+def meg_to_text_loss(model, batch):
+    install_sync(model)
+    tokens = batch["tokens"]
+    out = model(tokens[:, :-1], batch["patch_lengths"], *brain_inputs(batch))
+    if "logits" in out:
+        return lm_with_distill(model, batch, out["logits"], out["aux"])
+    return out["sum"], out["count"], out.get("aux")
+
+
+LOSSES = {"brain_blt": brain_blt_loss, "meg_to_text": meg_to_text_loss}
