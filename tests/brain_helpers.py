@@ -61,7 +61,8 @@ def synth(n_channels: int, sfreq: float, n_words: int, seed: int = 0, spacing: f
         if decodable:
             pat = word_pattern(word, n_channels, sfreq)
             start = int(round(onset * sfreq))
-            data[:, start:start + pat.shape[1]] += pat
+            stop = min(start + pat.shape[1], data.shape[1])
+            data[:, start:stop] += pat[:, :stop - start]
     return data, events
 
 
@@ -177,6 +178,23 @@ def read_events_tsv(path: Path) -> list[dict]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [{**r, "trial_type": ast.literal_eval(r["trial_type"])} for r in rows]
+
+
+def direct_preprocess(raw, picks, notch, l_freq, h_freq, resample, reference, clamp=20.0) -> tuple[np.ndarray, float]:
+    """The default preprocessing done with direct mne calls and numpy, not the library: what
+    prepared windows are compared against. Returns (data [C, T], sfreq)."""
+    raw = raw.copy().load_data().pick(picks)
+    if notch:
+        raw.notch_filter(notch, verbose="error")
+    raw.filter(l_freq, h_freq, verbose="error")
+    if resample:
+        raw.resample(resample, verbose="error")
+    if reference:
+        raw.set_eeg_reference("average", projection=False, verbose="error")
+    x = raw.get_data()
+    med = np.median(x, axis=1, keepdims=True)
+    iqr = np.subtract(*np.percentile(x, [75, 25], axis=1, keepdims=True))
+    return np.clip((x - med) / iqr, -clamp, clamp), raw.info["sfreq"]
 
 
 def prep_fixture_dataset(tmp_path: Path, n_words: int = 40, kind: str = "eeg", subjects: int = 2,

@@ -18,7 +18,7 @@ from blt_scale.data.brain.events import parse_description, sentences
 from blt_scale.data.brain.prep import prep_brain
 from blt_scale.data.brain.windows import cut_windows
 from brain_helpers import (
-    EEG_CHANNELS, meg_masc_description, read_events_tsv, write_bids_meg_masc, write_eeg_edf, write_eeg_fif,
+    EEG_CHANNELS, direct_preprocess, meg_masc_description, read_events_tsv, write_bids_meg_masc, write_eeg_edf, write_eeg_fif,
 )
 from data_helpers import read_mds_split
 
@@ -32,22 +32,6 @@ def _tmpdir(tmp_path, monkeypatch):
 
 def samples(out, tmp) -> list[dict]:
     return read_mds_split(str(out), "train", tmp) + read_mds_split(str(out), "val", tmp)
-
-
-def independent(raw, picks, notch, l_freq, h_freq, resample, reference, clamp=20.0) -> tuple[np.ndarray, float]:
-    """The preprocessing done with direct mne calls and numpy, not the library."""
-    raw = raw.copy().load_data().pick(picks)
-    if notch:
-        raw.notch_filter(notch, verbose="error")
-    raw.filter(l_freq, h_freq, verbose="error")
-    if resample:
-        raw.resample(resample, verbose="error")
-    if reference:
-        raw.set_eeg_reference("average", projection=False, verbose="error")
-    x = raw.get_data()
-    med = np.median(x, axis=1, keepdims=True)
-    iqr = np.subtract(*np.percentile(x, [75, 25], axis=1, keepdims=True))
-    return np.clip((x - med) / iqr, -clamp, clamp), raw.info["sfreq"]
 
 
 def check_windows(got: list[dict], data: np.ndarray, sfreq: float, events: list[tuple[float, str]], recording_end: str):
@@ -83,7 +67,7 @@ def test_fif_and_edf_windows_equal_direct_mne(tmp_path):
     assert len(got) == 24
     for path, events, reader in ((fif, fif_events, mne.io.read_raw_fif), (edf, edf_events, mne.io.read_raw_edf)):
         raw = reader(path, preload=True, verbose="error")
-        data, sfreq = independent(raw, "eeg", [25], 0.5, 20.0, 50, "average")
+        data, sfreq = direct_preprocess(raw, "eeg", [25], 0.5, 20.0, 50, "average")
         check_windows(got, data, sfreq, events, path.name)
         pos = np.array([ch["loc"][:3] for ch in raw.copy().set_montage("standard_1020").info["chs"]])
         s = next(s for s in got if s["recording"].endswith(path.name))
@@ -108,7 +92,7 @@ def test_meg_masc_bids_words_at_the_right_samples(tmp_path):
         assert [round(s["onset_s"] * 200) for s in mine] == [int(r["sample"]) for r in rows]
         fif = next(tsv.parent.glob("*_meg.fif"))
         raw = mne.io.read_raw_fif(fif, preload=True, verbose="error")
-        data, sfreq = independent(raw, "meg", [50.0], 0.5, 30.0, 100, None)
+        data, sfreq = direct_preprocess(raw, "meg", [50.0], 0.5, 30.0, 100, None)
         check_windows(got, data, sfreq, [(float(r["onset"]), r["trial_type"]["word"]) for r in rows], fif.name)
         assert mine[0]["session"] == "0" and mine[0]["ch_pos"].shape == (12, 3)
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from blt_scale.data.assemble import finalize, upload_part
 from blt_scale.data.brain.config import BrainPrepConfig
+from blt_scale.data.brain.errors import BadRecording
 from blt_scale.data.brain.events import text_events
 from blt_scale.data.brain.preprocess import preprocess
 from blt_scale.data.brain.read import Recording, find_recordings, open_raw
@@ -32,10 +33,6 @@ from blt_scale.data.prep_text import check_plan, part_name
 from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
 
 log = logging.getLogger(__name__)
-
-
-class BadRecording(ValueError):
-    """A recording that cannot give windows; skipped and counted with skip_bad."""
 
 
 def _check_inputs(recs: list[Recording], cfg: BrainPrepConfig) -> dict[str, BadRecording]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from blt_scale.data.brain.config import PreprocessConfig
+from blt_scale.data.brain.errors import BadRecording
 
 
 @dataclass
@@ -81,14 +82,14 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
     except ValueError:
         raw = None
     if raw is None or not raw.ch_names:
-        raise ValueError(f"{name}: no channels match preprocess.picks={cfg.picks}")
+        raise BadRecording(f"{name}: no channels match preprocess.picks={cfg.picks}")
     pos = channel_positions(raw)
     if cfg.montage and not _has_position(pos).all():
         raw.set_montage(cfg.montage, match_case=False, on_missing="ignore", verbose="error")
         pos = channel_positions(raw)
     missing = [n for n, ok in zip(raw.ch_names, _has_position(pos)) if not ok]
     if len(missing) == len(raw.ch_names):
-        raise ValueError(f"{name}: no channel has a sensor position; set preprocess.montage (e.g. standard_1020) "
+        raise BadRecording(f"{name}: no channel has a sensor position; set preprocess.montage (e.g. standard_1020) "
                          f"or give the file a montage")
     if missing:
         raw.drop_channels(missing)
@@ -97,7 +98,7 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
     bad = detect_bad_channels(raw, bc.flat_ratio, bc.extreme_ratio)
     names = sorted({n for v in bad.values() for n in v}, key=raw.ch_names.index)
     if len(names) > bc.max_fraction * len(raw.ch_names) or len(names) == len(raw.ch_names):
-        raise ValueError(f"{name}: {len(names)} of {len(raw.ch_names)} channels are bad ({bad}); expected at most "
+        raise BadRecording(f"{name}: {len(names)} of {len(raw.ch_names)} channels are bad ({bad}); expected at most "
                          f"preprocess.bad_channels.max_fraction={bc.max_fraction} of them")
     if names:
         data = raw._data  # noqa: SLF001 -- NaN samples would poison every filter below
