@@ -1,7 +1,7 @@
 """The strategy interface the training loop talks to, and the strategies behind it.
 
-The loop only calls these methods; a new strategy (DeepSpeed, issue 5) implements the same ones
-and registers itself in STRATEGIES. Checkpoints of model + optimizer go through the strategy, so
+The loop only calls these methods; DeepSpeed (parallel/deepspeed.py) implements the same ones
+and is registered in STRATEGIES. Checkpoints of model + optimizer go through the strategy, so
 an engine with its own checkpoint format fits too.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,6 +40,9 @@ class Strategy:
                 "use parallel.strategy=fsdp"
             )
 
+    def configure(self, run_cfg) -> None:
+        """Read the rest of the recipe (batch sizes, optimizer, checkpoint options) before setup."""
+
     def setup(self, model: nn.Module, optim_cfg: OptimConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
         model = parallelize(model.to(self.device), self.cfg, self.device, self.env.world_size)
         return model, build_optimizer(model, optim_cfg)
@@ -64,16 +68,23 @@ class Strategy:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or math.inf)
         return (norm.full_tensor() if isinstance(norm, DTensor) else norm).detach().float().cpu()
 
+    def optimizer_step(self, model: nn.Module, optimizer, max_norm: float | None, loss_finite: bool) -> tuple[torch.Tensor, bool]:
+        """Clip, step unless the loss or the gradient norm is not finite, clear the gradients.
+        Returns (global gradient norm, whether the update was applied)."""
+        grad_norm = self.clip_grad_norm(model, max_norm)
+        applied = loss_finite and bool(torch.isfinite(grad_norm))
+        if applied:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm, applied
+
+    def optimizer_state_bytes(self, optimizer: torch.optim.Optimizer) -> int:
+        """Bytes of optimizer state (moments, master copies) this rank holds."""
+        return sum(tensor_bytes(v) for s in optimizer.state.values() for v in s.values())
+
     def local_state_bytes(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
         """Bytes of parameters + optimizer state this rank holds."""
-        total = 0
-        tensors = list(model.parameters()) + [
-            v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
-        ]
-        for t in tensors:
-            local = t.to_local() if isinstance(t, DTensor) else t
-            total += local.numel() * local.element_size()
-        return total
+        return sum(tensor_bytes(p) for p in model.parameters()) + self.optimizer_state_bytes(optimizer)
 
     def save(self, model, optimizer, path: Path, process_group=None, async_save: bool = False):
         """Write model + optimizer (sharded by DCP) into `path`; returns a future when async."""
@@ -114,20 +125,27 @@ class FSDPStrategy(Strategy):
         model.set_requires_gradient_sync(sync)
 
 
-class DeepSpeedSlot(Strategy):
-    """Placeholder for issue 5 (DeepSpeed ZeRO): same methods, engine-backed."""
+def _deepspeed(cfg: ParallelConfig, env: DistEnv, device: torch.device) -> Strategy:
+    from blt_scale.parallel.deepspeed import DeepSpeedStrategy  # lazy: that module builds on this one
 
-    needs_process_group = True
-
-    def __init__(self, cfg, env, device):
-        raise ConfigError("parallel.strategy=deepspeed is not implemented yet (issue 5); use parallel.strategy=fsdp")
+    return DeepSpeedStrategy(cfg, env, device)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"none": Strategy, "fsdp": FSDPStrategy, "deepspeed": DeepSpeedSlot}
+STRATEGIES: dict[str, Callable[[ParallelConfig, DistEnv, torch.device], Strategy]] = {
+    "none": Strategy, "fsdp": FSDPStrategy, "deepspeed": _deepspeed,
+}
 
 
 def build_strategy(cfg: ParallelConfig, env: DistEnv, device: torch.device) -> Strategy:
     return STRATEGIES[cfg.strategy](cfg, env, device)
+
+
+def tensor_bytes(t) -> int:
+    """Bytes this rank holds of a tensor (its local shard of a DTensor); 0 for non-tensors."""
+    if not isinstance(t, torch.Tensor):
+        return 0
+    local = t.to_local() if isinstance(t, DTensor) else t
+    return local.numel() * local.element_size()
 
 
 def all_reduce(values: list[float], op=None) -> list[float]:

@@ -82,6 +82,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.device = pick_device(t.device, env)
         self.strategy = build_strategy(cfg.parallel, env, self.device)
+        self.strategy.configure(cfg)
         init_distributed(env, self.device, self.strategy.needs_process_group)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -176,17 +177,16 @@ class Trainer:
             loss_sum += summed.detach()
             targets += int(count)
             patches += int((lengths > 0).sum())
-        grad_norm = self.strategy.clip_grad_norm(self.model, self.cfg.optim.clip_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         g_loss, g_targets, g_patches = all_reduce([float(loss_sum), targets, patches])
-        finite = math.isfinite(g_loss) and bool(torch.isfinite(grad_norm))
+        # Clip, step unless non-finite, clear the gradients (an engine may do all three itself).
+        grad_norm, finite = self.strategy.optimizer_step(self.model, self.optimizer, self.cfg.optim.clip_grad_norm,
+                                                         math.isfinite(g_loss))
         if finite:
-            self.optimizer.step()
             self.bad_in_row = 0
         else:
             self.skipped_steps += 1
             self.bad_in_row += 1
-        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
         if self.trace:
@@ -236,10 +236,11 @@ class Trainer:
             row = self.train_step()
             rows.append(row)
             if self.step % t.log_every == 0 or self.step == t.steps or self.stop_now:
-                row["shard_bytes"] = all_reduce(
-                    [self.strategy.local_state_bytes(self.model, self.optimizer)],
+                row["shard_bytes"], row["optim_state_bytes"] = all_reduce(
+                    [self.strategy.local_state_bytes(self.model, self.optimizer),
+                     self.strategy.optimizer_state_bytes(self.optimizer)],
                     op=dist.ReduceOp.MAX if dist.is_initialized() else None,
-                )[0]
+                )
                 self.metrics.log(row)
             if t.eval_every and (self.step % t.eval_every == 0 or self.step == t.steps):
                 self.metrics.log(self.evaluate())

@@ -1,6 +1,6 @@
 """A trained model on one process from whatever the user points at: an exported directory
 (model.safetensors), a checkpoint directory (step_N with COMPLETE), or a run directory (its latest
-complete checkpoint). DCP reads sharded checkpoints without a process group."""
+complete checkpoint). DCP (and DeepSpeed's zero_to_fp32) read sharded checkpoints without a process group."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+from blt_scale.parallel.ds_checkpoint import consolidated_state_dict, is_deepspeed_checkpoint
 from blt_scale.train.checkpoint import CONFIG, is_complete, latest_complete
 from blt_scale.train.export import WEIGHTS, load_exported
 
@@ -34,6 +35,9 @@ def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, object]:
 
     cfg = load_recipe(ckpt / CONFIG)
     model = build_model(cfg.model)
+    if is_deepspeed_checkpoint(ckpt):  # the engine's ZeRO files, consolidated by DeepSpeed
+        model.load_state_dict(consolidated_state_dict(ckpt))
+        return model.eval(), cfg
     state = {"model": get_model_state_dict(model)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: expected
