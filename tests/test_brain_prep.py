@@ -134,3 +134,20 @@ def test_rerun_is_idempotent_and_cli_uses_presets_and_overrides(tmp_path, capsys
     assert "brain preset 'nope'" in capsys.readouterr().err
     assert cli.main([*args[:2], str(fif), "--out", str(tmp_path / "ds3"), "windows.tmnx=1", "--quiet"]) == 2
     assert "did you mean 'windows.tmin'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decodable", [True, False])
+def test_decodable_fixture_is_decodable_by_nearest_class_mean(tmp_path, decodable):
+    """The fixture the model tests train on: with decodable=True a nearest-class-mean classifier
+    on the prepared windows names held-out words (10 words: chance is ~0.1); without, it cannot."""
+    from brain_helpers import prep_fixture_dataset
+
+    uri = prep_fixture_dataset(tmp_path, n_words=60, subjects=2, decodable=decodable,
+                               overrides=["windows.tmin=0", "windows.tmax=0.5", "val_fraction=0.3"])
+    train, val = read_mds_split(uri, "train", tmp_path), read_mds_split(uri, "val", tmp_path)
+    words = sorted({s["text"] for s in train})
+    flat = lambda ss: np.stack([s["signal"].astype(np.float32).ravel() for s in ss])  # noqa: E731
+    means = np.stack([flat([s for s in train if s["text"] == w]).mean(0) for w in words])
+    hits = [words[int(np.argmin(((means - x) ** 2).sum(1)))] == s["text"] for x, s in zip(flat(val), val)]
+    assert len(val) >= 20
+    assert (np.mean(hits) > 0.9) if decodable else (np.mean(hits) < 0.4)
