@@ -139,6 +139,27 @@ def write_meg_fif(path: Path, **kw) -> tuple[Path, list]:
     return path, events
 
 
+def write_brainvision(path: Path, **kw) -> tuple[Path, list]:
+    """EEG as BrainVision (.vhdr/.vmrk/.eeg, float32 multiplexed, written by hand: pybv is not a
+    dependency). Markers are plain-text comments: BrainVision cannot hold commas in them."""
+    raw, events = make_eeg_raw(**kw)
+    stem = path.with_suffix("")
+    data = (raw.get_data() * 1e6).astype("<f4")  # microvolts, resolution 1
+    stem.with_suffix(".eeg").write_bytes(data.T.tobytes())
+    channels = "".join(f"Ch{i + 1}={name},,1,µV\n" for i, name in enumerate(raw.ch_names))
+    path.write_text(
+        "Brain Vision Data Exchange Header File Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={stem.name}.eeg\nMarkerFile={stem.name}.vmrk\nDataFormat=BINARY\nDataOrientation=MULTIPLEXED\n"
+        f"NumberOfChannels={len(raw.ch_names)}\nSamplingInterval={1e6 / raw.info['sfreq']:g}\n"
+        "[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n[Channel Infos]\n" + channels, encoding="utf-8")
+    markers = "".join(f"Mk{i + 2}=Comment,{word},{int(round(onset * raw.info['sfreq'])) + 1},1,0\n"
+                      for i, (onset, word) in enumerate(events))
+    stem.with_suffix(".vmrk").write_text(
+        "Brain Vision Data Exchange Marker File, Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={stem.name}.eeg\n[Marker Infos]\nMk1=New Segment,,1,1,0\n" + markers, encoding="utf-8")
+    return path, events
+
+
 def write_bids_meg_masc(root: Path, subjects=("01", "02"), session: str = "0", n_words: int = 20, bom: bool = False,
                         phonemes: bool = True, events: bool = True, **kw) -> tuple[Path, dict]:
     """A BIDS root of MEG-like recordings, one per subject; events.tsv holds MEG-MASC dict

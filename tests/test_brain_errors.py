@@ -119,6 +119,14 @@ def test_unknown_format_and_missing_inputs(tmp_path):
     fails(tmp_path, [tmp_path / "nope.fif"], match="no such file")
 
 
+def test_unreadable_recordings_name_the_file_and_format(tmp_path):
+    (tmp_path / "broken.edf").write_bytes(b"0       not really an EDF header" * 4)
+    msg = fails(tmp_path, [tmp_path / "broken.edf"], match="cannot read as EDF")
+    assert "broken.edf" in msg
+    (tmp_path / "rec.set").write_bytes(b"MATLAB 5.0 MAT-file, garbage")
+    fails(tmp_path, [tmp_path / "rec.set"], match=r"rec.set: (cannot read as EEGLAB|reading EEGLAB needs the package)")
+
+
 def test_bids_root_without_events(tmp_path):
     root, _ = write_bids_meg_masc(tmp_path / "bids", subjects=("01",), n_words=4, events=False)
     msg = fails(tmp_path, [root], preset="meg-masc", match="BIDS recording without events")

@@ -18,7 +18,8 @@ from blt_scale.data.brain.events import parse_description, sentences
 from blt_scale.data.brain.prep import prep_brain
 from blt_scale.data.brain.windows import cut_windows
 from brain_helpers import (
-    EEG_CHANNELS, direct_preprocess, meg_masc_description, read_events_tsv, write_bids_meg_masc, write_eeg_edf, write_eeg_fif,
+    EEG_CHANNELS, direct_preprocess, meg_masc_description, read_events_tsv, write_bids_meg_masc, write_brainvision,
+    write_eeg_edf, write_eeg_fif,
 )
 from data_helpers import read_mds_split
 
@@ -55,17 +56,19 @@ def prep(inputs, out, preset="eeg-default", *overrides) -> dict:
     return prep_brain(cfg, progress=False)
 
 
-def test_fif_and_edf_windows_equal_direct_mne(tmp_path):
+def test_fif_edf_and_brainvision_windows_equal_direct_mne(tmp_path):
     fif, fif_events = write_eeg_fif(tmp_path / "sub-01_raw.fif", n_words=12, seed=0)
     edf, edf_events = write_eeg_edf(tmp_path / "sub-02_eeg.edf", n_words=12, seed=1)
-    report = prep([fif, edf], tmp_path / "ds", "eeg-default", "preprocess.notch=[25]", "preprocess.h_freq=20",
+    vhdr, vhdr_events = write_brainvision(tmp_path / "sub-03_eeg.vhdr", n_words=12, seed=2)
+    report = prep([fif, edf, vhdr], tmp_path / "ds", "eeg-default", "preprocess.notch=[25]", "preprocess.h_freq=20",
                   "preprocess.resample=50")
     assert report["kind"] == "brain" and report["sfreq"] == 50 and report["window_samples"] == 35
-    assert report["subjects"] == ["01", "02"] and report["splits"]["val"]["documents"] > 0
+    assert report["subjects"] == ["01", "02", "03"] and report["splits"]["val"]["documents"] > 0
     assert report["channels"] == {"max": len(EEG_CHANNELS), "names": EEG_CHANNELS}
     got = samples(tmp_path / "ds", tmp_path)
-    assert len(got) == 24
-    for path, events, reader in ((fif, fif_events, mne.io.read_raw_fif), (edf, edf_events, mne.io.read_raw_edf)):
+    assert len(got) == 36
+    for path, events, reader in ((fif, fif_events, mne.io.read_raw_fif), (edf, edf_events, mne.io.read_raw_edf),
+                                 (vhdr, vhdr_events, mne.io.read_raw_brainvision)):
         raw = reader(path, preload=True, verbose="error")
         data, sfreq = direct_preprocess(raw, "eeg", [25], 0.5, 20.0, 50, "average")
         check_windows(got, data, sfreq, events, path.name)

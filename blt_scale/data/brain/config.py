@@ -42,7 +42,9 @@ class EventsConfig(Config):
     kinds: list[str] = Field(default=["word"], description="MEG-MASC dict literals: `kind` values kept")
     text_keys: list[str] = Field(default=["word", "text", "sentence", "phoneme"],
                                  description="dict literals: the first of these keys present holds the text")
-    ignore: list[str] = Field(default=["BAD*", "bad*", "EDGE*", "edge*"], description="descriptions skipped (fnmatch patterns)")
+    ignore: list[str] = Field(default=["BAD*", "bad*", "EDGE*", "edge*", "Stimulus/*", "Response/*", "New Segment*",
+                                       "SyncStatus/*"], description="descriptions skipped (fnmatch patterns): not text")
+    strip_prefixes: list[str] = Field(default=["Comment/"], description="removed from descriptions (BrainVision comments)")
     unit: Literal["word", "sentence"] = Field(default="word", description="one window per word, or per sentence")
     sentence_gap_s: float = Field(default=1.0, gt=0, description="a pause this long also ends a sentence")
 

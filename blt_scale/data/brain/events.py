@@ -20,6 +20,8 @@ from blt_scale.data.brain.config import EventsConfig
 def parse_description(desc: str, cfg: EventsConfig) -> str | None:
     """The text a description stands for, or None when it is not a text event."""
     desc = desc.strip()
+    for prefix in cfg.strip_prefixes:
+        desc = desc.removeprefix(prefix)
     if not desc or any(fnmatch.fnmatchcase(desc, p) for p in cfg.ignore):
         return None
     if desc.startswith("{"):

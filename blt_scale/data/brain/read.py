@@ -121,6 +121,9 @@ def open_raw(rec: Recording, preload: bool):
                 if rec.events_tsv is None or not _has_bom(rec.events_tsv) else mne.io.read_raw(rec.path, preload=preload, verbose="error")
         else:
             raw = mne.io.read_raw(rec.path, preload=preload, verbose="error")
+    except ImportError as err:
+        raise ValueError(f"{rec.path}: reading {recording_format(rec.path)} needs the package {err.name or err}; "
+                         f"install it into the environment") from None
     except (ValueError, OSError, RuntimeError, KeyError, IndexError) as err:
         raise ValueError(f"{rec.path}: cannot read as {recording_format(rec.path)} ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
