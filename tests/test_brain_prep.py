@@ -154,3 +154,15 @@ def test_decodable_fixture_is_decodable_by_nearest_class_mean(tmp_path, decodabl
     hits = [words[int(np.argmin(((means - x) ** 2).sum(1)))] == s["text"] for x, s in zip(flat(val), val)]
     assert len(val) >= 20
     assert (np.mean(hits) > 0.9) if decodable else (np.mean(hits) < 0.4)
+
+
+@pytest.mark.multiproc
+def test_workers_write_the_same_dataset(tmp_path):
+    inputs = [write_eeg_fif(tmp_path / f"sub-{i}_raw.fif", n_words=6, seed=i)[0] for i in range(3)]
+    indexes = []
+    for workers in (1, 2):
+        cfg = load_prep_config([str(i) for i in inputs], str(tmp_path / f"ds{workers}"), "eeg-default",
+                               [f"windows.tmin={TMIN}", f"windows.tmax={TMAX}", "val_fraction=0.3"], workers=workers)
+        assert prep_brain(cfg, progress=False)["converted_parts"] == 3
+        indexes.append({s: json.loads((tmp_path / f"ds{workers}" / s / "index.json").read_text()) for s in ("train", "val")})
+    assert indexes[0] == indexes[1]

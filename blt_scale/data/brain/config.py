@@ -75,6 +75,7 @@ class BrainPrepConfig(BrainPrepOptions):
     inputs: list[str] = Field(min_length=1, description="recordings, directories of recordings, BIDS roots, globs")
     out: str = Field(description="dataset directory (local path or fsspec URI)")
     preset: str = "eeg-default"
+    workers: int = Field(default=1, gt=0, description="recordings converted in parallel (does not change the output)")
     overwrite: bool = False
 
 
@@ -87,6 +88,7 @@ def preset_path(name: str) -> Path:
 
 
 def load_prep_config(inputs: list[str], out: str, preset: str = "eeg-default", overrides: list[str] = (),
-                     overwrite: bool = False) -> BrainPrepConfig:
+                     overwrite: bool = False, workers: int = 1) -> BrainPrepConfig:
     options = load(BrainPrepOptions, preset_path(preset), list(overrides))
-    return BrainPrepConfig(**options.model_dump(), inputs=inputs, out=out, preset=preset, overwrite=overwrite)
+    return BrainPrepConfig(**options.model_dump(), inputs=inputs, out=out, preset=preset, overwrite=overwrite,
+                           workers=workers)

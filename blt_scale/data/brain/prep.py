@@ -15,8 +15,10 @@ recording's ends are always skipped and counted.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import tempfile
+import time
 import zlib
 
 from tqdm import tqdm
@@ -29,7 +31,7 @@ from blt_scale.data.brain.preprocess import preprocess
 from blt_scale.data.brain.read import Recording, find_recordings, open_raw
 from blt_scale.data.brain.shards import COLUMNS, BrainPartStager
 from blt_scale.data.brain.windows import cut_windows, window_samples
-from blt_scale.data.prep_text import check_plan, part_name
+from blt_scale.data.prep_text import _Inline, check_plan, part_name
 from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,22 @@ def convert_recording(rec: Recording, cfg: BrainPrepConfig, stager: BrainPartSta
             "bad_channels": prep.bad_channels, "no_position": prep.dropped_no_position}
 
 
+def _convert_part(cfg: BrainPrepConfig, rec: Recording, name: str, staging: str, bad: str | None) -> dict:
+    """One recording -> its part record: its windows, or with skip_bad a skip with the reason."""
+    stager = BrainPartStager(staging, name, cfg.shard_size)
+    try:
+        if bad is not None:
+            raise BadRecording(bad)
+        stats = convert_recording(rec, cfg, stager)
+        return stager.finish(recording=rec.name, **stats)
+    except BadRecording as err:
+        if not cfg.skip_bad:
+            raise
+        log.warning("skipping %s", err)
+        stager = BrainPartStager(staging, name, cfg.shard_size)  # nothing of it is kept
+        return stager.finish(recording=rec.name, skipped_inputs=[{"input": rec.path, "reason": str(err)}])
+
+
 def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     """Convert (or finish converting) cfg.inputs into cfg.out; returns the manifest plus
     `converted_parts` (0 when it was already complete)."""
@@ -99,7 +117,7 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     if cfg.overwrite:
         root.remove_all()
     recs = find_recordings(cfg.inputs)
-    options = cfg.model_dump(exclude={"inputs", "out", "overwrite", "preset"})
+    options = cfg.model_dump(exclude={"inputs", "out", "overwrite", "preset", "workers"})
     sizes = [os.path.getsize(r.path) if os.path.isfile(r.path) else 0 for r in recs]
     plan = {"kind": "brain", "options": options, "inputs": [[r.name, s] for r, s in zip(recs, sizes)],
             "parts": [[i] for i in range(len(recs))]}
@@ -112,24 +130,23 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]
     bar = tqdm(total=len(todo), unit="rec", desc=f"prep brain ({len(todo)}/{len(recs)} recordings)", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="blt-prep-brain-") as staging:
-        for i in todo:
-            rec = recs[i]
-            stager = BrainPartStager(staging, names[i], cfg.shard_size)
-            try:
-                if rec.name in bad:
-                    raise bad[rec.name]
-                stats = convert_recording(rec, cfg, stager)
-                record = stager.finish(recording=rec.name, **stats)
-            except BadRecording as err:
-                if not cfg.skip_bad:
-                    raise
-                log.warning("skipping %s", err)
-                bar.write(f"prep brain: skipped {err}")
-                stager = BrainPartStager(staging, names[i], cfg.shard_size)  # nothing of it is kept
-                record = stager.finish(recording=rec.name, skipped_inputs=[{"input": rec.path, "reason": str(err)}])
-            upload_part(root, "mds", record)
-            bar.update(1)
-            bar.set_postfix(windows=sum(record["documents"].values()), refresh=False)
+        # Recordings are independent: workers convert them in parallel; uploads, markers and the
+        # progress bar stay in this process. Forked workers need no re-import of mne.
+        ctx = mp.get_context("fork")
+        jobs = [(cfg, recs[i], names[i], staging, str(bad[recs[i].name]) if recs[i].name in bad else None) for i in todo]
+        with ctx.Pool(min(cfg.workers, len(jobs))) if cfg.workers > 1 and len(jobs) > 1 else _Inline() as pool:
+            pending = [pool.apply_async(_convert_part, job) for job in jobs]
+            while pending:
+                for result in [r for r in pending if r.ready()]:
+                    record = result.get()  # re-raises a worker's error here
+                    pending.remove(result)
+                    for skip in record.get("skipped_inputs", []):
+                        bar.write(f"prep brain: skipped {skip['reason']}")
+                    upload_part(root, "mds", record)
+                    bar.update(1)
+                    bar.set_postfix(windows=sum(record["documents"].values()), refresh=False)
+                if pending:
+                    time.sleep(0.05)
     bar.close()
     records = [root.read_json(f"{PARTS}/{n}.json") for n in names]
     manifest = finalize(root, "mds", names, _manifest_extra(cfg, records, root))
