@@ -166,3 +166,26 @@ def test_workers_write_the_same_dataset(tmp_path):
         assert prep_brain(cfg, progress=False)["converted_parts"] == 3
         indexes.append({s: json.loads((tmp_path / f"ds{workers}" / s / "index.json").read_text()) for s in ("train", "val")})
     assert indexes[0] == indexes[1]
+
+
+def test_interrupted_conversion_resumes_at_the_next_recording(tmp_path, monkeypatch):
+    import blt_scale.data.brain.prep as prep_module
+
+    inputs = [write_eeg_fif(tmp_path / f"sub-{i}_raw.fif", n_words=6, seed=i)[0] for i in range(2)]
+    real, calls = prep_module.convert_recording, []
+
+    def dies_on_the_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed after the first recording's part was marked done
+        return real(*args)
+
+    monkeypatch.setattr(prep_module, "convert_recording", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        prep(inputs, tmp_path / "ds")
+    assert (tmp_path / "ds" / "parts" / "00000.json").exists() and not (tmp_path / "ds" / "_COMPLETE").exists()
+    assert prep(inputs, tmp_path / "ds")["converted_parts"] == 1
+    monkeypatch.setattr(prep_module, "convert_recording", real)
+    assert prep(inputs, tmp_path / "clean")["converted_parts"] == 2
+    for split in ("train", "val"):
+        assert (tmp_path / "ds" / split / "index.json").read_text() == (tmp_path / "clean" / split / "index.json").read_text()

@@ -34,8 +34,9 @@ class PreprocessConfig(Config):
     h_freq: float | None = Field(default=40.0, description="band-pass high edge (Hz) for raw.filter; null: none")
     resample: float | None = Field(default=None, gt=0, description="target sampling rate (Hz); null: keep (inputs must agree)")
     reference: Literal["average"] | None = Field(default=None, description="EEG re-reference (raw.set_eeg_reference)")
-    robust_scale: bool = Field(default=True, description="per channel: subtract the median, divide by the IQR")
-    clamp: float | None = Field(default=20.0, gt=0, description="clip scaled values to +-clamp; null: no clipping")
+    # Robust scaling always runs and clipping keeps values finite: shards hold float16, which
+    # cannot hold volts (~1e-5) or teslas (~1e-12), nor values beyond 65504.
+    clamp: float = Field(default=20.0, gt=0, le=60000, description="clip robust-scaled values (median 0, IQR 1) to +-clamp")
 
 
 class EventsConfig(Config):

@@ -66,12 +66,12 @@ def detect_bad_channels(raw, flat_ratio: float, extreme_ratio: float) -> dict[st
     return {k: v for k, v in bad.items() if v}
 
 
-def robust_scale(data: np.ndarray, clamp: float | None) -> np.ndarray:
+def robust_scale(data: np.ndarray, clamp: float) -> np.ndarray:
     median = np.median(data, axis=1, keepdims=True)
     q75, q25 = np.percentile(data, [75, 25], axis=1, keepdims=True)
     iqr = q75 - q25
     out = (data - median) / np.where(iqr > 0, iqr, 1.0)  # a constant channel stays 0, not inf
-    return np.clip(out, -clamp, clamp) if clamp is not None else out
+    return np.clip(out, -clamp, clamp)
 
 
 def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
@@ -123,10 +123,6 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
         raw.resample(cfg.resample, verbose="error")
     if cfg.reference == "average" and "eeg" in raw.get_channel_types():
         raw.set_eeg_reference("average", projection=False, verbose="error")
-    data = raw.get_data()
-    if cfg.robust_scale:
-        data = robust_scale(data, cfg.clamp)
-    elif cfg.clamp is not None:
-        data = np.clip(data, -cfg.clamp, cfg.clamp)
+    data = robust_scale(raw.get_data(), cfg.clamp)
     return Prepared(data.astype(np.float32), float(raw.info["sfreq"]), list(raw.ch_names),
                     channel_positions(raw).astype(np.float32), bad, missing)
