@@ -11,6 +11,7 @@ renamed when done, so a folder named `universal` is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -52,9 +53,10 @@ def convert_to_universal(step: str | Path) -> Path:
 def consolidated_state_dict(step: str | Path) -> dict[str, torch.Tensor]:
     """The full fp32 model weights of step_N/ds on one process (no process group), named as in
     the bare model: what `blt export` writes for FSDP runs too."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's log lines must not mix with a command's JSON
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(step), tag=DS_TAG)
+        state = get_fp32_state_dict_from_zero_checkpoint(str(step), tag=DS_TAG)
     return {k.replace(WRAPPER_PREFIX, ""): v for k, v in state.items()}
 
 
