@@ -1,7 +1,7 @@
 """Fixture recordings for the brain tests, written with mne, and a one-call prepared dataset.
 
 - EEG on standard_1020 (RawArray + set_montage) saved as FIF or EDF; text events as annotations
-  (the word itself, or a MEG-MASC dict literal).
+  (the word itself, or a MEG-MASC dict literal); BrainVision and EEGLAB written by hand.
 - MEG-like FIF: magnetometers with explicit positions and orientations (mne.find_layout would
   guess an unrelated layout for made-up MEG channels).
 - A BIDS root written by mne_bids whose events.tsv has MEG-MASC's dict-literal trial_type
@@ -157,6 +157,25 @@ def write_brainvision(path: Path, **kw) -> tuple[Path, list]:
     stem.with_suffix(".vmrk").write_text(
         "Brain Vision Data Exchange Marker File, Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
         f"DataFile={stem.name}.eeg\n[Marker Infos]\nMk1=New Segment,,1,1,0\n" + markers, encoding="utf-8")
+    return path, events
+
+
+def write_eeglab(path: Path, **kw) -> tuple[Path, list]:
+    """EEG as an EEGLAB .set (one MATLAB struct with the data inside, written with scipy: eeglabio
+    is not a dependency); events are EEGLAB events whose type is the word."""
+    import scipy.io
+
+    raw, events = make_eeg_raw(**kw)
+    sfreq, data = raw.info["sfreq"], raw.get_data() * 1e6  # microvolts
+    pos = [ch["loc"][:3] for ch in raw.info["chs"]]
+    chanlocs = np.array([(n, p[0], p[1], p[2]) for n, p in zip(raw.ch_names, pos)],
+                        dtype=[("labels", object), ("X", float), ("Y", float), ("Z", float)])
+    evs = np.array([(w, o * sfreq + 1, 0.0) for o, w in events], dtype=[("type", object), ("latency", float), ("duration", float)])
+    eeg = {"setname": "fixture", "nbchan": float(len(pos)), "trials": 1.0, "pnts": float(data.shape[1]), "srate": sfreq,
+           "xmin": 0.0, "xmax": (data.shape[1] - 1) / sfreq, "data": data.astype(np.float32), "chanlocs": chanlocs,
+           "event": evs, "icawinv": np.array([]), "icasphere": np.array([]), "icaweights": np.array([]),
+           "times": np.array([]), "ref": "common", "epoch": np.array([])}
+    scipy.io.savemat(path, {"EEG": eeg}, appendmat=False)
     return path, events
 
 
