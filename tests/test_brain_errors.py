@@ -71,6 +71,16 @@ def test_nan_and_flat_channels_are_interpolated_or_dropped_and_counted(tmp_path,
             np.testing.assert_allclose(s["signal"].astype(float), data[:, start:start + 70], rtol=2e-3, atol=2e-3)
 
 
+def test_channels_marked_bad_in_the_file_are_counted_and_interpolated(tmp_path):
+    raw, _ = make_eeg_raw(n_words=4)
+    raw.info["bads"] = ["O2"]
+    raw.save(tmp_path / "marked_raw.fif", verbose="error")
+    report = prep(tmp_path, [tmp_path / "marked_raw.fif"])
+    assert report["skipped"]["bad_channels"] == {"marked": 1}
+    got = read_mds_split(str(tmp_path / "ds"), "train", tmp_path)
+    assert got[0]["ch_names"][-1] == "O2" and got[0]["signal"].shape[0] == 10
+
+
 def test_too_many_bad_channels_is_an_error_or_a_counted_skip(tmp_path):
     bad, _ = write_with_bad_channels(tmp_path / "bad_raw.fif", n_bad=6)
     good, _ = write_eeg_fif(tmp_path / "good_raw.fif", n_words=5)

@@ -5,8 +5,9 @@ function here:
 2. positions           raw.set_montage(montage) when channels lack one; channels still without
                        a position are dropped (the encoders need every sensor's position)
 3. bad channels        NaN/inf, flat (std < flat_ratio x median std) or extreme (std >
-                       extreme_ratio x median std, per channel type); NaN samples are zeroed,
-                       then raw.interpolate_bads() or raw.drop_channels()
+                       extreme_ratio x median std, per channel type), or marked bad in the file
+                       (info["bads"], BIDS channels.tsv); NaN samples are zeroed, then
+                       raw.interpolate_bads() or raw.drop_channels()
 4. notch               raw.notch_filter(freqs below Nyquist)
 5. band-pass           raw.filter(l_freq, h_freq)
 6. resample            raw.resample(sfreq)
@@ -96,6 +97,9 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
 
     bc = cfg.bad_channels
     bad = detect_bad_channels(raw, bc.flat_ratio, bc.extreme_ratio)
+    marked = [n for n in raw.info["bads"] if n in raw.ch_names and not any(n in v for v in bad.values())]
+    if marked:  # marked bad by the file or a BIDS channels.tsv
+        bad["marked"] = marked
     names = sorted({n for v in bad.values() for n in v}, key=raw.ch_names.index)
     if len(names) > bc.max_fraction * len(raw.ch_names) or len(names) == len(raw.ch_names):
         raise BadRecording(f"{name}: {len(names)} of {len(raw.ch_names)} channels are bad ({bad}); expected at most "

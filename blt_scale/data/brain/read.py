@@ -116,9 +116,9 @@ def open_raw(rec: Recording, preload: bool):
         if rec.bids is not None:
             import mne_bids
 
-            # events.tsv is read by events.py (utf-8-sig); mne-bids would trip over a BOM.
-            raw = mne_bids.read_raw_bids(rec.bids, verbose="error", extra_params={"preload": preload}) \
-                if rec.events_tsv is None or not _has_bom(rec.events_tsv) else mne.io.read_raw(rec.path, preload=preload, verbose="error")
+            # read_raw_bids applies the sidecars (electrodes, channel status); the text events are
+            # read from events.tsv by events.py, not from the annotations it makes.
+            raw = mne_bids.read_raw_bids(rec.bids, verbose="error", extra_params={"preload": preload})
         else:
             raw = mne.io.read_raw(rec.path, preload=preload, verbose="error")
     except ImportError as err:
@@ -129,7 +129,3 @@ def open_raw(rec: Recording, preload: bool):
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return raw
 
-
-def _has_bom(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(3) == b"\xef\xbb\xbf"
