@@ -63,7 +63,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 # Modules that add their own subcommands: each has `register(subparsers)`; the heavy imports
 # happen inside the commands, so `blt --help` stays fast.
 COMMAND_MODULES: list[str] = ["blt_scale.data.prep_cli", "blt_scale.train.cli", "blt_scale.sweep.cli", "blt_scale.launch.cli",
-                             "blt_scale.parallel.ds_checkpoint"]
+                             "blt_scale.parallel.ds_checkpoint", "blt_scale.train.eval_brain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

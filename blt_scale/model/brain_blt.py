@@ -5,7 +5,8 @@
              is in fusion.layers) ─▶ ... ─▶ BLT decoder ─▶ byte logits
 
 The BLT is reused unchanged: forward hooks on the chosen latent blocks apply the fusion to their
-output, reading the brain features of the current call. With the gates at 0 (init) the logits
+output, reading the brain features of the current call. One more gated cross-attention conditions
+the decoder's start slot (what the first patch's bytes see instead of a latent output). With the gates at 0 (init) the logits
 equal those of the same BLT without the brain parts, so a text checkpoint is a valid start.
 """
 
@@ -45,13 +46,16 @@ class BrainBLT(BLT):
         super().__init__(cfg)
         D = cfg.global_.dim
         self.brain = BrainEncoder(cfg.brain)
+        # One per fused latent layer, and a last one for the decoder's start slot.
         self.fusion = torch.nn.ModuleList(
-            GatedCrossAttention(D, cfg.fusion.heads, cfg.brain.dim, cfg.global_.norm_eps) for _ in cfg.fusion.layers
+            GatedCrossAttention(D, cfg.fusion.heads, cfg.brain.dim, cfg.global_.norm_eps)
+            for _ in range(len(cfg.fusion.layers) + 1)
         )
         init_weights(self.brain)
         init_weights(self.fusion)
         for slot, layer in enumerate(cfg.fusion.layers):
             self.latent[layer].register_forward_hook(self._fuse_hook(slot))
+        self.from_global.register_forward_pre_hook(self._fuse_start_hook)
         self._features: torch.Tensor | None = None
         freeze(self, cfg.freeze)
 
@@ -60,6 +64,14 @@ class BrainBLT(BLT):
             # Looked up at call time: activation checkpointing may have wrapped the module since.
             return self.fusion[slot](output, self._features.to(output.dtype))
         return hook
+
+    def _fuse_start_hook(self, module, args):
+        # Slot 0 of the decoder's cross-attention is a learned start vector, the only latent
+        # context of the first patch's bytes (which predict the first bytes of the text): let it
+        # attend the brain features too, or a short text could never use the signal.
+        slots = args[0]
+        start = self.fusion[-1](slots[:, :1], self._features.to(slots.dtype))
+        return (torch.cat([start, slots[:, 1:]], dim=1),)
 
     def forward(self, ids, patch_lengths, signal, channel_mask, ch_pos, subject) -> torch.Tensor:
         # Kept until the next call, not cleared: activation checkpointing re-runs the hooked

@@ -51,16 +51,16 @@ def apply_lora(module: nn.Module, cfg: LoRAConfig) -> int:
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> int:
-    """requires_grad=False for parameters under the named submodules (dotted prefixes), except LoRA
+    """requires_grad=False for parameters under the named submodules or named parameters (dotted prefixes), except LoRA
     adapters. Returns the number of frozen tensors; an unknown prefix is an error."""
-    names = dict(model.named_modules())
+    names = set(dict(model.named_modules())) | set(dict(model.named_parameters()))
     for prefix in prefixes:
         if prefix not in names:
-            raise ValueError(f"model.freeze: {prefix!r} is not a submodule; top-level ones: "
+            raise ValueError(f"model.freeze: {prefix!r} is not a submodule or parameter; top-level ones: "
                              f"{', '.join(n for n, _ in model.named_children())}")
     frozen = 0
     for name, param in model.named_parameters():
-        if any(name.startswith(p + ".") for p in prefixes) and ".lora_" not in name:
+        if any(name == p or name.startswith(p + ".") for p in prefixes) and ".lora_" not in name:
             param.requires_grad_(False)
             frozen += 1
     return frozen

@@ -1,0 +1,171 @@
+"""`blt eval-brain RUN_DIR|CKPT --data URI`: brain -> text without teacher forcing, with its control.
+
+For every held-out window the model generates text greedily from BOS (each byte from the model's
+own previous bytes, never the reference), and the text is scored against the reference with
+BLEU-1..4 (nltk, corpus level, word tokens, smoothing method 1), ROUGE-L F1 (rouge-score, word
+tokens, no stemming, so non-ASCII words count as written) and WER (jiwer). Exact-match rate and
+the teacher-forced loss (nats per byte) come along.
+
+The noise-input control runs the same model on the same windows with the signal replaced by
+Gaussian noise of the same per-channel mean and standard deviation (padded channels stay 0). A
+score means little unless it beats its control: without brain information a model can still
+produce plausible text from its language prior.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from blt_scale.model.build import loss_fn
+from blt_scale.model.patcher import patch_lengths
+from blt_scale.model.vocab import BOS, EOS, PAD, decode
+from blt_scale.train.brain_loss import brain_inputs
+
+RESULTS = "eval_brain.json"
+
+
+def noise_like(signal: torch.Tensor, channel_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise with each (sample, channel)'s mean and std over time; 0 on padded channels."""
+    mean, std = signal.mean(-1, keepdim=True), signal.std(-1, keepdim=True)
+    noise = torch.randn(signal.shape, generator=generator, dtype=signal.dtype) * std + mean
+    return noise * channel_mask[..., None]
+
+
+@torch.no_grad()
+def greedy(model, batch: dict, patcher, max_bytes: int) -> list[str]:
+    """Generated text of every row: argmax bytes from BOS until EOS or max_bytes.
+
+    Every forward runs over a fixed-length buffer (BOS, bytes so far, PAD after them) and reads the
+    logits at the last real position: the models and patchers are causal, so what follows cannot
+    change them, and sequences shorter than the longest hash n-gram never reach the model."""
+    B = batch["signal"].shape[0]
+    ids = torch.full((B, max_bytes + 1), PAD, dtype=torch.long)
+    ids[:, 0] = BOS
+    done = torch.zeros(B, dtype=torch.bool)
+    for t in range(max_bytes):
+        out = model(ids, patch_lengths(ids, patcher), *brain_inputs(batch))
+        nxt = (out if isinstance(out, torch.Tensor) else out["logits"])[:, t].float().argmax(-1)
+        ids[:, t + 1] = torch.where(done, torch.full_like(nxt, PAD), nxt)
+        done |= nxt == EOS
+        if bool(done.all()):
+            break
+    return [_text(row) for row in ids]
+
+
+def _text(ids: torch.Tensor) -> str:
+    row = ids.tolist()
+    row = row[: row.index(EOS)] if EOS in row else row
+    return decode(row).decode("utf-8", errors="replace").strip()
+
+
+class _Words:
+    """rouge-score tokenizer: whitespace words, kept as written (its default drops non-ASCII)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+
+def scores(references: list[str], hypotheses: list[str]) -> dict:
+    import jiwer
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+    from rouge_score import rouge_scorer
+
+    refs = [[r.split()] for r in references]
+    hyps = [h.split() for h in hypotheses]
+    smooth = SmoothingFunction().method1
+    out = {f"bleu{n}": corpus_bleu(refs, hyps, weights=tuple([1 / n] * n), smoothing_function=smooth) for n in range(1, 5)}
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
+    out["rougeL"] = sum(scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses)) / len(references)
+    kept = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]  # jiwer needs non-empty references
+    out["wer"] = jiwer.wer([r for r, _ in kept], [h for _, h in kept]) if kept else math.nan
+    out["exact"] = sum(r == h for r, h in zip(references, hypotheses)) / len(references)
+    return out
+
+
+@torch.no_grad()
+def evaluate_brain(model, cfg, samples: int = 64, batch_size: int = 16, seed: int = 0, split: str = "val") -> dict:
+    """Scores with the real signal and with the noise control, side by side, on `samples` windows
+    (fewer if the split has fewer) of `split` of cfg.data."""
+    from blt_scale.data.loader import build_loader
+    from blt_scale.data.brain.loader import brain_layout, brain_manifests
+
+    if cfg.patcher.mode == "entropy":
+        raise ValueError("patcher.mode=entropy: eval-brain does not load an entropy model")
+    if getattr(cfg.model, "phase", "lm") != "lm":
+        raise ValueError(f"model.phase={cfg.model.phase}: eval-brain needs a text-generating model (phase lm)")
+    available = sum(m["splits"][split]["documents"] for m in brain_manifests([s.uri for s in cfg.data.sources]).values())
+    samples = min(samples, available)
+    if samples == 0:
+        raise ValueError(f"data {[s.uri for s in cfg.data.sources]}: no {split} windows")
+    max_bytes = brain_layout(cfg.data).text_bytes + 1
+    model.eval()
+    objective = loss_fn(cfg.model)
+    gen = torch.Generator().manual_seed(seed)
+    loader = build_loader(cfg.data, cfg.patcher, min(batch_size, samples), split, 0, 1, seed)
+    refs, runs = [], {"real": {"hyps": [], "loss": 0.0}, "noise": {"hyps": [], "loss": 0.0}}
+    count = 0
+    for batch in loader:
+        batch = {k: v[: samples - len(refs)] for k, v in batch.items()}
+        refs += [_text(row) for row in batch["tokens"]]
+        noisy = batch | {"signal": noise_like(batch["signal"], batch["channel_mask"], gen)}
+        for name, b in (("real", batch), ("noise", noisy)):
+            summed, n, _ = objective(model, b)
+            runs[name]["loss"] += float(summed)
+            runs[name]["hyps"] += greedy(model, b, cfg.patcher, max_bytes)
+        count += int((batch["tokens"][:, 1:] != PAD).sum())
+        if len(refs) >= samples:
+            break
+    result = {"samples": len(refs), "split": split, "seed": seed}
+    for name, run in runs.items():
+        result[name] = scores(refs, run["hyps"]) | {"loss": run["loss"] / max(count, 1)}
+    result["examples"] = [{"reference": r, "real": a, "noise": b}
+                          for r, a, b in list(zip(refs, runs["real"]["hyps"], runs["noise"]["hyps"]))[:8]]
+    return result
+
+
+def results_dir(source: Path) -> Path:
+    """The run directory of a checkpoint (RUN_DIR/checkpoints/step_N), else the directory itself."""
+    return source.parent.parent if source.parent.name == "checkpoints" else source
+
+
+def format_table(result: dict) -> str:
+    keys = ["bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "wer", "exact", "loss"]
+    lines = [f"{result['samples']} {result['split']} windows, greedy decoding", f"{'metric':<10}{'signal':>10}{'noise':>10}"]
+    lines += [f"{k:<10}{result['real'][k]:>10.4f}{result['noise'][k]:>10.4f}" for k in keys]
+    lines += [f"  {e['reference']!r:<16} signal: {e['real']!r:<16} noise: {e['noise']!r}" for e in result["examples"][:4]]
+    return "\n".join(lines)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval-brain", help="brain->text scores (BLEU, ROUGE-L, WER) vs the noise-input control")
+    p.add_argument("path", metavar="RUN_DIR|CKPT")
+    p.add_argument("--data", default=None, help="brain dataset URI (default: the run's own sources); its val split is read")
+    p.add_argument("--samples", type=int, default=64, help="windows scored (default 64)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the noise")
+    p.add_argument("--split", default="val", choices=["val", "train"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_brain)
+
+
+def cmd_eval_brain(args) -> int:
+    from blt_scale.train.cli import data_override
+    from blt_scale.train.restore import load_model
+
+    if args.samples < 1 or args.batch < 1:
+        raise ValueError(f"--samples and --batch must be at least 1, got {args.samples} and {args.batch}")
+    model, cfg, source = load_model(args.path)
+    if cfg.model.kind not in ("brain_blt", "meg_to_text"):
+        raise ValueError(f"{source}: a {cfg.model.kind} model reads no brain signal; use `blt eval`")
+    cfg = data_override(args.data, cfg)
+    result = {"from": str(source), "data": [s.uri for s in cfg.data.sources]}
+    result |= evaluate_brain(model, cfg, args.samples, args.batch, args.seed, args.split)
+    out = results_dir(Path(source)) / RESULTS
+    out.write_text(json.dumps(result, indent=2))
+    result["results_file"] = str(out)
+    print(json.dumps(result) if args.json else format_table(result) + f"\nwritten to {out}")
+    return 0
