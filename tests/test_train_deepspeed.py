@@ -158,7 +158,22 @@ def test_conflicting_raw_key_names_both_keys():
                                    "parallel.deepspeed.zero_optimization.overlap_comm=true"])
     ds = deepspeed_config(cfg, 1)
     assert ds["zero_optimization"]["overlap_comm"] is True and ds["gradient_clipping"] == 1.0
+    # Offloaded tensors are pinned only for an accelerator (pinning means nothing to CPU ranks).
+    offload = ["parallel.strategy=deepspeed", "parallel.offload_optimizer=true"]
+    assert deepspeed_config(load_recipe("cpu_tiny", offload), 1, accelerator=True)["zero_optimization"]["offload_optimizer"] == {
+        "device": "cpu", "pin_memory": True}
     with pytest.raises(ConfigError, match="parallel.offload_param needs parallel.zero_stage=3"):
         load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "parallel.zero_stage=2", "parallel.offload_param=true"])
     with pytest.raises(ConfigError, match="parallel.offload_optimizer needs parallel.strategy=deepspeed"):
         load_recipe("cpu_tiny", ["parallel.strategy=fsdp", "parallel.offload_optimizer=true"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+    "needs CUDA: the GPU path of parallel.offload_optimizer (pinned host memory, NCCL) with bf16; "
+    "the CPU tests run the same options unpinned over gloo"))
+def test_gpu_zero2_bf16_with_pinned_optimizer_offload(tmp_path):
+    opts = ["train.device=cuda", "train.micro_batch=8", "parallel.strategy=deepspeed", "parallel.zero_stage=2",
+            "parallel.mixed_precision=bf16", "parallel.offload_optimizer=true"]
+    run(tmp_path / "gpu", TINY + ["train.steps=10", "checkpoint.every=5"] + opts, 1)
+    rows = train_rows(tmp_path / "gpu")
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["skipped_steps"] == 0

@@ -18,6 +18,7 @@ and DeepSpeedCPUAdam (torch's AdamW steps offloaded optimizer state instead).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 
 from blt_scale.config import ConfigError
 from blt_scale.parallel.apply import apply_activation_checkpointing
-from blt_scale.parallel.ds_checkpoint import DS_TAG, UNIVERSAL_TAG, convert_to_universal
+from blt_scale.parallel.ds_checkpoint import DS_TAG, UNIVERSAL_TAG, convert_to_universal, is_deepspeed_checkpoint
 from blt_scale.parallel.ds_config import deepspeed_config, fit_buckets
 from blt_scale.parallel.strategy import Strategy, tensor_bytes
 from blt_scale.train.checkpoint import read_train_state
@@ -75,8 +76,6 @@ class DeepSpeedStrategy(Strategy):
         return float(self.env.world_size)  # the engine averages gradients over data-parallel ranks
 
     def autocast(self):
-        import contextlib
-
         return contextlib.nullcontext()  # bf16: the engine holds bf16 parameters itself
 
     def set_gradient_sync(self, model, sync: bool) -> None:
@@ -114,6 +113,9 @@ class DeepSpeedStrategy(Strategy):
     def load(self, model, optimizer, path: Path) -> None:
         """Same world size: the engine's own files. Another one: its universal conversion (made
         once, by rank 0, and kept in the checkpoint directory)."""
+        if not is_deepspeed_checkpoint(path):
+            raise FileNotFoundError(f"{path}: written by another strategy (no {DS_TAG}/ directory); resume it with the "
+                                    "parallel.strategy that wrote it, or start a new run_dir")
         saved = read_train_state(path).get("world_size")
         tag = DS_TAG
         if saved != self.env.world_size:

@@ -23,6 +23,7 @@ from torch.distributed.tensor import DTensor
 from blt_scale.config import ConfigError
 from blt_scale.parallel.apply import parallelize
 from blt_scale.parallel.config import ParallelConfig
+from blt_scale.parallel.ds_checkpoint import is_deepspeed_checkpoint
 from blt_scale.parallel.env import DistEnv
 from blt_scale.train.optim import OptimConfig, build_optimizer
 
@@ -98,6 +99,9 @@ class Strategy:
 
     def load(self, model, optimizer, path: Path) -> None:
         """Load a checkpoint written at any world size: DCP reshards to this one."""
+        if is_deepspeed_checkpoint(path):
+            raise FileNotFoundError(f"{path}: a DeepSpeed checkpoint; resume it with parallel.strategy=deepspeed "
+                                    "(or `blt export` its weights)")
         msd, osd = get_state_dict(model, optimizer)
         state = {"model": msd, "optim": osd}
         dcp.load(state, checkpoint_id=str(path))
