@@ -8,8 +8,11 @@ steps torch's AdamW (also when offloaded), so no TORCH_EXTENSIONS_DIR is needed.
 """
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,8 +22,11 @@ from blt_scale.config import ConfigError
 from blt_scale.model.build import build_model
 from blt_scale.parallel.ds_checkpoint import UNIVERSAL_TAG
 from blt_scale.parallel.ds_config import deepspeed_config
+from blt_scale.parallel.env import DistEnv
+from blt_scale.parallel.strategy import build_strategy
 from blt_scale.recipe import load_recipe
 from blt_scale.train.checkpoint import checkpoints_dir, latest_complete
+from blt_scale.train.exit_codes import EXIT_CONFIG
 from blt_scale.train.restore import load_checkpoint_model, load_model
 from dist_helpers import DETERMINISTIC, TINY, expected_rows, kill, losses, reference, run, start, traced_rows, train_rows, wait_for
 
@@ -166,6 +172,19 @@ def test_conflicting_raw_key_names_both_keys():
         load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "parallel.zero_stage=2", "parallel.offload_param=true"])
     with pytest.raises(ConfigError, match="parallel.offload_optimizer needs parallel.strategy=deepspeed"):
         load_recipe("cpu_tiny", ["parallel.strategy=fsdp", "parallel.offload_optimizer=true"])
+    cfg = load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "checkpoint.async_save=true"])
+    with pytest.raises(ConfigError, match="checkpoint.async_save=true is not supported with parallel.strategy=deepspeed"):
+        build_strategy(cfg.parallel, DistEnv(), torch.device("cpu")).configure(cfg)
+
+
+def test_blt_train_stops_on_a_conflicting_key_before_training(tmp_path):
+    """The same error from the command, as one line, before any step (and before DeepSpeed loads)."""
+    cmd = [sys.executable, "-m", "blt_scale.cli", "train", "cpu_tiny", f"run_dir={tmp_path / 'run'}",
+           "parallel.strategy=deepspeed", "parallel.deepspeed.gradient_clipping=2.0"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert res.returncode == EXIT_CONFIG
+    assert "error: parallel.deepspeed.gradient_clipping=2.0 conflicts with optim.clip_grad_norm=1.0" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=(
