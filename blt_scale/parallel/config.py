@@ -47,6 +47,9 @@ class ParallelConfig(Config):
             raise ValueError("parallel.offload_optimizer needs parallel.zero_stage >= 1")
         if self.offload_param and self.zero_stage != 3:
             raise ValueError(f"parallel.offload_param needs parallel.zero_stage=3, got {self.zero_stage}")
+        if ds and not self.reshard_after_forward:
+            raise ValueError("parallel.reshard_after_forward is FSDP's; with deepspeed ZeRO-3 keeps small parameters "
+                             "gathered via parallel.deepspeed.zero_optimization.stage3_param_persistence_threshold")
         if ds and self.compile:
             raise ValueError("parallel.compile is not supported with parallel.strategy=deepspeed (use fsdp)")
         if self.replicate > 1 and self.strategy != "fsdp":
