@@ -22,14 +22,13 @@ import contextlib
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from blt_scale.config import ConfigError
 from blt_scale.parallel.apply import apply_activation_checkpointing
 from blt_scale.parallel.ds_checkpoint import DS_TAG, UNIVERSAL_TAG, convert_to_universal, is_deepspeed_checkpoint
 from blt_scale.parallel.ds_config import deepspeed_config, fit_buckets
-from blt_scale.parallel.strategy import Strategy, tensor_bytes
+from blt_scale.parallel.strategy import Strategy, all_reduce, tensor_bytes
 from blt_scale.train.checkpoint import read_train_state
 from blt_scale.train.optim import build_optimizer
 
@@ -119,9 +118,15 @@ class DeepSpeedStrategy(Strategy):
         saved = read_train_state(path).get("world_size")
         tag = DS_TAG
         if saved != self.env.world_size:
+            error = None
             if self.env.is_main:
-                convert_to_universal(path)
-            dist.barrier()
+                try:
+                    convert_to_universal(path)
+                except (RuntimeError, FileNotFoundError) as err:
+                    error = err
+            # Every rank learns whether rank 0 succeeded, instead of waiting on it forever.
+            if all_reduce([float(error is not None)])[0]:
+                raise error or RuntimeError(f"{path}: rank 0 could not convert it to the universal format")
             tag = UNIVERSAL_TAG
         # Read through this accessor only; later saves are ordinary ZeRO checkpoints again.
         model._config.load_universal_checkpoint = tag == UNIVERSAL_TAG
