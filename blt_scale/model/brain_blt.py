@@ -51,8 +51,7 @@ class BrainBLT(BLT):
             GatedCrossAttention(D, cfg.fusion.heads, cfg.brain.dim, cfg.global_.norm_eps)
             for _ in range(len(cfg.fusion.layers) + 1)
         )
-        init_weights(self.brain)
-        init_weights(self.fusion)
+        init_weights(self.fusion)  # the brain encoder initialised itself
         for slot, layer in enumerate(cfg.fusion.layers):
             self.latent[layer].register_forward_hook(self._fuse_hook(slot))
         self.from_global.register_forward_pre_hook(self._fuse_start_hook)

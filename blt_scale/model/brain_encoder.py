@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from blt_scale.config import Config
-from blt_scale.model.layers import Block, RMSNorm, TransformerConfig
+from blt_scale.model.layers import Block, RMSNorm, TransformerConfig, init_weights
 
 
 class BrainEncoderConfig(TransformerConfig):
@@ -76,6 +76,17 @@ class BrainEncoder(nn.Module):
         self.stem_out = nn.Linear(E, E, bias=False)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = RMSNorm(E, cfg.norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Owners that re-initialise all their weights call this afterwards. The spatial scores
+        start at unit scale: with init_weights' std 0.02 every virtual channel would begin as the
+        plain mean of the sensors, which is ~0 after an average reference (the EEG preset), and
+        the encoder would see almost nothing until the scores grew apart."""
+        init_weights(self)
+        nn.init.normal_(self.spatial.score.weight, std=1.0)
+        with torch.no_grad():
+            self.subject.copy_(torch.eye(self.cfg.spatial_channels).repeat(self.cfg.subjects, 1, 1))
 
     def check(self, signal: torch.Tensor, channel_mask: torch.Tensor, subject: torch.Tensor) -> None:
         B, C, T = signal.shape

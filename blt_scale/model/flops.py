@@ -140,7 +140,7 @@ def brain_blt_flops(cfg: BrainBLTConfig, seq_len: int, patch_bytes: float) -> Fl
     P, N, n = T / patch_bytes, float(cfg.brain.tokens()), len(cfg.fusion.layers)
     enc_params, enc_linear, enc_attention = brain_encoder_parts(cfg.brain)
     # n fused latent layers over P patches, plus one for the decoder's start slot (1 query).
-    report.params |= {"brain_encoder": enc_params, "fusion": (n + 1) * (2 * D * D + 2 * E * D + D + E + 1)}
+    report.params |= {"brain_encoder": enc_params, "fusion": (n + 1) * (2 * D * D + 2 * E * D + D + E + D)}
     report.linear |= {"brain_encoder": enc_linear / T,
                       "fusion": (n * (4.0 * D * D * P + 4.0 * E * D * N) + 4.0 * D * D + 4.0 * E * D * N) / T}
     report.attention |= {"brain_encoder": enc_attention / T, "fusion": (n * P + 1) * 4.0 * D * N / T}

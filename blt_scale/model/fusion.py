@@ -1,6 +1,6 @@
 """Gated cross-attention from latent patches to brain features (Flamingo's tanh gate).
 
-    x ─▶ x + tanh(gate) * attn(norm x, norm brain)
+    x ─▶ x + tanh(gate) ⊙ attn(norm x, norm brain)      (gate: one value per channel)
 
 The gate starts at 0, so a freshly fused model computes exactly what its text model computes;
 training opens the gate as far as the brain features help. It subclasses CrossAttentionBlock, so
@@ -25,7 +25,7 @@ class FusionConfig(Config):
 class GatedCrossAttention(CrossAttentionBlock):
     def __init__(self, dim: int, heads: int, kv_dim: int, eps: float = 1e-5):
         super().__init__(dim, heads, kv_dim, eps)
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.gate = nn.Parameter(torch.zeros(dim))  # one gate per channel: learns faster than a scalar
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # Every patch may see the whole brain window: the signal is the condition, not the future.

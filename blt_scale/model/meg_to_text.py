@@ -52,6 +52,7 @@ class MegToText(nn.Module):
         self.rvq_out = nn.Linear(cfg.rvq.dim, E, bias=False)
         self.to_decoder = nn.Linear(E, cfg.decoder.dim, bias=False)
         init_weights(self)  # before the decoder, which initialises itself
+        self.brain.reset_parameters()
         self.decoder = ByteLM(cfg.decoder)
         if cfg.lora is not None:
             apply_lora(self.decoder, cfg.lora)
