@@ -26,7 +26,7 @@ def default_patch_bytes(cfg) -> float:
     from blt_scale.model.patcher import mean_patch_bytes
 
     mode = cfg.patcher.mode
-    if cfg.model.kind != "blt" or mode == "byte":
+    if cfg.model.kind not in ("blt", "brain_blt") or mode == "byte":
         return 1.0
     if mode == "static":
         return float(min(cfg.patcher.static_size, cfg.patcher.max_patch_len or cfg.patcher.static_size))

@@ -181,3 +181,32 @@ def test_distillation_kl_is_zero_against_itself_and_positive_otherwise():
     targets[1, 4:] = 0  # PAD positions do not count
     assert kl_sum(logits, logits, targets, 2.0).abs() < 1e-4
     assert kl_sum(logits, torch.randn(2, 6, VOCAB_SIZE), targets, 2.0) > 0.1
+
+
+def test_init_from_an_exported_text_model_and_distillation_from_it(tmp_path):
+    from blt_scale.config import ConfigError
+    from blt_scale.model.build import build_model
+    from blt_scale.recipe import load_recipe
+    from blt_scale.train.export import save_exported
+    from blt_scale.train.init_from import load_init
+
+    text_cfg = load_recipe("cpu_tiny_baseline", ["model.dim=32", "model.layers=2", "model.heads=2", "model.window=null"])
+    torch.manual_seed(1)
+    text = build_model(text_cfg.model).eval()
+    save_exported(text.state_dict(), text_cfg, tmp_path / "text")
+    source = [{"path": str(tmp_path / "text"), "prefix": "decoder."}]
+    model = meg(lora={"rank": 4}, quantize=False, init_from=source, distill={"teacher": str(tmp_path / "text"), "weight": 0.5})
+    untouched = load_init(model, model.cfg.init_from)
+    assert torch.equal(model.decoder.embed.weight, text.embed.weight)
+    assert torch.equal(model.decoder.layers[1].ffn.w2.weight, text.layers[1].ffn.w2.weight)
+    assert untouched and all(not k.startswith("decoder.") or ".lora_" in k for k in untouched)
+    with pytest.raises(ConfigError, match="not in this model"):
+        load_init(model, [type(model.cfg.init_from[0])(path=str(tmp_path / "text"))])  # no prefix
+
+    b = batch()
+    ce, n, aux = loss_fn(model.cfg)(model.train(), b)  # quantize off: aux is the distillation term only
+    with torch.no_grad():
+        logits = model(b["tokens"][:, :-1], b["patch_lengths"], *brain_args(b))["logits"]
+        kl = kl_sum(logits, text(b["tokens"][:, :-1]), b["tokens"][:, 1:], 2.0)
+    assert torch.allclose(ce + aux, 0.5 * ce + 0.5 * kl, rtol=1e-4)
+    assert loss_fn(model.cfg)(model.eval(), b)[2] == 0  # evaluation reports plain cross-entropy

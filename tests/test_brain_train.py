@@ -8,12 +8,14 @@ signal pays at best ln(10) nats per window spread over the window's bytes (word 
 average): FLOOR = 0.576 nats/byte. Learning the task means going clearly below it.
 """
 
+import json
 import math
 import signal
 
 import pytest
 import torch
 
+from blt_scale.cli import main
 from blt_scale.recipe import load_recipe
 from blt_scale.train.checkpoint import latest_complete
 from blt_scale.train.eval_brain import evaluate_brain
@@ -64,7 +66,7 @@ def test_brain_aware_blt_learns_and_beats_the_noise_control(tmp_path, eeg, one_t
     assert real["exact"] > noise["exact"] and real["wer"] < noise["wer"], result
 
 
-def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(tmp_path, meg, one_thread):
+def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(tmp_path, meg, one_thread, capsys):
     p1 = train("meg_to_text_phase1_mae", tmp_path / "p1", meg, "train.steps=60")
     p2 = train("meg_to_text_phase2_rvq", tmp_path / "p2", meg, "train.steps=40", f"model.init_from=[{{path: {tmp_path / 'p1'}}}]")
     p3 = train("meg_to_text_phase3_lm", tmp_path / "p3", meg, "train.steps=200", f"model.init_from=[{{path: {tmp_path / 'p2'}}}]")
@@ -81,6 +83,14 @@ def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(
     assert real["loss"] < 0.45 < FLOOR, result
     assert noise["loss"] > real["loss"] + 0.5, result
     assert real["exact"] > noise["exact"] + 0.2 and real["bleu1"] > noise["bleu1"], result
+
+    # The command: same figures from the run directory's checkpoint, JSON, a results file.
+    capsys.readouterr()
+    assert main(["eval-brain", str(tmp_path / "p3"), "--samples", "58", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "p3" / "eval_brain.json").read_text())["real"] == printed["real"]
+    assert abs(printed["real"]["loss"] - real["loss"]) < 1e-4 and abs(printed["noise"]["loss"] - noise["loss"]) < 1e-4
+    assert {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "wer"} <= set(printed["noise"])
 
 
 STEPS = 8
