@@ -109,16 +109,17 @@ def test_entropy_mode_without_entropies_is_a_clear_error():
         patch_starts(torch.full((1, 4), OFFSET), PatcherConfig(mode="entropy"))
 
 
+@pytest.mark.parametrize("length", [40, 5])  # 5: shorter than the longest n-gram (a short prompt)
 @pytest.mark.parametrize("with_docs", [False, True])
-def test_ngram_hashes_equal_brute_force(with_docs):
+def test_ngram_hashes_equal_brute_force(with_docs, length):
     g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 259, (3, 40), generator=g)
-    docs = torch.randint(0, 2, (3, 40), generator=g).cumsum(1) if with_docs else torch.zeros(3, 40, dtype=torch.long)
+    ids = torch.randint(0, 259, (3, length), generator=g)
+    docs = torch.randint(0, 2, (3, length), generator=g).cumsum(1) if with_docs else torch.zeros(3, length, dtype=torch.long)
     for n in (3, 5, 8):
         got = ngram_hashes(ids, n, docs if with_docs else None)
         for b in range(3):
             row, doc = ids[b].tolist(), docs[b].tolist()
-            for t in range(40):
+            for t in range(length):
                 h = 0
                 for j in range(t - n + 1, t + 1):  # oldest first; before the start or the document counts as 0
                     h = (h * BASE + (row[j] + 1 if j >= 0 and doc[j] == doc[t] else 0)) % PRIME

@@ -34,6 +34,9 @@ def ngram_hashes(ids: torch.Tensor, n: int, doc_ids: torch.Tensor | None = None)
     T = ids.shape[1]
     for i in range(n - 1, -1, -1):  # oldest byte first: h = h * BASE + (id[t-i] + 1)
         shifted = torch.zeros_like(ids)
+        if i >= T:  # the n-gram reaches before the start for every position: contributes 0
+            h = h * BASE % PRIME
+            continue
         shifted[:, i:] = ids[:, : T - i] + 1
         if doc_ids is not None and i > 0:
             shifted[:, i:] *= doc_ids[:, : T - i] == doc_ids[:, i:]
