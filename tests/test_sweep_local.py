@@ -38,10 +38,11 @@ def tiny_sweep(tmp_path: Path) -> Path:
     return path
 
 
-def blt_sweep(*args):
+def blt_sweep(*args, timeout=900):
     # One thread per run: tiny models run faster so, and local and SLURM runs add up floats alike.
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
 
 
 def test_every_planned_run_matches_its_budget_within_one_percent(tmp_path):
@@ -55,13 +56,11 @@ def test_every_planned_run_matches_its_budget_within_one_percent(tmp_path):
 
 
 @pytest.mark.slow
-def test_local_sweep_trains_aggregates_and_then_does_nothing(tmp_path):
-    path = tiny_sweep(tmp_path)
-    out = blt_sweep(str(path), "--local")
+def test_local_sweep_trains_aggregates_and_then_does_nothing(local_sweep):
+    path, sweep_dir, out = local_sweep
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     assert summary["trained"] == 12 and summary["runs"] == 12
-    sweep_dir = tmp_path / "sweep"
     rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
     assert len(rows) == 12
     for row in rows:  # FLOPs recomputed from each run's own measured patch sizes
