@@ -4,7 +4,7 @@ P1: achieved FLOP/s of a BLT training step / that of a dense byte baseline with 
     training FLOPs per step; steps of the two are interleaved in one process so machine noise
     hits both alike. FLOPs come from blt_scale.model.flops (the trainer's own metric).
 P2: achieved training FLOP/s / fp32 matmul peak (2048^2 torch.mm) measured in the same run.
-Memory: peak RSS growth over one training step of a BLT at seq 2048, AC none / selective / full,
+Memory: peak RSS during training steps (after the first) of a BLT at seq 2048, AC none / selective / full,
     each in a fresh process.
 
     .venv/bin/python benchmarks/bench_trainer.py [--steps 10] [--threads 2] [--json]
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,10 +28,12 @@ from blt_scale.train.metrics import measure_matmul_peak
 
 COMMON = ["wandb.enabled=false", "train.log_every=1000", "train.eval_every=null", "data.corpus_bytes=2000000", "train.peak_flops=1e12"]
 SIZES = {
-    # cpu_tiny as shipped, and twice as wide (local 256, latent 512) at the same patching.
+    # cpu_tiny as shipped, and two and four times as wide (local 256/512, latent 512/1024) at the same patching.
     "cpu_tiny": ([], 128),
     "cpu_tiny_x2": (["model.encoder.dim=256", "model.decoder.dim=256", "model.global.dim=512", "model.encoder.window=512",
                      "model.decoder.window=512"], 256),
+    "cpu_tiny_x4": (["model.encoder.dim=512", "model.decoder.dim=512", "model.global.dim=1024", "model.encoder.window=512",
+                     "model.decoder.window=512", "model.global.heads=8", "model.encoder.heads=8", "model.decoder.heads=8"], 512),
 }
 
 
@@ -80,14 +81,21 @@ def throughput(steps: int, warmup: int) -> dict:
     return {"matmul_peak_flops": peak, "sizes": out}
 
 
+def vm_hwm_gb() -> float:
+    """Peak resident memory of this process since the last reset (VmHWM), GB."""
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2**20
+
+
 def memory_child(ac: str) -> None:
     t = trainer("cpu_tiny", ["data.seq_len=2048", "train.steps=3", f"parallel.activation_checkpointing={ac}", "parallel.ac_every=2"])
-    t.train_step()  # first step allocates optimizer state and grads
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t.train_step()  # the first step allocates optimizer state and gradients
+    # Reset the peak (Linux: "5" to clear_refs) so start-up, e.g. reading the corpus, cannot set it.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     t.train_step()
     t.train_step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"ac": ac, "peak_rss_gb": after / 2**20, "peak_after_first_step_gb": before / 2**20}))
+    print(json.dumps({"ac": ac, "peak_rss_gb": vm_hwm_gb()}))
 
 
 def memory() -> dict:
