@@ -118,6 +118,9 @@ def _explain(err: ValidationError, schema: type[BaseModel], data: dict, sources,
             messages.append(f"unknown key {key!r} set {source}; {hint or 'valid keys here: ' + ', '.join(valid)}")
         elif e["type"] == "missing":
             messages.append(f"missing required key {key!r} (recipe {path})")
+        elif isinstance(e.get("input"), dict):  # a section's own check across its keys: its message names them
+            section = f", section {key!r}" if key else ""
+            messages.append(f"{e['msg'].removeprefix('Value error, ')} (recipe {path}{section})")
         else:
             messages.append(f"bad value for {key!r} set {source}: {e['msg']}, got {e.get('input')!r}")
     return "; ".join(messages)

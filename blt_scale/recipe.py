@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import model_validator
+
 from blt_scale import config
 from blt_scale.config import Config
 from blt_scale.data.loader import DataConfig
@@ -29,6 +31,17 @@ class RunConfig(Config):
     parallel: ParallelConfig = ParallelConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def _brain_text_is_the_sequence(self) -> "RunConfig":
+        # The trainer counts bytes, FLOPs and throughput with seq_len; a brain sample's text is
+        # text_bytes + 1 input ids (BOS + bytes, or bytes + EOS as targets).
+        brain = self.data.brain
+        if brain is not None and self.data.seq_len != brain.text_bytes + 1:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) must be data.brain.text_bytes + 1 ({brain.text_bytes + 1}) for brain data"
+            )
+        return self
 
 
 def resolve_recipe_path(name: str | Path) -> Path:

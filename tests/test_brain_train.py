@@ -99,6 +99,8 @@ def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(
     assert json.loads((tmp_path / "p3" / "eval_brain.json").read_text())["real"] == printed["real"]
     assert abs(printed["real"]["loss"] - real["loss"]) < 1e-4 and abs(printed["noise"]["loss"] - noise["loss"]) < 1e-4
     assert {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "wer"} <= set(printed["noise"])
+    assert main(["generate", str(tmp_path / "p3"), "--prompt", "a"]) == 2  # needs a signal: one line, not a TypeError
+    assert "use `blt eval-brain`" in capsys.readouterr().err
 
 
 STEPS = 8

@@ -96,6 +96,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise RuntimeError(f"generation is not available: {err}") from None
     model, cfg, _ = load_model(args.path)
+    if cfg.model.kind not in ("blt", "byte_lm"):
+        raise ValueError(f"{args.path}: `blt generate` takes a text model (kind blt or byte_lm), not kind "
+                         f"{cfg.model.kind}, which needs a brain signal: use `blt eval-brain`")
     if cfg.patcher.mode == "entropy":
         raise ValueError("patcher.mode=entropy: generation needs the entropy model, which `blt generate` does not load yet")
     prompt = torch.cat([torch.tensor([BOS]), encode(args.prompt.encode())])[None]
