@@ -83,11 +83,17 @@ def wait_job(job: str, timeout: float = JOB_TIMEOUT_S, hurry_requeue: bool = Tru
     """Wait until the job has ended and return its final state. A requeued job waits out SLURM's
     requeue delay unless `hurry_requeue` releases it with StartTime=now."""
     deadline = time.monotonic() + timeout
+    held_since = None
     while True:
         state, reason = job_state(job)
         if state not in ACTIVE and state != "UNKNOWN":
             return state
-        if hurry_requeue and state == "PENDING" and reason == "BeginTime":
+        held = state == "PENDING" and reason == "BeginTime"
+        held_since = (held_since or time.monotonic()) if held else None
+        # Not within the second of the requeue: slurmctld revokes the job's credentials with
+        # one-second resolution, and an allocation started in that second fails ("Job credential
+        # revoked"), which a user's job, waiting out the delay, never meets.
+        if hurry_requeue and held and time.monotonic() - held_since >= 2.0:
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True, timeout=30)
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job], capture_output=True, timeout=30)
