@@ -7,6 +7,8 @@ import argparse
 import json
 import re
 
+from blt_scale.launch.cli import placement_args
+
 # Modules adding `prep` subcommands: each has `register_prep(prep_subparsers)`.
 PREP_COMMANDS: list[str] = ["blt_scale.data.prep_cli", "blt_scale.data.brain.cli"]
 
@@ -57,7 +59,27 @@ def cmd_entropies(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, context=args.context, overlap=args.overlap,
             shard_size=args.shard_size, device=args.device,
         )
+        if args.slurm_parts is not None:
+            return _entropies_on_slurm(args, cfg)
         report = prep_entropies(cfg, progress=not args.quiet)
+    print(json.dumps(_summary(args.out, report)))
+    return 0
+
+
+def _entropies_on_slurm(args: argparse.Namespace, cfg) -> int:
+    from blt_scale.data.entropy_array import submit_entropy_parts, wait_and_merge
+    from blt_scale.launch.cli import placement_changes
+    from blt_scale.launch.config import LaunchConfig
+
+    if args.part is not None or args.slurm_parts < 1:
+        raise ValueError(f"--slurm-parts N (N >= 1, got {args.slurm_parts}) submits every part itself, without --part")
+    launch = LaunchConfig(**placement_changes(args))
+    if args.dry_run:
+        print(json.dumps({"parts": args.slurm_parts, "launch": launch.model_dump(), "folder": args.slurm_folder}))
+        return 0
+    jobs = submit_entropy_parts(cfg, args.slurm_parts, launch, args.slurm_folder, args.max_parallel)
+    print(f"job {jobs[0].job_id.split('_')[0]} ({len(jobs)} parts; logs in {args.slurm_folder}/logs)", flush=True)
+    report = wait_and_merge(jobs, args.out)
     print(json.dumps(_summary(args.out, report)))
     return 0
 
@@ -95,6 +117,11 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=parse_size, default=64 << 20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
+    slurm = p.add_argument_group("SLURM array", "--slurm-parts N: the N parts as one job array, then --merge here")
+    slurm.add_argument("--slurm-parts", type=int, default=None, metavar="N")
+    slurm.add_argument("--slurm-folder", default="runs/prep_entropies", help="submitit folder: code snapshot and logs")
+    slurm.add_argument("--max-parallel", type=int, default=16, help="array tasks running at once")
+    placement_args(slurm, required=False)
     p.set_defaults(func=cmd_entropies)
 
 

@@ -8,7 +8,7 @@ import json
 from blt_scale.launch.config import parse_time
 
 
-def _placement_args(p: argparse.ArgumentParser, required: bool) -> None:
+def placement_args(p: argparse.ArgumentParser, required: bool) -> None:
     """Options shared by submit and resume; on resume, an option not given keeps its saved value."""
     p.add_argument("--nodes", type=int, required=required, default=None)
     ranks = p.add_mutually_exclusive_group(required=required)
@@ -25,7 +25,7 @@ def _placement_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting")
 
 
-def _changes(args: argparse.Namespace) -> dict:
+def placement_changes(args: argparse.Namespace) -> dict:
     values = {
         "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "tasks_per_node": args.tasks_per_node,
         "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem,
@@ -48,14 +48,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("submit", help="submit a training run to SLURM (submitit); prints the job id and run_dir")
     add_recipe_args(p)
-    _placement_args(p, required=True)
+    placement_args(p, required=True)
     p.add_argument("--prepare-only", action="store_true",
                    help="write the run directory and print the `sbatch slurm/train.sbatch` line instead of submitting")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("resume", help="resubmit a stopped or failed SLURM run, on the same or another number of nodes")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    _placement_args(p, required=False)
+    placement_args(p, required=False)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="job history, last complete step and last metrics of a SLURM run")
@@ -82,7 +82,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(args.recipe, args.overrides)
     try:
-        launch = LaunchConfig(**_changes(args))
+        launch = LaunchConfig(**placement_changes(args))
     except ValueError as err:
         raise ConfigError(f"blt submit options: {err}".replace("\n", " ")) from None
     job, run_dir = submit(cfg, launch, dry_run=args.dry_run, prepare_only=args.prepare_only)
@@ -96,7 +96,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from blt_scale.launch.submit import resume
 
-    job, run_dir = resume(args.run_dir, _changes(args), dry_run=args.dry_run)
+    job, run_dir = resume(args.run_dir, placement_changes(args), dry_run=args.dry_run)
     return _report(job, run_dir, args.dry_run)
 
 

@@ -1,0 +1,32 @@
+"""`blt prep entropies --slurm-parts N`: the parts run as one job array on the local cluster and
+the merged dataset equals a single local run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from blt_scale import cli
+from data_helpers import read_mds_split
+from test_data_entropies import setup  # noqa: F401 - the fixture
+from test_slurm_support import slurm_cluster  # noqa: F401 - the fixture
+
+pytestmark = [pytest.mark.slurm]
+
+
+def test_parts_as_an_array_then_merged_equal_a_single_run(setup, slurm_cluster, tmp_path, capsys):  # noqa: F811
+    tmp, _, _ = setup
+    argv = ["prep", "entropies", "--data", str(tmp / "text"), "--model", str(tmp / "model"), "--out", str(tmp_path / "arr"),
+            "--batch-size", "5", "--slurm-parts", "2", "--nodes", "1", "--tasks-per-node", "1", "--time", "10",
+            "--slurm-folder", str(tmp_path / "slurm")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("job ") and "2 parts" in out[0]
+    assert json.loads(out[-1])["out"] == str(tmp_path / "arr") and (tmp_path / "arr" / "_COMPLETE").exists()
+    for split in ("train", "val"):
+        one = read_mds_split(str(tmp / "ent"), split, tmp_path / f"one{split}")
+        arr = read_mds_split(str(tmp_path / "arr"), split, tmp_path / f"arr{split}")
+        assert [s["text"] for s in arr] == [s["text"] for s in one]
+        for a, b in zip(one, arr):
+            np.testing.assert_allclose(np.frombuffer(a["entropy"], np.float16), np.frombuffer(b["entropy"], np.float16), atol=4e-3)
+    assert len(list((tmp_path / "slurm" / "logs").glob("*_0_log.out"))) == 2  # one log per array task
