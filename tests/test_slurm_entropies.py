@@ -3,12 +3,10 @@ the merged dataset equals a single local run."""
 
 import json
 
-import numpy as np
 import pytest
 
 from blt_scale import cli
-from data_helpers import read_mds_split
-from test_data_entropies import setup  # noqa: F401 - the fixture
+from test_data_entropies import assert_same_entropies, setup  # noqa: F401 - setup is a fixture
 from test_slurm_support import slurm_cluster  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.slurm]
@@ -23,10 +21,5 @@ def test_parts_as_an_array_then_merged_equal_a_single_run(setup, slurm_cluster, 
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("job ") and "2 parts" in out[0]
     assert json.loads(out[-1])["out"] == str(tmp_path / "arr") and (tmp_path / "arr" / "_COMPLETE").exists()
-    for split in ("train", "val"):
-        one = read_mds_split(str(tmp / "ent"), split, tmp_path / f"one{split}")
-        arr = read_mds_split(str(tmp_path / "arr"), split, tmp_path / f"arr{split}")
-        assert [s["text"] for s in arr] == [s["text"] for s in one]
-        for a, b in zip(one, arr):
-            np.testing.assert_allclose(np.frombuffer(a["entropy"], np.float16), np.frombuffer(b["entropy"], np.float16), atol=4e-3)
+    assert_same_entropies(tmp / "ent", tmp_path / "arr", tmp_path)
     assert len(list((tmp_path / "slurm" / "logs").glob("*_0_log.out"))) == 2  # one log per array task
