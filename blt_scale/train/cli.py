@@ -88,6 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from blt_scale.model.build import TEXT_KINDS
     from blt_scale.model.vocab import BOS, decode, encode
     from blt_scale.train.restore import load_model
 
@@ -96,7 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise RuntimeError(f"generation is not available: {err}") from None
     model, cfg, _ = load_model(args.path)
-    if cfg.model.kind not in ("blt", "byte_lm"):
+    if cfg.model.kind not in TEXT_KINDS:
         raise ValueError(f"{args.path}: `blt generate` takes a text model (kind blt or byte_lm), not kind "
                          f"{cfg.model.kind}, which needs a brain signal: use `blt eval-brain`")
     if cfg.patcher.mode == "entropy":
