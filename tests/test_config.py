@@ -73,8 +73,8 @@ def test_wrong_type_inside_a_file_names_that_file(tmp_path):
 
 def test_checks_across_keys_give_their_own_message_and_the_recipe():
     with pytest.raises(ConfigError) as err:
-        load_recipe("cpu_tiny", ["train.global_batch=7"])
-    assert str(err.value) == (f"global_batch (7) must be a multiple of micro_batch (8) "
+        load_recipe("cpu_tiny", ["train.global_batch=7", "train.micro_batch=2"])
+    assert str(err.value) == (f"global_batch (7) must be a multiple of micro_batch (2) "
                               f"(recipe {Path('recipes/cpu_tiny.yaml').resolve()}, section 'train')")
     with pytest.raises(ConfigError, match=r"^data.seq_len \(12\) must be data.brain.text_bytes \+ 1 \(9\) for brain data \(recipe "):
         load_recipe("brain_aware_blt_tiny", ["data.seq_len=12"])

@@ -47,6 +47,26 @@ def test_strategy_errors_name_the_key():
         load_recipe("cpu_tiny", ["parallel.cpu_offload=true"])
 
 
+def test_micro_batch_unset_means_no_accumulation_and_bad_splits_name_the_keys():
+    unset = load_recipe("cpu_tiny").train  # global_batch 8, no micro_batch
+    assert unset.micro_batch is None
+    assert [(unset.micro_batch_for(w), unset.accumulation_for(w)) for w in (1, 2, 4, 8)] == [(8, 1), (4, 1), (2, 1), (1, 1)]
+    with pytest.raises(ConfigError) as err:
+        unset.micro_batch_for(3)
+    assert str(err.value) == ("train.global_batch (8) must be a multiple of the world size (3) when train.micro_batch "
+                              "is unset (no accumulation: global_batch / world size per rank)")
+    two = load_recipe("cpu_tiny", ["train.micro_batch=2"]).train
+    assert [(two.micro_batch_for(w), two.accumulation_for(w)) for w in (1, 2, 4)] == [(2, 4), (2, 2), (2, 1)]
+    with pytest.raises(ConfigError) as err:
+        two.micro_batch_for(8)
+    assert str(err.value) == ("train.global_batch (8) must be a multiple of train.micro_batch (2) x world size (8); "
+                              "or unset train.micro_batch (train.micro_batch=null) for global_batch / world size "
+                              "per rank, without accumulation")
+    with pytest.raises(ConfigError, match=r"train.micro_batch \(2\) x world size \(3\)$"):
+        two.micro_batch_for(3)  # no hint: unsetting it would not help
+    assert "unset = global_batch / world size (no accumulation)" in type(unset).model_fields["micro_batch"].description
+
+
 def test_exit_codes_are_distinct_and_documented():
     codes = {exit_codes.EXIT_OK, exit_codes.EXIT_FAILED, exit_codes.EXIT_CONFIG, exit_codes.EXIT_NONFINITE, exit_codes.EXIT_STOPPED}
     assert len(codes) == 5 and exit_codes.EXIT_STOPPED == 75

@@ -34,10 +34,10 @@ DEFAULTS: dict[str, Any] = {
 def generated_entries(cfg, world_size: int) -> list[tuple[str, Any, str, Any]]:
     """(DeepSpeed dotted key, value, recipe key, recipe value) for everything the recipe decides."""
     t, p, o = cfg.train, cfg.parallel, cfg.optim
-    accum = t.global_batch // (t.micro_batch * world_size)
+    micro, accum = t.micro_batch_for(world_size), t.accumulation_for(world_size)
     return [
         ("train_batch_size", t.global_batch, "train.global_batch", t.global_batch),
-        ("train_micro_batch_size_per_gpu", t.micro_batch, "train.micro_batch", t.micro_batch),
+        ("train_micro_batch_size_per_gpu", micro, "train.micro_batch", t.micro_batch),
         ("gradient_accumulation_steps", accum, "train.global_batch", t.global_batch),
         ("gradient_clipping", o.clip_grad_norm or 0.0, "optim.clip_grad_norm", o.clip_grad_norm),
         ("zero_optimization.stage", p.zero_stage, "parallel.zero_stage", p.zero_stage),

@@ -47,6 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if args.nproc < 1:
             raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+        cfg.train.micro_batch_for(args.nproc)  # a batch that does not split over the ranks fails here too
         return launch([args.recipe, *args.overrides, "--resume", args.resume], args.nproc)
     from blt_scale.train.run import exit_process, run_training
 

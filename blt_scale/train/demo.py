@@ -22,7 +22,7 @@ from blt_scale.train.exit_codes import EXIT_OK, EXIT_STOPPED
 from blt_scale.train.launch import spawn_ranks, wait_ranks
 from blt_scale.train.records import read_jsonl
 
-DEMO = ["parallel.strategy=fsdp", "train.micro_batch=4", "train.steps=100", "train.log_every=5", "train.eval_every=25", "checkpoint.every=25"]
+DEMO = ["parallel.strategy=fsdp", "train.steps=100", "train.log_every=5", "train.eval_every=25", "checkpoint.every=25"]
 
 
 def main(argv: list[str]) -> int:

@@ -16,14 +16,16 @@ from blt_scale.parallel.strategy import all_reduce
 @torch.no_grad()
 def evaluate_bpb(model, cfg, env: DistEnv = DistEnv(), device=torch.device("cpu"), autocast=contextlib.nullcontext,
                  batches: int | None = None) -> dict:
-    """bpb over `train.eval_batches` validation micro-batches in all (rows dealt over ranks, so
-    the same rows at any world size that divides the count)."""
+    """bpb over `train.eval_batches` (or `batches`) batches of train.micro_batch validation rows
+    (train.global_batch rows when it is unset), dealt over the ranks in micro-batches of the run's
+    size: the same rows at any world size that divides the count."""
     t = cfg.train
-    total = batches or t.eval_batches
-    loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "val", env.rank, env.world_size, t.seed)
+    rows = (batches or t.eval_batches) * t.micro_batch_for(1)
+    micro = t.micro_batch_for(env.world_size)
+    loader = build_loader(cfg.data, cfg.patcher, micro, "val", env.rank, env.world_size, t.seed)
     objective = loss_fn(cfg.model)  # the reported loss; auxiliary training terms are left out
     loss_sum, count = 0.0, 0
-    for _, batch in zip(range(max(1, total // env.world_size)), loader):
+    for _, batch in zip(range(max(1, rows // (micro * env.world_size))), loader):
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with autocast():
             summed, n, _ = objective(model, inputs)

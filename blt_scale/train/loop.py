@@ -39,10 +39,17 @@ class TrainConfig(Config):
     steps: int = Field(gt=0)
     seed: int = 0
     global_batch: int = Field(default=8, gt=0, description="sequences per optimizer step, over all ranks")
-    micro_batch: int = Field(default=8, gt=0, description="sequences per forward pass on one rank")
+    micro_batch: int | None = Field(
+        default=None, gt=0,
+        description="sequences per forward pass on one rank; global_batch / (micro_batch x world size) micro-batches "
+                    "are accumulated per step. unset = global_batch / world size (no accumulation)",
+    )
     log_every: int = Field(default=10, gt=0)
     eval_every: int | None = Field(default=None, gt=0, description="validation every N steps (and at the end)")
-    eval_batches: int = Field(default=4, gt=0, description="validation micro-batches, over all ranks")
+    eval_batches: int = Field(
+        default=4, gt=0,
+        description="validation batches over all ranks, of micro_batch rows each (global_batch rows when it is unset)",
+    )
     max_bad_steps: int = Field(default=5, gt=0, description="halt after this many non-finite steps in a row")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_flops: float | None = Field(default=None, gt=0, description="device peak for MFU; None: measured matmul peak")
@@ -52,9 +59,32 @@ class TrainConfig(Config):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainConfig":
-        if self.global_batch % self.micro_batch:
+        if self.micro_batch is not None and self.global_batch % self.micro_batch:
             raise ValueError(f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})")
         return self
+
+    def micro_batch_for(self, world_size: int) -> int:
+        """Sequences per forward pass on one rank at `world_size` ranks: train.micro_batch, or when it
+        is unset global_batch / world size (no accumulation). The only place the key is resolved."""
+        if self.micro_batch is None:
+            if self.global_batch % world_size:
+                raise ConfigError(
+                    f"train.global_batch ({self.global_batch}) must be a multiple of the world size ({world_size}) "
+                    f"when train.micro_batch is unset (no accumulation: global_batch / world size per rank)"
+                )
+            return self.global_batch // world_size
+        if self.global_batch % (self.micro_batch * world_size):
+            hint = "" if self.global_batch % world_size else (
+                "; or unset train.micro_batch (train.micro_batch=null) for global_batch / world size per rank, without accumulation")
+            raise ConfigError(
+                f"train.global_batch ({self.global_batch}) must be a multiple of train.micro_batch ({self.micro_batch}) "
+                f"x world size ({world_size}){hint}"
+            )
+        return self.micro_batch
+
+    def accumulation_for(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each rank at `world_size` ranks."""
+        return self.global_batch // (self.micro_batch_for(world_size) * world_size)
 
 
 class NonFiniteHalt(RuntimeError):
@@ -73,12 +103,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, env: DistEnv = DistEnv(), resume: str = "auto"):
         self.cfg, self.env = cfg, env
         t = cfg.train
-        if t.global_batch % (t.micro_batch * env.world_size):
-            raise ConfigError(
-                f"train.global_batch ({t.global_batch}) must be a multiple of train.micro_batch ({t.micro_batch}) "
-                f"x world size ({env.world_size})"
-            )
-        self.accum = t.global_batch // (t.micro_batch * env.world_size)
+        self.micro_batch = t.micro_batch_for(env.world_size)
+        self.accum = t.accumulation_for(env.world_size)
         self.run_dir = Path(cfg.run_dir)
         self.device = pick_device(t.device, env)
         self.strategy = build_strategy(cfg.parallel, env, self.device)
@@ -97,7 +123,7 @@ class Trainer:
         self.model, self.optimizer = self.strategy.setup(model, cfg.optim)
         self.loss_fn = loss_fn(cfg.model)  # the model kind's objective: the loop knows no variant
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim))
-        self.loader = build_loader(cfg.data, cfg.patcher, t.micro_batch, "train", env.rank, env.world_size, t.seed)
+        self.loader = build_loader(cfg.data, cfg.patcher, self.micro_batch, "train", env.rank, env.world_size, t.seed)
         self.step = self.skipped_steps = self.bad_in_row = self.bytes_consumed = 0
         self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, env.rank, self.strategy, config.dump(cfg))
         self.resumed_from = self._resume(resume)
