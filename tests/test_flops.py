@@ -13,7 +13,7 @@ from blt_scale.data.builtin import stdlib_documents
 from blt_scale.data.packing import pack
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import mean_visible_keys, model_flops
-from blt_scale.model.layers import self_attention_mask
+from blt_scale.model.attention import causal_mask
 from blt_scale.model.patcher import patch_lengths
 from blt_scale.recipe import load_recipe
 
@@ -63,9 +63,7 @@ def test_byte_baseline_linear_flops_equal_counted_matmuls():
 
 @pytest.mark.parametrize("length,window", [(1, None), (100, None), (100, 7), (64, 64), (50, 200)])
 def test_visible_keys_equal_the_attention_mask(length, window):
-    mask = self_attention_mask(length, window, None, torch.device("cpu"))
-    if mask is None:
-        mask = torch.ones(length, length).tril().bool()
+    mask = causal_mask(length, window, None, torch.device("cpu"))
     assert mean_visible_keys(length, window) == pytest.approx(float(mask.sum()) / length)
 
 

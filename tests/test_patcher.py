@@ -10,9 +10,12 @@ from blt_scale.model.patcher import (
     lengths_from_starts,
     mean_patch_bytes,
     patch_ids_from_lengths,
+    closed_patches,
+    patch_lengths,
+    patch_lengths_with_next,
     patch_starts,
 )
-from blt_scale.model.vocab import BOS, OFFSET
+from blt_scale.model.vocab import BOS, EOS, OFFSET
 
 
 def space_like(i: int) -> bool:
@@ -23,14 +26,15 @@ def space_like(i: int) -> bool:
 def brute_starts(ids: list[int], h: list[float], cfg: PatcherConfig) -> list[bool]:
     out, run = [], 0
     for t, i in enumerate(ids):
-        if t == 0 or i == BOS:
+        if t == 0 or ids[t - 1] == EOS:
             start = True
         elif cfg.mode == "entropy":
             high = h[t - 1] > cfg.threshold
             rise = (h[t - 1] - h[t - 2] if t >= 2 else 0.0) > cfg.relative_threshold
             start = {"global": high, "monotonic": rise, "both": high and rise}[cfg.entropy_rule]
         elif cfg.mode == "space":
-            start = space_like(ids[t - 1]) and not space_like(i)
+            # a space-like byte that follows a non-space-like one (or the row start) ends a patch
+            start = space_like(ids[t - 1]) and (t == 1 or not space_like(ids[t - 2])) and ids[t - 1] != BOS
         elif cfg.mode == "static":
             start = t % cfg.static_size == 0
         else:
@@ -60,7 +64,8 @@ def test_patch_starts_equal_brute_force(cfg):
     # Mostly printable ASCII with spaces, some high bytes and specials, so every rule fires.
     ids = torch.randint(OFFSET, OFFSET + 256, (4, 97), generator=g)
     ids[:, ::7] = OFFSET + ord(" ")
-    ids[1, 40] = BOS
+    ids[1, 39:41] = torch.tensor([EOS, BOS])
+    ids[2, 60:63] = torch.tensor([OFFSET + ord("\n"), EOS, BOS])  # EOS after a space-like byte still ends
     h = torch.rand(4, 97, generator=g) * 2
     got = patch_starts(ids, cfg, h)
     for row in range(4):
@@ -69,6 +74,35 @@ def test_patch_starts_equal_brute_force(cfg):
     assert (lengths.sum(1) == 97).all()
     if cfg.max_patch_len:
         assert lengths.max() <= cfg.max_patch_len
+
+
+def test_space_patches_end_after_the_first_space_like_byte():
+    ids = torch.tensor([[BOS] + [OFFSET + b for b in b"the quick  brown"] + [EOS, BOS, OFFSET + ord("a")]])
+    lengths = patch_lengths(ids, PatcherConfig(mode="space"))[0].tolist()
+    pieces, at = [], 0
+    for n in lengths:
+        pieces.append(ids[0, at:at + n].tolist())
+        at += n
+    text = [bytes(i - OFFSET if i >= OFFSET else ord("|") for i in p) for p in pieces]
+    assert text == [b"|the ", b"quick ", b" brown|", b"|a"]  # | marks BOS/EOS
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mode}-{c.entropy_rule}-{c.max_patch_len}")
+def test_closed_patches_equal_brute_force(cfg):
+    """A patch is complete at byte t when the next byte starts a patch; the last byte's patch is
+    complete only when lengths cover the next byte too (patch_lengths_with_next)."""
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(OFFSET, OFFSET + 256, (3, 41), generator=g)
+    ids[:, ::4] = OFFSET + ord(" ")
+    h = torch.rand(3, 41, generator=g) * 2
+    starts = patch_starts(ids, cfg, h)
+    whole = patch_starts(torch.cat([ids, ids[:, :1]], 1), cfg, torch.cat([h, h[:, :1]], 1))
+    for lengths, known_next in ((patch_lengths(ids, cfg, h), False), (patch_lengths_with_next(ids, cfg, h), True)):
+        got = closed_patches(lengths, 41)
+        for b in range(3):
+            for t in range(41):
+                complete = int(starts[b, 1:t + 2].sum()) + (int(whole[b, 41]) if t == 40 and known_next else 0)
+                assert got[b, t] == complete
 
 
 def test_patch_ids_from_lengths_equal_brute_force():

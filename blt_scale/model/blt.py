@@ -3,17 +3,20 @@
     bytes ─▶ local encoder ─▶ k queries per patch ─▶ latent transformer over patches ─▶ local decoder ─▶ byte logits
 
 - Local encoder: byte embedding + hash n-gram embeddings, windowed causal layers over bytes. Each
-  patch gets k queries, initialised by max-pooling its bytes' states and a linear map; they
-  cross-attend to the bytes of their own patch (after the last encoder layer, or after every one).
+  patch gets k queries, initialised by max-pooling its bytes' encoder states (at the first
+  cross-attention) and a linear map; they cross-attend to the bytes of their own patch (after
+  the last encoder layer, or after every one).
 - Latent transformer: causal over patches; its input is the k queries of a patch concatenated and
   projected to the latent width.
-- Local decoder: starts from the encoder's byte states; each byte cross-attends to latent slots
-  of the patches that *end before its own patch starts*. Slot j holds the latent output of patch
-  j-1 and slot 0 a learned start vector, so a byte of patch p sees slots 0..p; its own patch
-  (which contains later bytes) stays invisible. That keeps the model causal.
+- Local decoder: starts from the encoder's byte states; each byte cross-attends to k slots of a
+  learned start vector and to the latent outputs of the latest `decoder_cross_window` patches
+  that are *complete* at that byte (the paper's decoder sees one). The last byte of a patch, which
+  predicts the next patch's first byte, sees its own patch: the patchers decide a patch's end from
+  bytes up to it, never after, so the model stays causal.
 
 Patch boundaries come from a patcher, so forward takes `ids` [B, T] and `patch_lengths` [B, P]
-(each row sums to T, right-padded with zeros).
+(right-padded with zeros). Rows sum to T, and then the last patch counts as open, or to T + 1
+(patcher.patch_lengths_with_next), saying whether byte T starts a new patch.
 """
 
 from __future__ import annotations
@@ -25,17 +28,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from blt_scale.config import Config
+from blt_scale.model.attention import Backend, Causal, ClosedPatches, OwnPatch
 from blt_scale.model.byte_lm import document_ids
-from blt_scale.model.layers import (
-    Block,
-    CrossAttentionBlock,
-    RMSNorm,
-    TransformerConfig,
-    init_weights,
-    self_attention_mask,
-)
+from blt_scale.model.layers import Block, CrossAttentionBlock, RMSNorm, TransformerConfig, init_weights
 from blt_scale.model.ngram import HashNgramEmbedding, NgramConfig
-from blt_scale.model.patcher import patch_ids_from_lengths
+from blt_scale.model.patcher import closed_patches, patch_ids_from_lengths
 from blt_scale.model.vocab import VOCAB_SIZE
 
 
@@ -53,6 +50,12 @@ class BLTConfig(Config):
     patch_queries: int = Field(default=2, gt=0, description="k: queries (and latent slots) per patch")
     ngram: NgramConfig = NgramConfig()
     doc_mask: bool = False
+    attention: Backend = Field(default="auto", description="attention backend: auto | flex | chunked | dense (attention.py)")
+    decoder_cross_window: int | None = Field(
+        default=1, gt=0,
+        description="latest complete patches whose latents a byte's decoder cross-attention sees (besides the "
+                    "start slot); 1 as in the paper, None = all",
+    )
 
     @model_validator(mode="after")
     def _local_widths_match(self) -> "BLTConfig":
@@ -67,15 +70,6 @@ class BLTConfig(Config):
         return local.layers if local.cross_attn_all_layers else 1
 
 
-def _nonempty_rows(mask: torch.Tensor) -> torch.Tensor:
-    """Let rows with no allowed key attend key 0, so SDPA never returns NaN for padding patches
-    (their outputs are never read)."""
-    empty = ~mask.any(dim=-1, keepdim=True)
-    first = torch.zeros_like(mask)
-    first[..., 0] = True
-    return mask | (empty & first)
-
-
 class BLT(nn.Module):
     def __init__(self, cfg: BLTConfig):
         super().__init__()
@@ -86,7 +80,7 @@ class BLT(nn.Module):
         self.encoder = nn.ModuleList(Block(cfg.encoder) for _ in range(cfg.encoder.layers))
         self.patch_init = nn.Linear(d, k * d, bias=False)
         self.encoder_cross = nn.ModuleList(
-            CrossAttentionBlock(d, cfg.encoder.heads, d, cfg.encoder.norm_eps)
+            CrossAttentionBlock(d, cfg.encoder.heads, d, cfg.encoder.norm_eps, cfg.encoder.dropout)
             for _ in range(cfg.cross_layers(cfg.encoder))
         )
         self.to_global = nn.Linear(k * d, D, bias=False)
@@ -95,7 +89,7 @@ class BLT(nn.Module):
         self.start_latent = nn.Parameter(torch.zeros(D))
         self.from_global = nn.Linear(D, k * d, bias=False)
         self.decoder_cross = nn.ModuleList(
-            CrossAttentionBlock(d, cfg.decoder.heads, d, cfg.decoder.norm_eps)
+            CrossAttentionBlock(d, cfg.decoder.heads, d, cfg.decoder.norm_eps, cfg.decoder.dropout)
             for _ in range(cfg.cross_layers(cfg.decoder))
         )
         self.decoder = nn.ModuleList(Block(cfg.decoder) for _ in range(cfg.decoder.layers))
@@ -104,28 +98,34 @@ class BLT(nn.Module):
         init_weights(self)
         nn.init.normal_(self.start_latent, std=0.02)
 
+    def _patch_queries(self, h: torch.Tensor, patch_ids: torch.Tensor, patches: int) -> torch.Tensor:
+        """k queries per patch from the max-pool of its bytes' states: [B, P * k, d]."""
+        B, _, d = h.shape
+        pooled = h.new_zeros(B, patches, d).scatter_reduce(
+            1, patch_ids[..., None].expand(-1, -1, d), h, "amax", include_self=False
+        )
+        return self.patch_init(pooled).view(B, patches * self.cfg.patch_queries, d)
+
     def forward(self, ids: torch.Tensor, patch_lengths: torch.Tensor) -> torch.Tensor:
         B, T = ids.shape
         P, k, d = patch_lengths.shape[1], self.cfg.patch_queries, self.cfg.encoder.dim
+        backend = self.cfg.attention
         patch_ids = patch_ids_from_lengths(patch_lengths, T)  # [B, T]
         doc = document_ids(ids) if self.cfg.doc_mask else None
-        slot_patch = torch.arange(P, device=ids.device).repeat_interleave(k)  # [P*k]
 
         # Local encoder: bytes, then k queries per patch attending to their patch's bytes.
         h = self.embed(ids) + self.ngram(ids, doc)
-        enc_mask = self_attention_mask(T, self.cfg.encoder.window, doc, ids.device)
-        own_patch = _nonempty_rows(slot_patch[None, :, None] == patch_ids[:, None, :])[:, None]
-        pooled = h.new_zeros(B, P, d).scatter_reduce(
-            1, patch_ids[..., None].expand(-1, -1, d), h, "amax", include_self=False
-        )
-        queries = self.patch_init(pooled).view(B, P * k, d)
+        own_patch = OwnPatch(patch_ids, P, k, backend)
+        enc_pattern = Causal(T, self.cfg.encoder.window, doc, backend)
+        queries = None
         cross = iter(self.encoder_cross)
         for i, layer in enumerate(self.encoder):
-            h = layer(h, enc_mask)
+            h = layer(h, enc_pattern)
             if self.cfg.encoder.cross_attn_all_layers or i == len(self.encoder) - 1:
+                queries = self._patch_queries(h, patch_ids, P) if queries is None else queries
                 queries = next(cross)(queries, h, own_patch)
         if not self.encoder:
-            queries = next(cross)(queries, h, own_patch)
+            queries = next(cross)(self._patch_queries(h, patch_ids, P), h, own_patch)
 
         # Latent transformer over patches.
         g = self.to_global(queries.view(B, P, k * d))
@@ -133,25 +133,23 @@ class BLT(nn.Module):
         if doc is not None:
             starts = (patch_lengths.cumsum(1) - patch_lengths).clamp(max=T - 1)
             patch_doc = doc.gather(1, starts)
-        latent_mask = self_attention_mask(P, self.cfg.global_.window, patch_doc, ids.device)
+        latent_pattern = Causal(P, self.cfg.global_.window, patch_doc, backend)
         for layer in self.latent:
-            g = layer(g, latent_mask)
+            g = layer(g, latent_pattern)
         g = self.latent_norm(g)
 
-        # Local decoder: slot j = latent of patch j-1; a byte of patch p sees slots 0..p.
+        # Local decoder: slot group 0 = start vector, group j = latent of patch j-1.
         slots = torch.cat([self.start_latent.expand(B, 1, -1).to(g.dtype), g[:, :-1]], dim=1)
         kv = self.from_global(slots).view(B, P * k, d)
-        visible = slot_patch[None, None, :] <= patch_ids[:, :, None]  # [B, T, P*k]
-        if patch_doc is not None:
-            slot_doc = torch.cat([doc[:, :1], patch_doc[:, :-1]], dim=1).repeat_interleave(k, dim=1)
-            visible &= (slot_patch[None, None, :] == 0) | (slot_doc[:, None, :] == doc[:, :, None])
-        visible = visible[:, None]
-        dec_mask = self_attention_mask(T, self.cfg.decoder.window, doc, ids.device)
+        slot_doc = None if patch_doc is None else torch.cat([doc[:, :1], patch_doc[:, :-1]], dim=1)
+        closed = ClosedPatches(closed_patches(patch_lengths, T), P, k, self.cfg.decoder_cross_window, doc, slot_doc,
+                               backend)
+        dec_pattern = Causal(T, self.cfg.decoder.window, doc, backend)
         cross = iter(self.decoder_cross)
         for i, layer in enumerate(self.decoder):
             if self.cfg.decoder.cross_attn_all_layers or i == 0:
-                h = next(cross)(h, kv, visible)
-            h = layer(h, dec_mask)
+                h = next(cross)(h, kv, closed)
+            h = layer(h, dec_pattern)
         if not self.decoder:
-            h = next(cross)(h, kv, visible)
+            h = next(cross)(h, kv, closed)
         return self.output(self.norm(h))

@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from blt_scale.config import Config
+from blt_scale.model.attention import Full
 from blt_scale.model.layers import Block, RMSNorm, TransformerConfig, init_weights
 
 
@@ -109,9 +110,8 @@ class BrainEncoder(nn.Module):
         return self.stem_out(F.gelu(x))
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        full = torch.ones(1, 1, x.shape[1], x.shape[1], dtype=torch.bool, device=x.device)  # bidirectional
         for layer in self.layers:
-            x = layer(x, full)
+            x = layer(x, Full())  # bidirectional
         return self.norm(x)
 
     def forward(self, signal, channel_mask, ch_pos, subject) -> torch.Tensor:

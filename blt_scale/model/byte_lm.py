@@ -7,15 +7,18 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from blt_scale.model.layers import Block, RMSNorm, TransformerConfig, init_weights, self_attention_mask
+from blt_scale.model.attention import Backend, Causal
+from blt_scale.model.layers import Block, RMSNorm, TransformerConfig, init_weights
 from blt_scale.model.vocab import EOS, VOCAB_SIZE
 
 
 class ByteLMConfig(TransformerConfig):
     kind: Literal["byte_lm"] = "byte_lm"
     doc_mask: bool = False  # attention stops at EOS: bytes never attend into the previous document
+    attention: Backend = Field(default="auto", description="attention backend: auto | flex | chunked | dense (attention.py)")
 
 
 def document_ids(ids: torch.Tensor) -> torch.Tensor:
@@ -44,10 +47,10 @@ class ByteLM(nn.Module):
         """Next-byte logits [B, T, V]. patch_lengths is accepted (and ignored) so every model
         takes the same batch."""
         doc_ids = document_ids(ids) if self.cfg.doc_mask else None
-        mask = self_attention_mask(ids.shape[1], self.cfg.window, doc_ids, ids.device)
+        pattern = Causal(ids.shape[1], self.cfg.window, doc_ids, self.cfg.attention)
         h = self.embed(ids)
         for layer in self.layers:
-            h = layer(h, mask)
+            h = layer(h, pattern)
         return self.output(self.norm(h))
 
     @torch.no_grad()

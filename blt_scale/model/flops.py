@@ -68,6 +68,10 @@ def mean_visible_keys(length: float, window: int | None) -> float:
     return (w * (w + 1) / 2 + (n - w) * w) / n
 
 
+def _plus_one(window: int | None) -> int | None:
+    return None if window is None else window + 1
+
+
 def _stack_attention(t: TransformerConfig, length: float) -> float:
     return t.layers * 4.0 * t.dim * mean_visible_keys(length, t.window)
 
@@ -116,8 +120,8 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
         # each of a patch's k queries sees that patch's bytes: k * T keys per sequence
         "encoder_cross_attn": n_enc_x * 4.0 * d * k,
         "latent": _stack_attention(lat, P) * P / T,
-        # a byte of patch p sees (p + 1) * k slots; averaged over bytes: k * (P + 1) / 2
-        "decoder_cross_attn": n_dec_x * 4.0 * d * k * (P + 1) / 2,
+        # a byte sees the start slot and up to decoder_cross_window complete patches, k slots each
+        "decoder_cross_attn": n_dec_x * 4.0 * d * k * mean_visible_keys(P, _plus_one(cfg.decoder_cross_window)),
         "local_decoder": _stack_attention(dec, T),
     }
     return FlopReport(params, linear, attention, seq_len, patch_bytes)

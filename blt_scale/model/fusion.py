@@ -27,7 +27,7 @@ class GatedCrossAttention(CrossAttentionBlock):
         super().__init__(dim, heads, kv_dim, eps)
         self.gate = nn.Parameter(torch.zeros(dim))  # one gate per channel: learns faster than a scalar
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         # Every patch may see the whole brain window: the signal is the condition, not the future.
-        attended = self.attn(self.q_norm(x), mask=mask, kv=self.kv_norm(kv))
+        attended = self.attn(self.q_norm(x), kv=self.kv_norm(kv))
         return x + torch.tanh(self.gate).to(x.dtype) * attended

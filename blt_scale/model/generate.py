@@ -1,8 +1,9 @@
 """Sampling bytes from any byte model: greedy, temperature and top-k.
 
 Without a KV cache each new byte costs a full forward pass over the prefix; that is simple and
-exactly right, because every patcher is causal (the prefix's patches do not depend on what
-comes next). For entropy patching, pass the entropy model that computes the entropies.
+exactly right, because every patcher decides a patch start from the bytes before it: the prefix's
+patches, and whether its last patch is complete, do not depend on what comes next. For entropy
+patching, pass the entropy model that computes the entropies.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blt_scale.model.patcher import PatcherConfig, patch_lengths
+from blt_scale.model.patcher import PatcherConfig, patch_lengths_with_next
 from blt_scale.model.vocab import EOS
 
 
 def _next_logits(model: nn.Module, ids: torch.Tensor, patcher: PatcherConfig, entropy_model: nn.Module | None):
     entropies = entropy_model.entropies(ids) if patcher.mode == "entropy" and entropy_model is not None else None
-    return model(ids, patch_lengths(ids, patcher, entropies))[:, -1].float()
+    return model(ids, patch_lengths_with_next(ids, patcher, entropies))[:, -1].float()
 
 
 @torch.no_grad()

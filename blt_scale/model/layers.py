@@ -1,8 +1,6 @@
-"""Transformer building blocks shared by every model: RMSNorm, RoPE, masked self-attention,
-cross-attention, SwiGLU, and a pre-norm block. Attention runs through SDPA on any device.
-
-Masks are boolean tensors, True where a query may attend a key, shaped [B, 1, Tq, Tk]; None means
-plain causal attention, which lets SDPA pick its fused kernels.
+"""Transformer building blocks shared by every model: RMSNorm, RoPE, self- and cross-attention,
+SwiGLU, and a pre-norm block. Which keys a query sees is an attention pattern (attention.py);
+None means plain causal self-attention (or, for cross-attention, every key).
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from blt_scale.config import Config
+from blt_scale.model.attention import Causal, Full, Pattern, attend
 
 
 class TransformerConfig(Config):
@@ -25,6 +24,7 @@ class TransformerConfig(Config):
     window: int | None = Field(default=None, gt=0, description="sliding-window size; None = full causal")
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="attention-probability and residual dropout while training")
 
     @property
     def head_dim(self) -> int:
@@ -61,28 +61,15 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-def self_attention_mask(
-    length: int, window: int | None, doc_ids: torch.Tensor | None, device: torch.device
-) -> torch.Tensor | None:
-    """Causal mask, optionally limited to a sliding window and to positions of the same document."""
-    if window is None and doc_ids is None:
-        return None
-    pos = torch.arange(length, device=device)
-    allowed = pos[:, None] >= pos[None, :]
-    if window is not None:
-        allowed = allowed & (pos[:, None] - pos[None, :] < window)
-    allowed = allowed[None, None]
-    if doc_ids is not None:
-        allowed = allowed & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
-    return allowed
-
-
 class Attention(nn.Module):
     """Multi-head attention. Self-attention when `kv` is None; cross-attention otherwise."""
 
-    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, rope_theta: float | None = 10000.0):
+    def __init__(
+        self, dim: int, heads: int, kv_dim: int | None = None, rope_theta: float | None = 10000.0, dropout: float = 0.0
+    ):
         super().__init__()
         self.heads = heads
+        self.dropout = dropout
         self.head_dim = dim // heads
         self.rope_theta = rope_theta
         self.wq = nn.Linear(dim, dim, bias=False)
@@ -96,17 +83,17 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        pattern: Pattern | None = None,
         kv: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         source = x if kv is None else kv
         q, k, v = self._split(self.wq(x)), self._split(self.wk(source)), self._split(self.wv(source))
         if kv is None and self.rope_theta is not None:
-            positions = torch.arange(x.shape[1], device=x.device) if positions is None else positions
+            positions = torch.arange(x.shape[1], device=x.device)
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
-        is_causal = kv is None and mask is None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        if pattern is None:
+            pattern = Causal(x.shape[1], None, None, "auto") if kv is None else Full()
+        out = attend(q, k, v, pattern, self.dropout if self.training else 0.0)
         return self.wo(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
 
@@ -127,30 +114,35 @@ class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg.dim, cfg.heads, rope_theta=cfg.rope_theta)
+        self.attn = Attention(cfg.dim, cfg.heads, rope_theta=cfg.rope_theta, dropout=cfg.dropout)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.depth = cfg.layers  # of its stack: output projections start at std / sqrt(2 * depth)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), mask)
-        return x + self.ffn(self.ffn_norm(x))
+    def forward(self, x: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), pattern))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
 class CrossAttentionBlock(nn.Module):
     """Pre-norm cross-attention with a residual: queries x attend keys/values kv under mask."""
 
-    def __init__(self, dim: int, heads: int, kv_dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, heads: int, kv_dim: int, eps: float = 1e-5, dropout: float = 0.0):
         super().__init__()
         self.q_norm = RMSNorm(dim, eps)
         self.kv_norm = RMSNorm(kv_dim, eps)
-        self.attn = Attention(dim, heads, kv_dim=kv_dim, rope_theta=None)
+        self.attn = Attention(dim, heads, kv_dim=kv_dim, rope_theta=None, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x + self.attn(self.q_norm(x), mask=mask, kv=self.kv_norm(kv))
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
+        return x + self.drop(self.attn(self.q_norm(x), pattern, kv=self.kv_norm(kv)))
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """Normal(0, std) for linear and embedding weights; output projections scaled by depth later."""
+    """Normal(0, std) for linear and embedding weights. The two projections of a block that write
+    into the residual stream (attention output, FFN down) get std / sqrt(2 * depth of the stack),
+    so the residual's variance at init does not grow with depth (GPT-2's scheme)."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=std)
@@ -158,3 +150,7 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, RMSNorm):
             nn.init.ones_(m.weight)
+    for m in module.modules():
+        if isinstance(m, Block):
+            for out in (m.attn.wo, m.ffn.w2):
+                nn.init.normal_(out.weight, std=std / math.sqrt(2 * max(m.depth, 1)))

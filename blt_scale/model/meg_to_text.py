@@ -23,7 +23,8 @@ from torch import nn
 from blt_scale.model.brain_common import BrainTraining
 from blt_scale.model.brain_encoder import BrainEncoder, BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
-from blt_scale.model.layers import init_weights, self_attention_mask
+from blt_scale.model.attention import Causal
+from blt_scale.model.layers import init_weights
 from blt_scale.model.lora import LoRAConfig, apply_lora, freeze
 from blt_scale.model.rvq import ResidualVQ, RVQConfig
 
@@ -97,9 +98,9 @@ class MegToText(nn.Module):
         """Causal byte decoder over [prefix ; ids] -> logits of the byte positions [B, T, V]."""
         dec = self.decoder
         h = torch.cat([prefix.to(dec.embed.weight.dtype), dec.embed(ids)], dim=1)
-        mask = self_attention_mask(h.shape[1], dec.cfg.window, None, ids.device)
+        pattern = Causal(h.shape[1], dec.cfg.window, None, dec.cfg.attention)
         for layer in dec.layers:
-            h = layer(h, mask)
+            h = layer(h, pattern)
         return dec.output(dec.norm(h[:, prefix.shape[1]:]))
 
     def forward(self, ids, patch_lengths, signal, channel_mask, ch_pos, subject) -> dict[str, torch.Tensor]:

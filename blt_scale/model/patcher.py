@@ -1,16 +1,21 @@
 """Patchers: which bytes start a new patch. All are vectorised over [B, T] id tensors.
 
-Every rule is causal: whether byte t starts a patch depends on bytes <= t only (for entropy,
-on the entropy model's prediction made at t-1), so patching a prefix gives the prefix of the
-patching of the whole sequence; generation relies on that.
+Every rule decides whether byte t starts a patch from the bytes *before* t (for entropy, from the
+entropy model's prediction made at t-1), never from byte t itself. So the patching of a prefix is
+the prefix of the patching of the whole sequence, and whether the patch holding byte t is complete
+at t is known at t: the decoder lets the last byte of a patch see that patch's latent (blt.py),
+and generation relies on both.
 
-Rules (position 0 and every BOS always start a patch, so a patch never spans two documents):
+Rules (position 0 always starts a patch, and so does the byte after every EOS, so a patch never
+spans two documents):
 - entropy/global:    t starts a patch when H(t-1) > threshold
 - entropy/monotonic: t starts a patch when H(t-1) - H(t-2) > relative_threshold
 - entropy/both:      both conditions hold (a rise that is also high; long high-entropy runs stay
                      in one patch instead of splitting at every byte)
-- space:   t starts a patch when byte t-1 is space-like and byte t is not. Space-like is every
-           byte that is not an ASCII letter or digit or a UTF-8 continuation byte, as in the paper.
+- space:   a space-like byte that follows a non-space-like one ends its patch (t starts one when
+           byte t-1 does), as in the paper: "the quick  brown" -> "the ", "quick ", " brown". Space-like
+           is every byte that is not an ASCII letter or digit or a UTF-8 continuation byte; BOS
+           never ends a patch (it joins its document's first word).
 - static:  every `static_size` bytes; byte: every byte.
 `max_patch_len` then splits longer patches into pieces of at most that length.
 H is in nats: H(t) is the entropy of the model's distribution for byte t+1.
@@ -24,7 +29,7 @@ import torch
 from pydantic import Field
 
 from blt_scale.config import Config
-from blt_scale.model.vocab import BOS, OFFSET
+from blt_scale.model.vocab import BOS, EOS, OFFSET
 
 
 class PatcherConfig(Config):
@@ -59,13 +64,15 @@ def patch_starts(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor 
         starts[:, 1:] = fire[:, :-1]
     elif cfg.mode == "space":
         space = _space_like(ids)
-        starts[:, 1:] = space[:, :-1] & ~space[:, 1:]
+        ends = space & (ids != BOS)  # a document's BOS joins its first word
+        ends[:, 1:] &= ~space[:, :-1]
+        starts[:, 1:] = ends[:, :-1]
     elif cfg.mode == "static":
         starts[:, :: cfg.static_size] = True
     else:
         starts[:] = True
     starts[:, 0] = True
-    starts |= ids == BOS
+    starts[:, 1:] |= ids[:, :-1] == EOS
     if cfg.max_patch_len is not None:
         starts = _split_long(starts, cfg.max_patch_len)
     return starts
@@ -88,11 +95,30 @@ def patch_lengths(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor
     return lengths_from_starts(patch_starts(ids, cfg, entropies))
 
 
+def patch_lengths_with_next(
+    ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Lengths over T + 1 positions: the T bytes and the byte that comes next, whose patch start
+    the rules decide from the T bytes alone. Rows sum to T + 1; given to the BLT with the T bytes,
+    they tell it whether the last byte's patch is complete (generation needs that)."""
+    nxt = torch.full_like(ids[:, :1], OFFSET)  # its value never matters: rules look only backwards
+    h = None if entropies is None else torch.cat([entropies, entropies[:, -1:]], dim=1)
+    return patch_lengths(torch.cat([ids, nxt], dim=1), cfg, h)
+
+
 def patch_ids_from_lengths(lengths: torch.Tensor, length: int) -> torch.Tensor:
     """For each of `length` positions, the index of its patch: [B, T]."""
     ends = lengths.cumsum(dim=1)
     pos = torch.arange(length, device=lengths.device).expand(lengths.shape[0], length).contiguous()
     return torch.searchsorted(ends, pos, right=True)
+
+
+def closed_patches(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, length]: how many patches are complete at byte t, i.e. end at or before t with a next
+    patch starting at t + 1. Rows of `lengths` sum to `length` (the last patch stays open: the next
+    byte's start is unknown) or to length + 1 (patch_lengths_with_next)."""
+    after = patch_ids_from_lengths(lengths, length + 1)[:, 1:]
+    return torch.minimum(after, (lengths > 0).sum(dim=1, keepdim=True) - 1)
 
 
 def mean_patch_bytes(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor | None = None) -> float:
