@@ -197,3 +197,16 @@ def test_future_bytes_never_change_past_logits_or_patches(patcher):
             other = model(changed, other_lengths)
             torch.testing.assert_close(other[:, : t + 1], base[:, : t + 1], atol=1e-5, rtol=1e-5)
             assert not torch.allclose(other[:, t + 1:], base[:, t + 1:])
+
+
+@pytest.mark.slow
+def test_compiled_blocks_equal_eager_with_the_chunked_backend():
+    from blt_scale.parallel.apply import apply_compile
+
+    _, want_loss, want = loss_and_grads(build("blt", "chunked"))
+    model = build("blt", "chunked")
+    apply_compile(model)
+    _, got_loss, got = loss_and_grads(model)
+    torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=0)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
