@@ -30,10 +30,10 @@ PAD_DOC = -1  # the document of left padding: no real byte shares it
 class ByteClock:
     """Positions and documents of new bytes, continuing each row's count."""
 
-    def __init__(self, batch: int, doc_mask: bool):
+    def __init__(self, batch: int, doc_mask: bool, device: torch.device):
         self.doc_mask = doc_mask
-        self.pos = torch.zeros(batch, dtype=torch.long)
-        self.doc = torch.zeros(batch, dtype=torch.long)
+        self.pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.doc = torch.zeros(batch, dtype=torch.long, device=device)
 
     def advance(self, ids: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         steps = real.long()
@@ -48,7 +48,7 @@ class ByteClock:
 class ByteLMStepper:
     def __init__(self, model: ByteLM, batch: int):
         self.model = model
-        self.clock = ByteClock(batch, model.cfg.doc_mask)
+        self.clock = ByteClock(batch, model.cfg.doc_mask, model.embed.weight.device)
         self.caches = [KVCache(model.cfg.window) for _ in model.layers]
 
     @torch.no_grad()
@@ -64,12 +64,12 @@ class ByteLMStepper:
 class PatchTracker:
     """Whether the byte after each new byte starts a patch, decided from bytes up to it."""
 
-    def __init__(self, batch: int, cfg: PatcherConfig):
+    def __init__(self, batch: int, cfg: PatcherConfig, device: torch.device):
         self.cfg = cfg
-        self.seen = torch.zeros(batch, dtype=torch.long)  # real bytes so far (static stride)
-        self.run = torch.zeros(batch, dtype=torch.long)  # bytes in the open patch
-        self.prev_space = torch.zeros(batch, dtype=torch.bool)
-        self.prev_h = torch.full((batch,), float("nan"))
+        self.seen = torch.zeros(batch, dtype=torch.long, device=device)  # real bytes so far (static stride)
+        self.run = torch.zeros(batch, dtype=torch.long, device=device)  # bytes in the open patch
+        self.prev_space = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.prev_h = torch.full((batch,), float("nan"), device=device)
 
     def closes(self, ids: torch.Tensor, real: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
         """[B]: the patch holding this byte ends at it (only where real)."""
@@ -135,14 +135,15 @@ class BLTStepper:
         if patcher.mode == "entropy" and entropy_model is None:
             raise ValueError("patcher.mode=entropy: incremental decoding needs the entropy model")
         self.model, self.cfg = model, cfg
-        self.clock = ByteClock(batch, cfg.doc_mask)
-        self.tracker = PatchTracker(batch, patcher)
+        self.device = device = model.embed.weight.device
+        self.clock = ByteClock(batch, cfg.doc_mask, device)
+        self.tracker = PatchTracker(batch, patcher, device)
         self.entropy = ByteLMStepper(entropy_model, batch) if patcher.mode == "entropy" else None
         self.enc_caches = [KVCache(cfg.encoder.window) for _ in model.encoder]
         self.dec_caches = [KVCache(cfg.decoder.window) for _ in model.decoder]
         self.context = max(cfg.ngram.sizes, default=1) - 1  # earlier bytes a hash n-gram reads
-        self.hist_ids = torch.zeros(batch, 0, dtype=torch.long)
-        self.hist_seg = torch.zeros(batch, 0, dtype=torch.long)
+        self.hist_ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.hist_seg = torch.zeros(batch, 0, dtype=torch.long, device=device)
         k, d = cfg.patch_queries, cfg.encoder.dim
         start = model.from_global(model.start_latent[None]).view(k, d)
         start_kv = [_cross_kv(block, start) for block in model.decoder_cross]
@@ -170,9 +171,9 @@ class BLTStepper:
         for block, s in zip(m.encoder_cross, states):
             queries = block(queries, s)  # a patch's queries see all of its bytes
         g = m.to_global(queries.view(1, 1, k * d))
-        pos = torch.tensor([[row.patches]])
-        doc = torch.tensor([[row.open_doc if cfg.doc_mask else 0]])
-        real = torch.ones(1, 1, dtype=torch.bool)
+        pos = torch.tensor([[row.patches]], device=self.device)
+        doc = torch.tensor([[row.open_doc if cfg.doc_mask else 0]], device=self.device)
+        real = torch.ones(1, 1, dtype=torch.bool, device=self.device)
         for layer, cache in zip(m.latent, row.latent):
             g = block_step(layer, g, cache, pos, doc, real, cfg.global_.window)
         slots = m.from_global(m.latent_norm(g)[0]).view(k, d)
@@ -192,10 +193,10 @@ class BLTStepper:
         for r, row in enumerate(self.rows):
             c = closed[r]  # [n] complete patches at each new byte
             lo = 1 if window is None else max(int(c.min()) - window + 1, 1)
-            groups = torch.tensor([0] + list(range(lo, int(c.max()) + 1)))
+            groups = torch.tensor([0] + list(range(lo, int(c.max()) + 1)), device=self.device)
             kk = torch.cat([row.slot_k[block_index][g] for g in groups.tolist()], dim=1)
             vv = torch.cat([row.slot_v[block_index][g] for g in groups.tolist()], dim=1)
-            gdoc = torch.tensor([row.slot_doc[g] for g in groups.tolist()])
+            gdoc = torch.tensor([row.slot_doc[g] for g in groups.tolist()], device=self.device)
             seen = (groups[None] <= c[:, None]) & (groups[None] >= 1)
             if window is not None:
                 seen &= groups[None] > c[:, None] - window
@@ -222,17 +223,19 @@ class BLTStepper:
 
         # Patch bookkeeping, byte by byte: whole-work steps happen only when a patch completes.
         closed = torch.zeros(B, n, dtype=torch.long)
+        real_cpu, doc_cpu = real.cpu(), doc.cpu()  # read byte by byte: one transfer
         for t in range(n):
-            ends = self.tracker.closes(ids[:, t], real[:, t], None if entropies is None else entropies[:, t])
+            ends = self.tracker.closes(ids[:, t], real[:, t], None if entropies is None else entropies[:, t]).cpu()
             for r, row in enumerate(self.rows):
-                if not real[r, t]:
+                if not real_cpu[r, t]:
                     continue
                 if not row.open:
-                    row.open_doc = int(doc[r, t])
+                    row.open_doc = int(doc_cpu[r, t])
                 row.open.append([s[r, t] for s in cross_states])
                 if ends[r]:
                     self._close(row)
             closed[:, t] = torch.tensor(self.patches)
+        closed = closed.to(self.device)
 
         x = h
         cross = 0

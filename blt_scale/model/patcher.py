@@ -39,6 +39,11 @@ class PatcherConfig(Config):
     relative_threshold: float = Field(default=0.0, description="monotonic rule: minimum rise (nats)")
     static_size: int = Field(default=4, gt=0)
     max_patch_len: int | None = Field(default=None, gt=0)
+    entropy_model: str | None = Field(
+        default=None,
+        description="mode entropy: the entropy model's export directory (`blt export`), which `blt generate` runs "
+                    "beside the BLT (training reads entropies from the shards)",
+    )
 
 
 def _space_like(ids: torch.Tensor) -> torch.Tensor:
