@@ -210,3 +210,20 @@ def test_compiled_blocks_equal_eager_with_the_chunked_backend():
     torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=0)
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+def test_dropout_acts_only_in_training_and_output_projections_scale_with_depth():
+    parts = {**BLT_PARTS, "attention": "chunked", "global": {"dim": 48, "layers": 8, "heads": 2}}
+    torch.manual_seed(0)
+    plain = BLT(BLTConfig.model_validate(parts))
+    torch.manual_seed(0)
+    dropped = BLT(BLTConfig.model_validate({**parts, "encoder": {**LOCAL, "dropout": 0.1}, "decoder": {**LOCAL, "dropout": 0.1}}))
+    ids, lengths, _ = inputs()
+    ids = ids[:, :-1]
+    with torch.no_grad():
+        assert not torch.allclose(dropped(ids, lengths), dropped(ids, lengths))  # training mode: random
+        torch.testing.assert_close(dropped.eval()(ids, lengths), plain.eval()(ids, lengths))
+    latent_out = torch.cat([b.attn.wo.weight.flatten() for b in plain.latent] + [b.ffn.w2.weight.flatten() for b in plain.latent])
+    latent_in = torch.cat([b.attn.wq.weight.flatten() for b in plain.latent])
+    assert float(latent_out.std()) == pytest.approx(0.02 / 4, rel=0.05)  # 0.02 / sqrt(2 * 8 layers)
+    assert float(latent_in.std()) == pytest.approx(0.02, rel=0.05)

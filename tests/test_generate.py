@@ -190,3 +190,19 @@ def test_cli_prompt_file_takes_any_bytes(exports, tmp_path, capsysbinary):
     assert main(["generate", str(exports / "blt"), "--prompt-file", str(binary), "--max-bytes", "4",
                  "--entropy-model", str(exports / "entropy")]) == 0
     assert capsysbinary.readouterr().out.startswith(b"caf\xe9 \xff\xfe")
+
+
+@pytest.mark.parametrize("case", ["baseline-window", "blt-entropy-monotonic"])
+def test_bf16_cached_logits_follow_the_bf16_full_forward(case):
+    make, patcher = CASES[case]
+    model = make().to(torch.bfloat16)
+    entropy = tiny_lm(window=6, seed=3).to(torch.bfloat16)
+    seq = encode(PROMPTS["long"], bos=True)[None]
+    stepper = make_stepper(model, 1, patcher, entropy)
+    got = torch.cat([stepper.step(seq[:, :10], torch.ones(1, 10, dtype=torch.bool))]
+                    + [stepper.step(seq[:, t:t + 1], torch.ones(1, 1, dtype=torch.bool)) for t in range(10, seq.shape[1])], 1)
+    with torch.no_grad():
+        h = entropy.entropies(seq) if patcher.mode == "entropy" else None
+        want = model(seq) if isinstance(model, ByteLM) else model(seq, patch_lengths_with_next(seq, patcher, h))
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want.float()).abs().max() < 0.1 and (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9

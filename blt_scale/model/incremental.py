@@ -57,7 +57,7 @@ class ByteLMStepper:
         pos, doc = self.clock.advance(ids, real)
         h = m.embed(ids)
         for layer, cache in zip(m.layers, self.caches):
-            h = block_step(layer, h, cache, pos, doc, real, m.cfg.window)
+            h = block_step(layer, h, cache, pos, doc, real, m.cfg.window, m.cfg.doc_mask)
         return m.output(m.norm(h))
 
 
@@ -175,7 +175,7 @@ class BLTStepper:
         doc = torch.tensor([[row.open_doc if cfg.doc_mask else 0]], device=self.device)
         real = torch.ones(1, 1, dtype=torch.bool, device=self.device)
         for layer, cache in zip(m.latent, row.latent):
-            g = block_step(layer, g, cache, pos, doc, real, cfg.global_.window)
+            g = block_step(layer, g, cache, pos, doc, real, cfg.global_.window, cfg.doc_mask)
         slots = m.from_global(m.latent_norm(g)[0]).view(k, d)
         for i, block in enumerate(m.decoder_cross):
             kk, vv = _cross_kv(block, slots)
@@ -215,7 +215,7 @@ class BLTStepper:
         h = self._embed(ids, real, doc)
         cross_states = []
         for i, (layer, cache) in enumerate(zip(m.encoder, self.enc_caches)):
-            h = block_step(layer, h, cache, pos, doc, real, cfg.encoder.window)
+            h = block_step(layer, h, cache, pos, doc, real, cfg.encoder.window, cfg.doc_mask)
             if cfg.encoder.cross_attn_all_layers or i == len(m.encoder) - 1:
                 cross_states.append(h)
         if not m.encoder:
@@ -243,7 +243,7 @@ class BLTStepper:
             if cfg.decoder.cross_attn_all_layers or i == 0:
                 x = self._decoder_cross(cross, x, closed, doc)
                 cross += 1
-            x = block_step(layer, x, cache, pos, doc, real, cfg.decoder.window)
+            x = block_step(layer, x, cache, pos, doc, real, cfg.decoder.window, cfg.doc_mask)
         if not m.decoder:
             x = self._decoder_cross(0, x, closed, doc)
         return m.output(m.norm(x))

@@ -16,30 +16,50 @@ from blt_scale.model.layers import Block, rope
 
 
 class KVCache:
+    """Entries live in preallocated buffers that grow by doubling, so a step appends without
+    copying the cache; a windowed cache forgets entries older than the window and compacts its
+    buffer only when it is full (amortised O(1) per entry)."""
+
     def __init__(self, window: int | None):
         self.window = window
-        self.k: torch.Tensor | None = None  # [B, H, n, Dh]
-        self.v: torch.Tensor | None = None
-        self.pos: torch.Tensor | None = None  # [B, n]
-        self.doc: torch.Tensor | None = None  # [B, n]
-        self.real: torch.Tensor | None = None  # [B, n]
+        self.buffers: list[torch.Tensor] | None = None  # k, v [B, H, cap, Dh]; pos, doc, real [B, cap]
+        self.start = self.end = 0
+        self.padded = False  # some entry is left padding
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+        return self.end - self.start
 
-    def with_new(self, k, v, pos, doc, real):
-        """The cache's entries followed by the new ones (not stored yet)."""
-        if self.k is None:
-            return k, v, pos, doc, real
-        return (torch.cat([self.k, k], 2), torch.cat([self.v, v], 2), torch.cat([self.pos, pos], 1),
-                torch.cat([self.doc, doc], 1), torch.cat([self.real, real], 1))
+    def append(self, k, v, pos, doc, real) -> list[torch.Tensor]:
+        """Store the new entries; return all live entries (k, v, pos, doc, real), new ones last."""
+        new, n = [k, v, pos, doc, real], k.shape[2]
+        self.padded = self.padded or not bool(real.all())
+        if self.buffers is None or self.end + n > self.buffers[0].shape[2]:
+            live = self.entries() if self.buffers is not None else [x[..., :0] if x.dim() == 2 else x[:, :, :0] for x in new]
+            cap = max(2 * (live[0].shape[2] + n), 64)
+            self.buffers = [x.new_empty(*x.shape[:-2], cap, x.shape[-1]) if x.dim() == 4 else x.new_empty(x.shape[0], cap)
+                            for x in new]
+            self.start, self.end = 0, 0
+            self._write(live)
+        self._write(new)
+        return self.entries()
 
-    def store(self, k, v, pos, doc, real) -> None:
-        self.k, self.v, self.pos, self.doc, self.real = self.with_new(k, v, pos, doc, real)
-        if self.window is not None and len(self) > self.window:
-            keep = slice(len(self) - self.window, None)
-            self.k, self.v = self.k[:, :, keep], self.v[:, :, keep]
-            self.pos, self.doc, self.real = self.pos[:, keep], self.doc[:, keep], self.real[:, keep]
+    def _write(self, parts: list[torch.Tensor]) -> None:
+        n = parts[0].shape[2]
+        for buf, x in zip(self.buffers, parts):
+            if buf.dim() == 4:
+                buf[:, :, self.end:self.end + n] = x
+            else:
+                buf[:, self.end:self.end + n] = x
+        self.end += n
+
+    def entries(self) -> list[torch.Tensor]:
+        return [b[:, :, self.start:self.end] if b.dim() == 4 else b[:, self.start:self.end] for b in self.buffers]
+
+    def forget_old(self) -> None:
+        """Drop entries the next query (one position on) cannot see: rows advance in lockstep, so
+        those are the oldest ones."""
+        if self.window is not None:
+            self.start = max(self.start, self.end - (self.window - 1))
 
 
 def visible(q_pos, q_doc, q_real, k_pos, k_doc, k_real, window: int | None) -> torch.Tensor:
@@ -55,16 +75,22 @@ def visible(q_pos, q_doc, q_real, k_pos, k_doc, k_real, window: int | None) -> t
     return (ok & q_real[:, :, None]) | (itself[None] & ~q_real[:, :, None])
 
 
-def block_step(block: Block, x: torch.Tensor, cache: KVCache, pos, doc, real, window: int | None) -> torch.Tensor:
-    """`block` on new positions x [B, n, d] against the cache, which then holds them too."""
+def block_step(
+    block: Block, x: torch.Tensor, cache: KVCache, pos, doc, real, window: int | None, documents: bool
+) -> torch.Tensor:
+    """`block` on new positions x [B, n, d] against the cache, which then holds them too.
+    `documents`: attention stops at document boundaries (the model's doc_mask)."""
     attn = block.attn
     h = block.attn_norm(x)
     q, k, v = attn._split(attn.wq(h)), attn._split(attn.wk(h)), attn._split(attn.wv(h))
     if attn.rope_theta is not None:
         q, k = rope(q, pos, attn.rope_theta), rope(k, pos, attn.rope_theta)
-    keys, values, k_pos, k_doc, k_real = cache.with_new(k, v, pos, doc, real)
-    mask = visible(pos, doc, real, k_pos, k_doc, k_real, window)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
-    cache.store(k, v, pos, doc, real)
+    keys, values, k_pos, k_doc, k_real = cache.append(k, v, pos, doc, real)
+    if x.shape[1] == 1 and not documents and not cache.padded:
+        mask = None  # one new byte, every live entry real and within its window: it sees them all
+    else:
+        mask = visible(pos, doc, real, k_pos, k_doc, k_real, window)[:, None]
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    cache.forget_old()
     x = x + attn.wo(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
     return x + block.ffn(block.ffn_norm(x))
