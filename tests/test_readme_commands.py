@@ -139,7 +139,9 @@ def test_readme_commands_run_as_written(tmp_path):
     for command in readme_commands():
         if command not in RUN:
             continue
-        out = subprocess.run(as_run(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        # errors="replace": `blt generate` writes the model's raw bytes, which need not be UTF-8
+        out = subprocess.run(as_run(command), cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
+                             timeout=COMMAND_TIMEOUT_S)
         assert out.returncode == 0, f"README command {command!r} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
         outputs[command] = out.stdout
 
