@@ -79,7 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
 
+    p = sub.add_parser("calibrate", help="the entropy threshold that gives a target mean patch size on a dataset")
+    add_recipe_args(p)
+    p.add_argument("--data", required=True, help="a dataset with entropies (`blt prep entropies`), path or fsspec URI")
+    p.add_argument("--target-patch-bytes", type=float, required=True, help="the mean patch size wanted, in bytes")
+    p.add_argument("--documents", type=int, default=512, help="documents sampled from the split (default: 512)")
+    p.add_argument("--split", default="train", help="split to sample (default: train)")
+    p.add_argument("--json", action="store_true", help="print threshold, field, mean_patch_bytes, documents as JSON")
+    p.set_defaults(func=cmd_calibrate)
+
     return parser
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from blt_scale.data.calibrate import calibrate
+    from blt_scale.recipe import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    row = calibrate(args.data, cfg.patcher, args.target_patch_bytes, args.documents, args.split, cfg.data.cache_dir)
+    print(json.dumps(row) if args.json else f"{row['field']}={row['threshold']:.6g} gives {row['mean_patch_bytes']:.3f} "
+          f"bytes/patch on {row['documents']} documents of {args.data} ({args.split})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ remembers where it came from (a file or the command line) so an error can say wh
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,22 @@ class Config(BaseModel):
     """Base of every config class: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+
+
+def size_bytes(value: str | int) -> int:
+    """'64MB', '512KiB', '20GB', 1000000 -> bytes; anything else is a ValueError."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    unit = (match.group(2) or "").lower().removesuffix("b") if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"expected a size like 64MB or 512KiB, got {value!r}")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 class ConfigError(ValueError):

@@ -23,7 +23,7 @@ from brain_helpers import EEG_CHANNELS, make_eeg_raw, prep_fixture_dataset
 from data_helpers import read_mds_split
 
 N, M, SEED = 4, 2, 3  # streams, micro batch
-TOTAL, SAVE_AT = 20, 7  # global steps: every stream sees its 15 first-epoch windows within TOTAL
+TOTAL, SAVE_AT = 30, 11  # global steps: every stream sees its first-epoch windows (its shards', up to 26) within TOTAL
 WIN = 70  # samples per window: -0.1 ... 0.6 s at 100 Hz
 
 
@@ -59,16 +59,17 @@ def test_batches_match_brute_force(dataset):
     assert len(by_key) == len(samples) == 60
     layout = {"max_channels": 8, "window_samples": 80, "text_bytes": 3}  # crop 10 -> 8, pad 7 -> 8 and 70 -> 80
     patcher = PatcherConfig(mode="static", static_size=2)
-    it = iter(build_loader(data_cfg(tmp, **layout), patcher, M, seed=SEED))
-    seen = set()
-    for _ in range(20):
+    loader = build_loader(data_cfg(tmp, **layout), patcher, M, seed=SEED)
+    it = iter(loader)
+    seen = {s: [] for s in range(N)}  # row b of batch i comes from stream (i * M + b) mod N
+    for i in range(20):
         batch = next(it)
         assert {k: (v.dtype, tuple(v.shape)) for k, v in batch.items() if k != "patch_lengths"} == {
             "signal": (torch.float32, (M, 8, 80)), "channel_mask": (torch.bool, (M, 8)),
             "ch_pos": (torch.float32, (M, 8, 3)), "subject": (torch.int64, (M,)), "tokens": (torch.int64, (M, 5))}
         for b in range(M):
             s = by_key[key(batch["signal"][b].numpy())]
-            seen.add(key(s["signal"]))
+            seen[(i * M + b) % N].append(key(s["signal"]))
             c = min(8, s["signal"].shape[0])
             signal = np.zeros((8, 80), np.float32)
             signal[:c, :WIN] = s["signal"][:c].astype(np.float32)
@@ -83,7 +84,9 @@ def test_batches_match_brute_force(dataset):
             assert batch["tokens"][b].tolist() == expected
         assert torch.equal(batch["patch_lengths"], patch_lengths(batch["tokens"][:, :-1], patcher))
         assert (batch["patch_lengths"].sum(dim=1) == 4).all()
-    assert len(seen) == 40  # 20 steps x 2 rows, no window twice within the first epoch
+    # No window twice within the first epoch: each stream's share of it is the windows of its shards.
+    first = [w for s in range(N) for w in seen[s][:loader.sources[0].epoch_documents(s, N, 0)]]
+    assert len(first) == len(set(first)) >= 30
 
 
 def test_layout_defaults_come_from_the_manifest(dataset):
@@ -124,10 +127,12 @@ def reference(dataset):
     return by_stream(run(tmp, 1, TOTAL)[0], 1)
 
 
-def first_epoch(streams: dict[int, list[bytes]], n: int) -> Counter:
+def first_epoch(streams: dict[int, list[bytes]], tmp) -> Counter:
+    """The windows each stream was dealt in the first epoch (those of its shards), counted."""
+    source = build_loader(data_cfg(tmp), PatcherConfig(), M, seed=SEED).sources[0]
     seen: Counter = Counter()
     for s, rows in streams.items():
-        dealt = len(range(s, n, N))
+        dealt = source.epoch_documents(s, N, 0)
         assert len(rows) >= dealt
         seen.update(rows[:dealt])
     return seen
@@ -136,14 +141,14 @@ def first_epoch(streams: dict[int, list[bytes]], n: int) -> Counter:
 @pytest.mark.parametrize("before,after", [(1, 1), (2, 1), (1, 2)])
 def test_exactly_once_across_resume(dataset, reference, before, after):
     tmp, samples = dataset
-    assert first_epoch(reference, len(samples)) == Counter(key(s["signal"]) for s in samples)
+    assert first_epoch(reference, tmp) == Counter(key(s["signal"]) for s in samples)
     first, state = run(tmp, before, SAVE_AT)
     state = json.loads(json.dumps(state))  # what a checkpoint stores
     second, _ = run(tmp, after, TOTAL - SAVE_AT, state)
     a, b = by_stream(first, before), by_stream(second, after)
     resumed = {s: a[s] + b[s] for s in range(N)}
     assert resumed == reference
-    assert first_epoch(resumed, len(samples)) == Counter(key(s["signal"]) for s in samples)
+    assert first_epoch(resumed, tmp) == Counter(key(s["signal"]) for s in samples)
 
 
 def test_loader_errors(dataset, tmp_path, monkeypatch):

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from blt_scale import cli
+from blt_scale.data.calibrate import entropy_sample
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.data.packing import document_ids
-from blt_scale.model.patcher import PatcherConfig, patch_lengths
+from blt_scale.model.patcher import PatcherConfig, mean_patch_bytes, patch_lengths
 from blt_scale.train.export import load_exported
 from data_helpers import export_entropy_model, make_documents, read_mds_split, split_documents, stream_sequences, write_text_files
 
@@ -109,3 +110,40 @@ def test_loader_patches_rows_from_stored_entropies(setup):
             checked += 1
     assert checked > 20
     assert Counter(len(p[p > 0]) for rows in patches.values() for p in rows).most_common(1)[0][0] > 3  # real patching
+
+
+@pytest.mark.parametrize("rule", ["global", "monotonic"])
+def test_calibrated_threshold_gives_the_target_on_held_out_documents(setup, capsys, rule):
+    tmp, _, _ = setup
+    target = 4.0
+    assert cli.main(["calibrate", "cpu_tiny", "patcher.mode=entropy", f"patcher.entropy_rule={rule}",
+                     "--data", str(tmp / "ent"), "--target-patch-bytes", str(target), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    train = json.loads((tmp / "ent" / "manifest.json").read_text())["splits"]["train"]["documents"]
+    assert row["documents"] == train and abs(row["mean_patch_bytes"] / target - 1) < 0.05
+    ids, ent, _ = entropy_sample(str(tmp / "ent"), "val", 1000)  # documents the calibration never read
+    patcher = PatcherConfig(mode="entropy", entropy_rule=rule, **{row["field"].split(".")[1]: row["threshold"]})
+    assert abs(mean_patch_bytes(ids, patcher, ent) / target - 1) < 0.05
+
+
+def test_calibration_needs_entropies_and_an_entropy_patcher(setup, capsys):
+    tmp, _, _ = setup
+    assert cli.main(["calibrate", "cpu_tiny", "--data", str(tmp / "ent"), "--target-patch-bytes", "4"]) == 2
+    assert "patcher.mode=entropy" in capsys.readouterr().err
+    assert cli.main(["calibrate", "cpu_tiny", "patcher.mode=entropy", "--data", str(tmp / "text"), "--target-patch-bytes", "4"]) == 2
+    assert "blt prep entropies" in capsys.readouterr().err
+
+
+def test_a_sweep_variant_with_patch_bytes_is_calibrated_before_planning(setup, tmp_path):
+    from blt_scale.sweep.plan import SweepConfig, plan_sweep, plan_table
+
+    tmp, _, _ = setup
+    sweep = SweepConfig.model_validate({
+        "run_dir": str(tmp_path), "budgets": [6e11], "patch_sample_batches": 4, "budget_tolerance": 0.05,
+        "variants": [{"name": "entropy", "recipe": "cpu_tiny", "patch_bytes": 4.0,
+                      "overrides": ["patcher.mode=entropy", "data.streams=8", f"data.cache_dir={tmp / 'c9'}",
+                                    f"data.sources=[{{uri: {tmp / 'ent'}}}]"]}],
+    })
+    (run,) = plan_sweep(sweep, tmp_path / "sweep.yaml")
+    assert any(o.startswith("patcher.threshold=") for o in run.overrides)
+    assert abs(run.mean_patch_bytes / 4.0 - 1) < 0.1 and "(4.00)" in plan_table([run])

@@ -4,7 +4,8 @@ mixing weights, packed rows and their patch lengths.
 Exactly-once is checked against brute force: rows are grouped by canonical stream with the
 documented serving order (rank r of W serves streams [r*N/W, (r+1)*N/W) round-robin), each
 stream's ids are cut into BOS...EOS documents, and the documents each stream was dealt in the
-first epoch (ceil((n - s) / N) of them for stream s) must be the corpus, each exactly once.
+first epoch (those of the shards dealt to it: Source.epoch_documents) must be the corpus, each
+exactly once.
 """
 
 from __future__ import annotations
@@ -70,11 +71,12 @@ def by_stream(batches: list[list[dict]], world: int) -> dict[int, list[np.ndarra
     return out
 
 
-def first_epoch_documents(streams: dict[int, list[np.ndarray]], n_docs: int) -> Counter:
+def first_epoch_documents(streams: dict[int, list[np.ndarray]], tmp: Path) -> Counter:
+    source = build_loader(DataConfig(**data_cfg(tmp)), PatcherConfig(), M, seed=SEED).sources[0]
     seen: Counter = Counter()
     for s, rows in streams.items():
         docs = split_documents(np.concatenate(rows))
-        dealt = len(range(s, n_docs, N))
+        dealt = source.epoch_documents(s, N, 0)
         assert len(docs) >= dealt, f"stream {s} did not finish its epoch: raise TOTAL"
         seen.update(docs[:dealt])
     return seen
@@ -88,8 +90,8 @@ def reference(corpus):
 
 
 def test_uninterrupted_epoch_sees_every_document_once(corpus, reference):
-    _, docs = corpus
-    assert first_epoch_documents(reference, len(docs)) == Counter(docs)
+    tmp, docs = corpus
+    assert first_epoch_documents(reference, tmp) == Counter(docs)
 
 
 @pytest.mark.parametrize("before,after", [(1, 1), (2, 2), (2, 1), (1, 2)])
@@ -100,7 +102,7 @@ def test_exactly_once_across_resume(corpus, reference, before, after):
     second, _ = run(tmp, after, TOTAL - SAVE_AT, state)
     a, b = by_stream(first, before), by_stream(second, after)
     resumed = {s: a[s] + b[s] for s in range(N)}
-    assert first_epoch_documents(resumed, len(docs)) == Counter(docs)
+    assert first_epoch_documents(resumed, tmp) == Counter(docs)
     for s in range(N):  # and the very same rows as a run that was never interrupted
         assert np.array_equal(np.stack(resumed[s]), np.stack(reference[s]))
 
@@ -138,7 +140,7 @@ def test_one_process_with_workers_then_two_new_processes(corpus, reference):
     as_batches = lambda arr: [{"tokens": torch.from_numpy(x)} for x in arr]  # noqa: E731
     second = by_stream([as_batches(np.load(tmp / f"rank{r}.npy")) for r in range(2)], 2)
     combined = {s: by_stream(first, 1)[s] + second[s] for s in range(N)}
-    assert first_epoch_documents(combined, len(docs)) == Counter(docs)
+    assert first_epoch_documents(combined, tmp) == Counter(docs)
     for s in range(N):
         assert np.array_equal(np.stack(combined[s]), np.stack(reference[s]))
 

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from blt_scale.config import Config
+from blt_scale.config import Config, size_bytes
 from blt_scale.data.brain.collate import BrainDataConfig
 from blt_scale.data.splits import is_validation
 from blt_scale.data.builtin import stdlib_documents
@@ -48,9 +48,20 @@ class DataConfig(Config):
     )
     workers: int = Field(default=0, ge=0, description="loader processes per rank (sources only)")
     cache_dir: str | None = Field(default=None, description="local cache of decompressed MDS shards; None: system temp dir")
+    cache_limit: int | str | None = Field(
+        default=None, description="most bytes of shards the cache keeps (e.g. 20GB; least recently used go first); "
+                                  "None: half the free space of the cache's disk")
+    shuffle_block_shards: int = Field(
+        default=2, gt=0, description="a stream reads its shards in blocks of this many, documents shuffled within a "
+                                     "block: larger is more random, smaller opens fewer shards at a time")
     corpus_bytes: int = Field(default=8_000_000, gt=0, description="embedded corpus only: bytes to read")
     val_fraction: float = Field(default=0.02, ge=0, lt=1, description="embedded corpus only: documents held out, by hash")
     brain: BrainDataConfig | None = Field(default=None, description="brain sources only: channel/time/text layout of batches")
+
+    @field_validator("cache_limit")
+    @classmethod
+    def _bytes(cls, value):
+        return None if value is None else size_bytes(value)
 
 
 class BuiltinLoader:

@@ -7,22 +7,18 @@ import argparse
 import json
 import re
 
+from blt_scale.config import size_bytes
 from blt_scale.launch.cli import placement_args
 
 # Modules adding `prep` subcommands: each has `register_prep(prep_subparsers)`.
 PREP_COMMANDS: list[str] = ["blt_scale.data.prep_cli", "blt_scale.data.brain.cli"]
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
-
-
 def parse_size(text: str) -> int:
     """'64MB', '512KiB', '1000000' -> bytes."""
-    match = _SIZE.match(text)
-    unit = (match.group(2) or "").lower().removesuffix("b") if match else None
-    if match is None or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"expected a size like 64MB or 512KiB, got {text!r}")
-    return int(float(match.group(1)) * _UNITS[unit])
+    try:
+        return size_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_part(text: str) -> tuple[int, int]:

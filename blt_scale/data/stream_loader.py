@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from blt_scale.data.mds_reader import MDSSplit
+from blt_scale.data.mds_reader import MDSSplit, cache_bytes, default_cache_dir, default_cache_limit
 from blt_scale.data.streams import Source, StreamPacker, fresh_state, rank_streams
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 
@@ -71,7 +71,10 @@ class ShardLoader:
         self.row_len = cfg.seq_len + 1
         self.with_entropy = patcher.mode == "entropy"
         self.uris = [s.uri for s in cfg.sources]
-        splits = [MDSSplit(s.uri, split, cfg.cache_dir) for s in cfg.sources]
+        cache_dir = cfg.cache_dir or default_cache_dir()
+        limit = cfg.cache_limit if cfg.cache_limit is not None else default_cache_limit(cache_dir)
+        splits = [MDSSplit(s.uri, split, cache_dir, limit) for s in cfg.sources]
+        self.cache_dir = cache_dir
         if self.with_entropy:
             for s, sp in zip(cfg.sources, splits):
                 if "entropy" not in sp.columns:
@@ -82,7 +85,11 @@ class ShardLoader:
             raise ValueError(f"{empty[0]}: the {split} split has no documents")
         if not used:  # a validation split may be empty in some sources, not in all
             raise ValueError(f"{self.uris}: no {split} documents in any source (prepare with --val-fraction > 0)")
-        self.sources = [Source(splits[i], seed, i, f"{self.uris[i]} ({split})") if i in used else None for i in range(len(splits))]
+        self.sources = [Source(splits[i], splits[i].sizes, seed, i, f"{self.uris[i]} ({split})", cfg.shuffle_block_shards)
+                        if i in used else None for i in range(len(splits))]
+        self.shards_total = sum(len(sp.sizes) for sp in splits)
+        self.opened: set[tuple[int, int]] = set()  # (source, shard) this rank's streams have read
+        self._blocks_seen: dict[tuple[int, int], tuple[int, int]] = {}
         self.weights = np.array([s.weight if i in used else 0.0 for i, s in enumerate(cfg.sources)])
         self.num_streams = cfg.streams or micro_batch * world_size
         self.configured_streams = cfg.streams
@@ -139,7 +146,23 @@ class ShardLoader:
         lengths = patch_lengths(tokens[:, :-1], self.patcher, ent)
         for stream, _, _, state in batch:
             self.states[stream] = {**state, "rows": self.states[stream].get("rows", 0) + 1}
+            self._count_opened(stream, state)
         return {"tokens": tokens, "patch_lengths": lengths}
+
+    def _count_opened(self, stream: int, state: dict) -> None:
+        """Add the shards of the block each source cursor of `stream` reads now."""
+        for k, (epoch, block, offset) in enumerate(state["cursors"]):
+            if offset == 0 or self.sources[k] is None or self._blocks_seen.get((stream, k)) == (epoch, block):
+                continue
+            self._blocks_seen[(stream, k)] = (epoch, block)
+            shards = self.sources[k].block_shards_of(stream, self.num_streams, epoch, block)
+            self.opened.update((k, int(s)) for s in shards)
+
+    def stats(self) -> dict:
+        """data_shards_opened (distinct shards this rank's streams read so far), data_shards_total,
+        data_cache_bytes (shards in this node's cache now)."""
+        return {"data_shards_opened": len(self.opened), "data_shards_total": self.shards_total,
+                "data_cache_bytes": cache_bytes(self.cache_dir)}
 
     def state_dict(self) -> dict:
         return {"kind": "streams", "num_streams": self.num_streams, "seed": self.seed, "split": self.split,

@@ -28,6 +28,9 @@ class VariantConfig(Config):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     recipe: str = Field(description="base recipe: a path (relative to the sweep file) or a name under recipes/")
     overrides: list[str] = []
+    patch_bytes: float | None = Field(
+        default=None, gt=0, description="entropy patchers: calibrate the threshold to this mean patch size on the "
+                                        "variant's first data source before planning (`blt calibrate`)")
 
 
 class SizeConfig(Config):
@@ -72,6 +75,7 @@ class PlannedRun:
     inference_flops_per_byte: float
     bytes_per_step: int
     extra: dict = field(default_factory=dict)
+    target_patch_bytes: float | None = None  # the variant's calibration target, when it has one
 
     @property
     def train_flops(self) -> float:
@@ -137,6 +141,16 @@ def steps_for_budget(cfg: RunConfig, budget: float, counter: PatchCounter, sampl
     return steps, patch_bytes
 
 
+def calibrated(cfg: RunConfig, variant: VariantConfig) -> str:
+    """The override that sets the variant's entropy threshold for its patch_bytes target."""
+    from blt_scale.data.calibrate import calibrate
+
+    if not getattr(cfg.data, "sources", None):
+        raise ValueError(f"variant {variant.name}: patch_bytes needs data.sources with entropies to calibrate on")
+    row = calibrate(cfg.data.sources[0].uri, cfg.patcher, variant.patch_bytes, cache_dir=cfg.data.cache_dir)
+    return f"{row['field']}={row['threshold']!r}"
+
+
 def _recipe_path(sweep_file: Path, recipe: str) -> str:
     candidate = (sweep_file.parent / recipe).resolve()
     return str(candidate) if candidate.exists() else recipe
@@ -147,6 +161,9 @@ def plan_sweep(sweep: SweepConfig, sweep_file: Path) -> list[PlannedRun]:
     for variant in sweep.variants:
         recipe = _recipe_path(sweep_file, variant.recipe)
         base = load_recipe(recipe, variant.overrides + sweep.overrides)
+        if variant.patch_bytes is not None:
+            variant = variant.model_copy(update={"overrides": variant.overrides + [calibrated(base, variant)]})
+            base = load_recipe(recipe, variant.overrides + sweep.overrides)
         counter = PatchCounter(base)
         for size in sweep.sizes:
             overrides = variant.overrides + sweep.overrides + size_overrides(base, size)
@@ -157,7 +174,8 @@ def plan_sweep(sweep: SweepConfig, sweep_file: Path) -> list[PlannedRun]:
                 report = model_flops(cfg.model, cfg.data.seq_len, patch_bytes)
                 params = report.total_params - report.params.get("hash_embeddings", 0)
                 run = PlannedRun(variant.name, size.name, budget, recipe, [], "", steps, params, patch_bytes,
-                                 report.train_per_byte, report.forward_per_byte, bytes_per_step)
+                                 report.train_per_byte, report.forward_per_byte, bytes_per_step,
+                                 target_patch_bytes=variant.patch_bytes)
                 run.run_dir = str(Path(sweep.run_dir) / "runs" / run.name)
                 warmup = min(cfg.optim.warmup_steps, max(1, steps // 10))
                 # Every step is logged: the run's FLOPs are then computed from its own patch counts.
@@ -188,11 +206,12 @@ def _check_inference_matched(runs: list[PlannedRun], tolerance: float) -> None:
 
 def plan_table(runs: list[PlannedRun]) -> str:
     """The planned grid as a Markdown table."""
-    lines = ["| run | params | bytes/patch | steps | train FLOPs | budget | gap | inference FLOPs/byte |",
+    lines = ["| run | params | bytes/patch (target) | steps | train FLOPs | budget | gap | inference FLOPs/byte |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
+        target = f" ({r.target_patch_bytes:.2f})" if r.target_patch_bytes is not None else ""
         lines.append(
-            f"| {r.name} | {r.params:,} | {r.mean_patch_bytes:.2f} | {r.steps} | {r.train_flops:.3g} | "
+            f"| {r.name} | {r.params:,} | {r.mean_patch_bytes:.2f}{target} | {r.steps} | {r.train_flops:.3g} | "
             f"{r.budget_flops:.3g} | {r.train_flops / r.budget_flops - 1:+.2%} | {r.inference_flops_per_byte:.3g} |"
         )
     return "\n".join(lines)

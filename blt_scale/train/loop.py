@@ -218,8 +218,10 @@ class Trainer:
         if self.trace:
             self.trace.flush()
         # One MAX reduction carries the stop flag too: every rank sees it at this same step.
-        wait_max, mem_max, stop = all_reduce(
-            [data_wait, memory_gb(self.device), float(self.stop.requested)], op=dist.ReduceOp.MAX if dist.is_initialized() else None
+        data_stats = self.loader.stats() if hasattr(self.loader, "stats") else {}
+        wait_max, mem_max, stop, *stats_max = all_reduce(
+            [data_wait, memory_gb(self.device), float(self.stop.requested), *data_stats.values()],
+            op=dist.ReduceOp.MAX if dist.is_initialized() else None,
         )
         self.stop_now = bool(stop)
         elapsed = time.perf_counter() - started
@@ -235,6 +237,8 @@ class Trainer:
             "flops_per_s": flops / elapsed, "mfu": flops / elapsed / self.peak,
             "mem_gb": mem_max, "data_wait_s": wait_max, "skipped_steps": self.skipped_steps,
             "bytes_consumed": self.bytes_consumed, "world_size": self.env.world_size,
+            # the largest over ranks: shards one rank opened, bytes of one node's shard cache
+            **{key: int(value) for key, value in zip(data_stats, stats_max)},
         }
         if not finite and self.bad_in_row >= t.max_bad_steps:
             self.metrics.log(row)
