@@ -4,7 +4,9 @@
 1. `blt prep text` conversion MB/s on a >= 200 MB corpus (the Python standard library's sources,
    repeated), and its ratio to `zstd -3` compressing the same bytes in the same run;
 2. the streaming loader's packed bytes/s with 2 workers (cpu_tiny's seq_len, micro batch and
-   patcher), and its ratio to the bytes/s `cpu_tiny` trains at (measured here by training it).
+   patcher), and its ratio to the bytes/s `cpu_tiny` trains at (measured here by training it);
+3. with 2 ranks and their own shard caches, the shard bytes each rank fetches over one epoch /
+   the dataset's (shard-local streams: about 0.5).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--mb 200] [--workers 2] [--json]
 """
@@ -62,16 +64,38 @@ def conversion_seconds(corpus: Path, out: Path, workers: int) -> float:
 
 def loader_bytes_per_s(dataset: Path, cache: Path, workers: int, batches: int = 300) -> float:
     recipe = load_recipe("cpu_tiny")
-    t = recipe.train
+    micro = recipe.train.micro_batch_for(1)
     cfg = DataConfig(seq_len=recipe.data.seq_len, sources=[{"uri": str(dataset)}], workers=workers,
-                     streams=t.micro_batch, cache_dir=str(cache))
-    it = iter(build_loader(cfg, recipe.patcher, t.micro_batch, seed=0))
+                     streams=micro, cache_dir=str(cache))
+    it = iter(build_loader(cfg, recipe.patcher, micro, seed=0))
     for _ in range(20):  # worker start-up and shard fetching are not the steady state
         next(it)
     started = time.perf_counter()
     for _ in range(batches):
         next(it)
-    return batches * t.micro_batch * recipe.data.seq_len / (time.perf_counter() - started)
+    return batches * micro * recipe.data.seq_len / (time.perf_counter() - started)
+
+
+def fetched_per_rank_over_dataset(corpus: Path, tmp: Path) -> float:
+    """Two ranks (own caches) read one epoch's rows of one round of the corpus in 256 KB shards:
+    shard bytes each fetched / dataset bytes, averaged."""
+    dataset, cache = tmp / "ds_small_shards", tmp / "caches"
+    convert_text(TextPrepConfig(inputs=[str(corpus / "round000")], out=str(dataset), shard_size=256_000), progress=False)
+    recipe = load_recipe("cpu_tiny")
+    micro = recipe.train.micro_batch_for(2)
+    shards = json.loads((dataset / "train" / "index.json").read_text())["shards"]
+    stored = [(s["zip_data"] or s["raw_data"])["bytes"] for s in shards]
+    epoch_ids = sum(s["raw_data"]["bytes"] for s in shards)  # about one id per stored byte
+    ratios = []
+    for rank in range(2):
+        cfg = DataConfig(seq_len=recipe.data.seq_len, sources=[{"uri": str(dataset)}], streams=2 * micro,
+                         cache_dir=str(cache / f"rank{rank}"))
+        loader = build_loader(cfg, recipe.patcher, micro, rank=rank, world_size=2, seed=0)
+        it = iter(loader)
+        for _ in range(epoch_ids // (2 * micro * (recipe.data.seq_len + 1))):
+            next(it)
+        ratios.append(sum(stored[k] for _, k in loader.opened) / sum(stored))
+    return statistics.mean(ratios)
 
 
 def train_bytes_per_s(run_dir: Path, steps: int = 20) -> float:
@@ -95,6 +119,7 @@ def main() -> None:
         zstd_s = zstd_seconds(concat)
         prep_s = conversion_seconds(tmp / "corpus", tmp / "ds", args.workers)
         load = loader_bytes_per_s(tmp / "ds", tmp / "cache", args.workers)
+        fetched = fetched_per_rank_over_dataset(tmp / "corpus", tmp)
         train = train_bytes_per_s(tmp / "run")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -102,7 +127,7 @@ def main() -> None:
         "corpus_mb": size / 1e6, "prep_workers": args.workers,
         "prep_mb_per_s": size / 1e6 / prep_s, "zstd3_mb_per_s": size / 1e6 / zstd_s, "prep_vs_zstd3": zstd_s / prep_s,
         "loader_workers": args.workers, "loader_bytes_per_s": load, "cpu_tiny_train_bytes_per_s": train,
-        "loader_vs_train": load / train, "cpus": os.cpu_count(),
+        "loader_vs_train": load / train, "cpus": os.cpu_count(), "fetched_per_rank_over_dataset_2_ranks": fetched,
     }
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -111,6 +136,7 @@ def main() -> None:
           f"zstd -3 {figures['zstd3_mb_per_s']:.1f} MB/s, ratio {figures['prep_vs_zstd3']:.2f} (goal >= 0.5)")
     print(f"loader ({args.workers} workers) {load / 1e6:.2f} MB/s packed; cpu_tiny trains at {train / 1e3:.2f} kB/s; "
           f"ratio {figures['loader_vs_train']:.0f}x (goal >= 50x)")
+    print(f"2 ranks, one epoch: each fetched {fetched:.2f} of the dataset's shard bytes (goal about 0.5)")
 
 
 if __name__ == "__main__":

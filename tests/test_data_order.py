@@ -4,7 +4,9 @@ O(shards) order state, and an order that is still random."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import time
 import tracemalloc
 
 import numpy as np
@@ -62,6 +64,13 @@ def test_a_bounded_cache_stays_under_its_limit_and_reads_the_same_rows(corpus):
     limit = 5 * max(s["raw_data"]["bytes"] for s in shards)
     corpus_ids = sum(len(d) + 2 for d in docs)
     batches = 2 * corpus_ids // (4 * (SEQ + 1)) // M + 2  # two epochs over 4 streams
+    cache = tmp / "cache-bounded-0"
+    cache.mkdir()
+    foreign = [cache / "notes.mds", cache / "draft.tmp"]  # not ours: never counted, never removed
+    partial = cache / ("0123456789abcdef-99.mds." + "a" * 32 + ".tmp")  # a killed writer's, hours old
+    for path in foreign + [partial]:
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
     bounded = iter(loaders(tmp, 1, streams=4, cache_limit=limit, shuffle_block_shards=1, tag="bounded")[0])
     free = iter(loaders(tmp, 1, streams=4, shuffle_block_shards=1, tag="free")[0])
     for _ in range(batches):
@@ -69,6 +78,7 @@ def test_a_bounded_cache_stays_under_its_limit_and_reads_the_same_rows(corpus):
         assert np.array_equal(a["tokens"].numpy(), b["tokens"].numpy())
         assert cache_bytes(str(tmp / "cache-bounded-0")) <= limit
     assert cache_bytes(str(tmp / "cache-free-0")) > limit  # the limit did bind
+    assert all(p.exists() for p in foreign) and not partial.exists()
 
 
 def synthetic_source(shards=100_000, per_shard=1000, block=2):
@@ -144,3 +154,24 @@ def test_documents_are_read_exactly_once_per_epoch_across_the_boundary(corpus):
             assert len(got) >= before + src.epoch_documents(s, 4, epoch), "raise the number of batches"
             seen += got[before:before + src.epoch_documents(s, 4, epoch)]
         assert sorted(seen) == sorted(docs)
+
+
+def test_training_logs_shard_and_cache_figures_under_the_limit(corpus, tmp_path):
+    from blt_scale.parallel.env import DistEnv
+    from blt_scale.recipe import load_recipe
+    from blt_scale.train.loop import Trainer
+
+    tmp, _, shards = corpus
+    limit = 5 * max(s["raw_data"]["bytes"] for s in shards)
+    cfg = load_recipe("cpu_tiny", [
+        "model.encoder.dim=32", "model.decoder.dim=32", "model.global.dim=32", "model.global.layers=1",
+        f"data.sources=[{{uri: {tmp / 'ds'}}}]", "data.seq_len=64", "data.streams=4", "data.shuffle_block_shards=1",
+        f"data.cache_dir={tmp_path / 'cache'}", f"data.cache_limit={limit}", "train.global_batch=4", "train.steps=40",
+        "train.log_every=1", "train.eval_every=null", "checkpoint.every=null", "wandb.enabled=false", f"run_dir={tmp_path / 'run'}",
+    ])
+    rows = Trainer(cfg, DistEnv(), resume="never").fit()
+    train = [r for r in rows if "split" not in r]
+    assert len(train) == 40 and all(r["data_shards_total"] == len(shards) for r in train)
+    assert all(0 < r["data_cache_bytes"] <= limit for r in train)
+    opened = [r["data_shards_opened"] for r in train]
+    assert opened == sorted(opened) and 4 <= opened[-1] <= len(shards)

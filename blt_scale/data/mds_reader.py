@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -37,6 +38,9 @@ from blt_scale.data.store import open_complete
 
 HASH = "xxh64"
 SHARD_SUFFIX = ".mds"
+# Only files named like ours are ever counted or removed: a cache_dir may hold other files.
+OURS = re.compile(r"^[0-9a-f]{16}-\d+\.mds$")
+OUR_PARTIAL = re.compile(r"^([0-9a-f]{16}-\d+\.mds|\.held-\d+-[0-9a-f]{12})\.[0-9a-f]{32}\.tmp$")
 STALE_TMP_S = 3600  # a partial file this old belongs to a killed writer
 
 
@@ -55,7 +59,7 @@ def cache_bytes(cache_dir: str) -> int:
     total = 0
     with os.scandir(cache_dir) as entries:
         for e in entries:
-            if e.name.endswith(SHARD_SUFFIX):
+            if OURS.match(e.name):
                 try:
                     total += e.stat().st_size
                 except FileNotFoundError:  # evicted meanwhile
@@ -101,7 +105,7 @@ class MDSSplit:
         now = time.time()
         with os.scandir(self.cache_dir) as entries:
             for e in entries:
-                if e.name.endswith(".tmp"):
+                if OUR_PARTIAL.match(e.name):
                     try:
                         if now - e.stat().st_mtime > STALE_TMP_S:
                             os.remove(e.path)
@@ -159,7 +163,7 @@ class MDSSplit:
         names = set()
         with os.scandir(self.cache_dir) as entries:
             for e in entries:
-                if not e.name.startswith(".held-") or e.name.endswith(".tmp"):
+                if not re.fullmatch(r"\.held-\d+-[0-9a-f]{12}", e.name):
                     continue
                 pid = int(e.name.split("-")[1])
                 try:
@@ -185,7 +189,7 @@ class MDSSplit:
             files = []
             with os.scandir(self.cache_dir) as entries:
                 for e in entries:
-                    if e.name.endswith(SHARD_SUFFIX):
+                    if OURS.match(e.name):
                         try:
                             st = e.stat()
                         except FileNotFoundError:

@@ -133,14 +133,6 @@ class StreamPacker:
             cursor[:] = [epoch, block + 1, 0] if shards_left else [epoch + 1, 0, 0]
         raise ValueError(f"{self.sources[k].name}: no documents")
 
-    def current_shards(self) -> list[tuple[int, int]]:
-        """(source, shard) of the blocks this stream reads now: what it holds open."""
-        out = []
-        for k, (epoch, block, _) in enumerate(self.state["cursors"]):
-            if isinstance(self.sources[k], Source):
-                out += [(k, int(s)) for s in self.sources[k].block_shards_of(self.stream, self.num_streams, epoch, block)]
-        return out
-
     def _next_document(self) -> None:
         st = self.state
         k = self._pick_source(st["drawn"])
