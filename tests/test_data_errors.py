@@ -69,7 +69,7 @@ def test_unreadable_file(tmp_path, capsys):
     src.write_bytes(gzip.compress(b'{"text": "fine"}\n' * 100)[:40])  # truncated gzip stream
     write_text_files(tmp_path / "more", make_documents(3))
     code, err = prep(capsys, str(src), str(tmp_path / "more"), "--out", str(tmp_path / "out"))
-    assert code == 2 and f"{src}: unreadable" in err
+    assert code == 2 and f"{src}: truncated" in err
     assert_not_complete(tmp_path / "out")
     code, _ = prep(capsys, str(src), str(tmp_path / "more"), "--out", str(tmp_path / "out"), "--skip-bad")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -172,3 +172,52 @@ def test_webdataset_refuses_exact_resume(tmp_path, capsys):
     state = loader.state_dict()
     with pytest.raises(ValueError, match="cannot resume exactly"):
         build_loader(cfg, PatcherConfig(), 2).load_state_dict(state)
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that code from the data ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_column_in_an_mds_index_is_refused_before_anything_runs(tmp_path):
+    from streaming import MDSWriter
+
+    marker = tmp_path / "pwned"
+    ds = tmp_path / "ds"
+    with MDSWriter(columns={"text": "pkl"}, out=str(ds / "train")) as w:
+        w.write({"text": _Payload(str(marker))})
+    (ds / "manifest.json").write_text(json.dumps({"format": "mds", "splits": {}}))
+    (ds / "_COMPLETE").write_text("")
+    cfg = DataConfig(seq_len=16, sources=[{"uri": str(ds)}], streams=2, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"declares column encodings \['pkl'\]"):
+        next(iter(build_loader(cfg, PatcherConfig(), 2, seed=0)))
+    assert not marker.exists()
+
+
+def test_truncated_compressed_inputs_are_errors_or_counted_skips(tmp_path, capsys):
+    import zstandard
+
+    lines = [json.dumps({"text": f"document {i} " + "x" * 200}).encode() + b"\n" for i in range(3000)]
+    first, second = b"".join(lines[:1500]), b"".join(lines[1500:])
+    frames = zstandard.ZstdCompressor().compress(first) + zstandard.ZstdCompressor().compress(second)
+    cut_inside = frames[: len(frames) - 500]  # mid-way through the last frame's blocks
+    header_only = frames[: len(zstandard.ZstdCompressor().compress(first)) + 6]  # the next frame just begun
+    gz = gzip.compress(first)[:-20]
+    write_text_files(tmp_path / "more", make_documents(3))  # the corpus is not only the cut file
+    for name, data in (("inside.jsonl.zst", cut_inside), ("header.jsonl.zst", header_only), ("cut.jsonl.gz", gz)):
+        src = tmp_path / name
+        src.write_bytes(data)
+        out = tmp_path / f"out-{name}"
+        assert cli.main(["prep", "text", str(src), str(tmp_path / "more"), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert name in err and "truncated" in err and "\n" not in err, err
+        assert not (out / "_COMPLETE").exists()
+        assert cli.main(["prep", "text", str(src), str(tmp_path / "more"), "--out", str(out), "--quiet", "--skip-bad",
+                         "--overwrite"]) == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert [s[0] for s in manifest["skipped_inputs"]] == [str(src)] and "truncated" in manifest["skipped_inputs"][0][1]

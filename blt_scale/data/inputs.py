@@ -10,6 +10,7 @@ Strings are stored as UTF-8; bytes values are stored as they are. Empty document
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -90,8 +91,48 @@ def _lines(fh, chunk: int = 1 << 20) -> Iterator[bytes]:
         yield rest
 
 
+class _CheckedZstd:
+    """A .zst file's decompressed bytes (frames one after another) that raises at the end when the
+    last frame is incomplete: a file cut at a block or frame boundary decodes cleanly up to the cut,
+    and without this check would convert as a shorter corpus."""
+
+    def __init__(self, raw, uri: str):
+        import zstandard
+
+        self.raw, self.uri, self.codec = raw, uri, zstandard.ZstdDecompressor()
+        self.frame, self.fed = self.codec.decompressobj(), False
+
+    def read(self, size: int) -> bytes:
+        while True:
+            data = self.raw.read(size)
+            if not data:
+                if self.fed and not self.frame.eof:
+                    raise EOFError("the zstd stream ends inside a frame")
+                return b""
+            out = []
+            while data:
+                out.append(self.frame.decompress(data))
+                self.fed = True
+                if self.frame.eof:
+                    data = self.frame.unused_data
+                    self.frame, self.fed = self.codec.decompressobj(), False
+                else:
+                    data = b""
+            if joined := b"".join(out):
+                return joined
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _open_text_stream(f: InputFile):
+    if f.uri.endswith((".zst", ".zstd")):
+        return contextlib.closing(_CheckedZstd(fsspec.open(f.uri, "rb").open(), f.uri))
+    return fsspec.open(f.uri, "rb", compression="infer")
+
+
 def _jsonl(f: InputFile, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[bytes]:
-    with fsspec.open(f.uri, "rb", compression="infer") as fh:
+    with _open_text_stream(f) as fh:
         for lineno, line in enumerate(_lines(fh), start=1):
             if not line.strip():
                 continue
@@ -154,7 +195,8 @@ def read_documents(f: InputFile, text_field: str, skip_bad: bool, stats: ReadSta
     except InputError:
         raise
     except Exception as err:  # OSError, gzip/zstd/parquet decoding errors: the file is unreadable
-        message = f"{f.uri}: unreadable ({type(err).__name__}: {err})".replace("\n", " ")
+        cut = isinstance(err, EOFError)  # gzip: "Compressed file ended before the end-of-stream marker"
+        message = f"{f.uri}: {'truncated' if cut else 'unreadable'} ({type(err).__name__}: {err})".replace("\n", " ")
         if not skip_bad:
             raise ValueError(message) from None
         stats.skipped_inputs.append((f.uri, message))

@@ -41,6 +41,7 @@ SHARD_SUFFIX = ".mds"
 # Only files named like ours are ever counted or removed: a cache_dir may hold other files.
 OURS = re.compile(r"^[0-9a-f]{16}-\d+\.mds$")
 OUR_PARTIAL = re.compile(r"^([0-9a-f]{16}-\d+\.mds|\.held-\d+-[0-9a-f]{12})\.[0-9a-f]{32}\.tmp$")
+SAFE_ENCODINGS = frozenset({"bytes", "str", "json", "ndarray", "float64"})  # what shard writers here use
 STALE_TMP_S = 3600  # a partial file this old belongs to a killed writer
 
 
@@ -78,6 +79,7 @@ class MDSSplit:
         os.makedirs(self.cache_dir, exist_ok=True)
         self.limit = limit
         self.shards = self.root.read_json(f"{split}/index.json")["shards"]
+        self._check_encodings(uri, split)
         self.sizes = [s["samples"] for s in self.shards]
         self.ends = np.cumsum(self.sizes, dtype=np.int64)
         self._readers: dict[int, MDSReader] = {}
@@ -86,6 +88,15 @@ class MDSSplit:
         self._lock = threading.Lock()
         self._ahead: ThreadPoolExecutor | None = None
         self._remove_stale_partials()
+
+    def _check_encodings(self, uri: str, split: str) -> None:
+        """Only column encodings this project writes are decoded: streaming would unpickle a `pkl`
+        column, i.e. run code from the dataset."""
+        for i, shard in enumerate(self.shards):
+            bad = sorted({e for e in shard.get("column_encodings", []) if e not in SAFE_ENCODINGS})
+            if bad:
+                raise ValueError(f"{uri}/{split}/index.json: shard {i} declares column encodings {bad}; only "
+                                 f"{sorted(SAFE_ENCODINGS)} are read (a pickle column would run code from the data)")
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0

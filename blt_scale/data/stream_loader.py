@@ -85,7 +85,7 @@ class ShardLoader:
             raise ValueError(f"{empty[0]}: the {split} split has no documents")
         if not used:  # a validation split may be empty in some sources, not in all
             raise ValueError(f"{self.uris}: no {split} documents in any source (prepare with --val-fraction > 0)")
-        self.sources = [Source(splits[i], splits[i].sizes, seed, i, f"{self.uris[i]} ({split})", cfg.shuffle_block_shards)
+        self.sources = [self._source(splits[i], seed, i, f"{self.uris[i]} ({split})", cfg.shuffle_block_shards)
                         if i in used else None for i in range(len(splits))]
         self.shards_total = sum(len(sp.sizes) for sp in splits)
         self.opened: set[tuple[int, int]] = set()  # (source, shard) this rank's streams have read
@@ -96,6 +96,14 @@ class ShardLoader:
         self.states = {s: fresh_state(len(splits)) for s in range(self.num_streams)}
         self._layout()
         self._generation = 0
+
+    def _source(self, split: MDSSplit, seed: int, index: int, name: str, block_shards: int) -> Source:
+        """Training deals shards to streams. Validation deals single documents (each its own "shard"):
+        held-out sets are small and read a few batches at a time, and dealing shards would give some
+        streams no document of the first epoch, so the first batches could repeat documents."""
+        if self.split == "train":
+            return Source(split, split.sizes, seed, index, name, block_shards)
+        return Source(split, np.ones(len(split), dtype=np.int64), seed, index, name, block_shards=1, real_shards=False)
 
     def _layout(self) -> None:
         self.my_streams = rank_streams(self.num_streams, self.rank, self.world_size)

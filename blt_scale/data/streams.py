@@ -33,8 +33,11 @@ from blt_scale.data.packing import document_ids
 class Source:
     """One dataset split: random access to its documents, and how its shards are dealt."""
 
-    def __init__(self, docs: Sequence, shard_sizes: Sequence[int], seed: int, index: int, name: str, block_shards: int):
+    def __init__(self, docs: Sequence, shard_sizes: Sequence[int], seed: int, index: int, name: str, block_shards: int,
+                 real_shards: bool = True):
+        """real_shards=False: the "shards" are single documents (dealt one by one), not files to cache."""
         self.docs, self.seed, self.index, self.name, self.block_shards = docs, seed, index, name, block_shards
+        self.real_shards = real_shards
         sizes = np.asarray(shard_sizes, dtype=np.int64)
         self.shard_ids = np.flatnonzero(sizes > 0)  # shards with documents in this split
         self.sizes = sizes
@@ -112,7 +115,7 @@ class StreamPacker:
         if k not in self._blocks or self._blocks[k][0] != key:
             src = self.sources[k]
             self._blocks[k] = (key, src.block_documents(self.stream, self.num_streams, epoch, block))
-            if hasattr(src.docs, "hold"):  # a shard cache: keep this block, fetch the next one ahead
+            if src.real_shards and hasattr(src.docs, "hold"):  # a shard cache: keep this block, fetch the next ahead
                 src.docs.hold(self.stream, src.block_shards_of(self.stream, self.num_streams, epoch, block))
                 ahead = src.block_shards_of(self.stream, self.num_streams, epoch, block + 1)
                 if not len(ahead):
