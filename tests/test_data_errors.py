@@ -221,3 +221,17 @@ def test_truncated_compressed_inputs_are_errors_or_counted_skips(tmp_path, capsy
                          "--overwrite"]) == 0
         manifest = json.loads((out / "manifest.json").read_text())
         assert [s[0] for s in manifest["skipped_inputs"]] == [str(src)] and "truncated" in manifest["skipped_inputs"][0][1]
+
+
+def test_a_flipped_byte_in_a_webdataset_shard_is_caught(tmp_path):
+    write_text_files(tmp_path / "src", make_documents(30, seed=2))
+    assert cli.main(["prep", "text", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--format", "wds",
+                     "--val-fraction", "0", "--quiet"]) == 0
+    cfg = DataConfig(seq_len=32, sources=[{"uri": str(tmp_path / "ds")}])
+    assert next(iter(build_loader(cfg, PatcherConfig(), 2, seed=0)))["tokens"].shape == (2, 33)  # intact: reads
+    shard = sorted((tmp_path / "ds" / "train").rglob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF  # inside the first document's bytes
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        next(iter(build_loader(cfg, PatcherConfig(), 2, seed=0)))

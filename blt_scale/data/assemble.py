@@ -81,7 +81,8 @@ def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
         if fmt == "mds":
             indexes[split] = {"version": 2, "shards": shards}
         else:
-            manifest["splits"][split]["files"] = [{"basename": s["basename"], "samples": s["samples"]} for s in shards]
+            manifest["splits"][split]["files"] = [
+                {"basename": s["basename"], "samples": s["samples"], "bytes": s["bytes"], "xxh64": s["xxh64"]} for s in shards]
     if sum(manifest["splits"][s]["documents"] for s in SPLITS) == 0:
         raise ValueError(f"{root.uri}: the corpus has no documents (empty corpus); skipped inputs: "
                          f"{manifest['skipped_inputs'][:5]}, bad lines: {manifest['bad_lines']}")

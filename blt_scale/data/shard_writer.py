@@ -14,6 +14,7 @@ import os
 import tarfile
 
 from streaming import MDSWriter
+from streaming.base.hashing import get_hash
 
 COMPRESSION, HASHES = "zstd", ["xxh64"]
 
@@ -52,7 +53,10 @@ class WdsPartWriter:
     def _close(self) -> None:
         if self.tar is not None:
             self.tar.close()
-            self.shards[-1]["bytes"] = os.path.getsize(os.path.join(self.local_dir, self.shards[-1]["basename"]))
+            with open(os.path.join(self.local_dir, self.shards[-1]["basename"]), "rb") as f:
+                data = f.read()
+            # Checked by the loader like MDS's index hashes: flipped bytes are never trained on.
+            self.shards[-1].update(bytes=len(data), xxh64=get_hash("xxh64", data))
             self.tar = None
 
     def _add(self, name: str, data: bytes) -> None:

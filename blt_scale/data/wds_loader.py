@@ -9,6 +9,7 @@ sources where exactly-once resume matters.
 
 from __future__ import annotations
 
+import io
 import posixpath
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ import fsspec
 import numpy as np
 import torch
 import webdataset as wds
+from streaming.base.hashing import get_hash
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -24,18 +26,31 @@ from blt_scale.data.store import open_complete
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 
 
-def _open_shards(urls: Iterator[dict]) -> Iterator[dict]:
-    for sample in urls:  # fsspec instead of webdataset's gopen: memory://, s3://, ... all work
-        with fsspec.open(sample["url"], "rb") as stream:
-            yield {**sample, "stream": stream}
+def _open_shards(urls: Iterator[dict], expected: dict[str, tuple[int, str]]) -> Iterator[dict]:
+    """Each shard read whole (through fsspec: memory://, s3://, ... all work) and checked against
+    the size and xxh64 hash the manifest recorded at prep time before a sample is decoded."""
+    for sample in urls:
+        url = sample["url"]
+        with fsspec.open(url, "rb") as stream:
+            data = stream.read()
+        size, digest = expected[url]
+        if len(data) != size:
+            raise ValueError(f"shard {url}: truncated or wrong size ({len(data)} bytes, manifest says {size})")
+        if get_hash("xxh64", data) != digest:
+            raise ValueError(f"shard {url}: corrupted (xxh64 hash mismatch with the manifest)")
+        yield {**sample, "stream": io.BytesIO(data)}
 
 
-def shard_urls(uri: str, split: str) -> list[str]:
+def shard_urls(uri: str, split: str) -> dict[str, tuple[int, str]]:
+    """URL -> (bytes, xxh64) of every non-empty shard of the split."""
     root, manifest = open_complete(uri)
     if manifest["format"] != "wds":
         raise ValueError(f"{uri}: a {manifest['format']} dataset, not webdataset")
     files = manifest["splits"][split].get("files", [])
-    return [root.fs.unstrip_protocol(root.join(posixpath.join(split, f["basename"]))) for f in files if f["samples"]]
+    if any("xxh64" not in f for f in files):
+        raise ValueError(f"{uri}: prepared without shard checksums; convert it again (`blt prep text ... --overwrite`)")
+    return {root.fs.unstrip_protocol(root.join(posixpath.join(split, f["basename"]))): (f["bytes"], f["xxh64"])
+            for f in files if f["samples"]}
 
 
 class _WdsRows(IterableDataset):
@@ -45,7 +60,7 @@ class _WdsRows(IterableDataset):
     def _documents(self, urls: list[str], worker: int) -> Iterator[bytes]:
         ld = self.ld
         shards = wds.ResampledShards(urls, seed=ld.seed, deterministic=True, worker_seed=lambda: ld.rank * 1000 + worker)
-        for sample in group_by_keys(tar_file_expander(_open_shards(iter(shards)))):
+        for sample in group_by_keys(tar_file_expander(_open_shards(iter(shards), self.ld.expected))):
             yield sample["bin"]
 
     def __iter__(self) -> Iterator[tuple]:
@@ -69,7 +84,9 @@ class WdsLoader:
             raise ValueError("patcher.mode=entropy needs MDS entropy shards (`blt prep entropies`); webdataset sources have none")
         self.patcher, self.micro_batch, self.rank, self.seed = patcher, micro_batch, rank, seed
         self.row_len, self.workers = cfg.seq_len + 1, cfg.workers
-        self.urls = [shard_urls(s.uri, split) for s in cfg.sources]
+        checked = [shard_urls(s.uri, split) for s in cfg.sources]
+        self.expected = {url: sums for source in checked for url, sums in source.items()}
+        self.urls = [list(source) for source in checked]
         self.weights = np.array([s.weight if u else 0.0 for s, u in zip(cfg.sources, self.urls)])
         if not self.weights.any():
             raise ValueError(f"{[s.uri for s in cfg.sources]}: no {split} shards")
