@@ -127,11 +127,12 @@ def causal_mask(length: int, window: int | None, doc: torch.Tensor | None, devic
     return allowed
 
 
-def _closed_visible(closed: torch.Tensor, group: torch.Tensor, p: ClosedPatches, doc_q, slot_doc) -> torch.Tensor:
-    """Broadcasting core of the ClosedPatches rule: closed/doc_q index bytes, group/slot_doc groups."""
+def closed_visible(closed: torch.Tensor, group: torch.Tensor, window: int | None, doc_q, slot_doc) -> torch.Tensor:
+    """Broadcasting core of the ClosedPatches rule (also incremental decoding's): closed/doc_q index
+    bytes, group/slot_doc groups."""
     seen = (group >= 1) & (group <= closed)
-    if p.window is not None:
-        seen &= group > closed - p.window
+    if window is not None:
+        seen &= group > closed - window
     if slot_doc is not None:
         seen &= slot_doc == doc_q
     return seen | (group == 0)
@@ -152,7 +153,7 @@ def dense_mask(pattern: Pattern, queries: int, device: torch.device) -> torch.Te
     group = torch.arange(p.groups, device=p.closed.device).repeat_interleave(p.k)  # [G * k]
     slot_doc = p.slot_doc.repeat_interleave(p.k, dim=1)[:, None, :] if p.slot_doc is not None else None
     doc_q = p.doc[:, :, None] if p.doc is not None else None
-    return _closed_visible(p.closed[:, :, None], group[None, None, :], p, doc_q, slot_doc)[:, None]
+    return closed_visible(p.closed[:, :, None], group[None, None, :], p.window, doc_q, slot_doc)[:, None]
 
 
 # -- chunked ----------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def _closed_patches(q, k, v, p: ClosedPatches, dropout: float) -> torch.Tensor:
     group = torch.cat([torch.zeros_like(p.closed)[..., None], p.closed[..., None] - offsets], dim=-1)  # [B, T, W+1]
     doc_q = p.doc[..., None] if p.doc is not None else None
     slot_doc = p.slot_doc.gather(1, group.clamp(min=0).flatten(1)).view_as(group) if p.slot_doc is not None else None
-    seen = _closed_visible(p.closed[..., None], group, p, doc_q, slot_doc)
+    seen = closed_visible(p.closed[..., None], group, p.window, doc_q, slot_doc)
     seen[..., 1:] &= group[..., 1:] >= 1  # window groups below 1 would duplicate the start slot
     slot = (group.clamp(min=0)[..., None] * p.k + torch.arange(p.k, device=q.device)).flatten(2)  # [B, T, S]
     seen = seen.repeat_interleave(p.k, dim=-1)
@@ -276,7 +277,7 @@ def _closed_by_blocks(q, k, v, p: ClosedPatches, dropout: float) -> torch.Tensor
         s1 = (latest[i] + 1) * p.k
         doc_q = p.doc[:, q0:q1, None] if p.doc is not None else None
         sd = slot_doc[:, None, :s1] if slot_doc is not None else None
-        mask = _closed_visible(p.closed[:, q0:q1, None], slot_group[None, None, :s1], p, doc_q, sd)
+        mask = closed_visible(p.closed[:, q0:q1, None], slot_group[None, None, :s1], p.window, doc_q, sd)
         outs.append(F.scaled_dot_product_attention(
             q[:, :, q0:q1], k[:, :, :s1], v[:, :, :s1], attn_mask=mask[:, None], dropout_p=dropout))
     return torch.cat(outs, dim=2)

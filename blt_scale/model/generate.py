@@ -133,13 +133,12 @@ def generate_batch(
     results = []
     for r in range(B):
         text = stops_of[r].text
-        kept = out[r] if len(text) == sum(1 for i in out[r] if i >= OFFSET) else _cut(out[r], len(text))
-        results.append(Generation(kept, text, prefill_s, decode_s, _patches(stepper, r, history[r], patcher, entropy_model, model)))
+        results.append(Generation(_cut(out[r], len(text)), text, prefill_s, decode_s, _patches(stepper, r, history[r], patcher, entropy_model, model)))
     return results
 
 
 def _cut(ids: list[int], text_len: int) -> list[int]:
-    """The ids whose bytes make the first text_len bytes (a stop string cut the rest)."""
+    """The ids whose bytes make the first text_len bytes (all of them unless a stop string cut the rest)."""
     kept, n = [], 0
     for i in ids:
         if i >= OFFSET:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from blt_scale.model.attention import closed_visible
 from blt_scale.model.blt import BLT
 from blt_scale.model.byte_lm import ByteLM, token_entropies
 from blt_scale.model.kv_cache import KVCache, block_step
@@ -197,12 +198,8 @@ class BLTStepper:
             kk = torch.cat([row.slot_k[block_index][g] for g in groups.tolist()], dim=1)
             vv = torch.cat([row.slot_v[block_index][g] for g in groups.tolist()], dim=1)
             gdoc = torch.tensor([row.slot_doc[g] for g in groups.tolist()], device=self.device)
-            seen = (groups[None] <= c[:, None]) & (groups[None] >= 1)
-            if window is not None:
-                seen &= groups[None] > c[:, None] - window
-            if cfg.doc_mask:
-                seen &= gdoc[None] == doc[r][:, None]
-            seen |= groups[None] == 0
+            seen = closed_visible(c[:, None], groups[None], window, doc[r][:, None] if cfg.doc_mask else None,
+                                  gdoc[None] if cfg.doc_mask else None)
             out.append(_cross_step(block, h[r], kk, vv, seen.repeat_interleave(k, dim=1)))
         return torch.stack(out)
 
