@@ -29,8 +29,14 @@ from blt_scale.parallel.env import DistEnv
 from blt_scale.recipe import load_recipe
 
 BYTES_PER_STEP = 8192
-COMMON = ["wandb.enabled=false", "train.log_every=1000", "train.eval_every=null", "data.corpus_bytes=1500000",
-          "model.encoder.window=128", "model.decoder.window=128"]
+COMMON = [
+    "wandb.enabled=false",
+    "train.log_every=1000",
+    "train.eval_every=null",
+    "data.corpus_bytes=1500000",
+    "model.encoder.window=128",
+    "model.decoder.window=128",
+]
 
 
 def vm_hwm_gb() -> float:
@@ -47,10 +53,18 @@ def child(seq_len: int, backend: str, steps: int) -> dict:
     from blt_scale.train.loop import Trainer
 
     batch = BYTES_PER_STEP // seq_len
-    cfg = load_recipe("cpu_tiny", COMMON + [
-        f"data.seq_len={seq_len}", f"train.global_batch={batch}", f"train.micro_batch={batch}",
-        f"train.steps={steps + 1}", f"model.attention={backend}", f"run_dir={tempfile.mkdtemp(prefix='bench_attn_')}",
-    ])
+    cfg = load_recipe(
+        "cpu_tiny",
+        COMMON
+        + [
+            f"data.seq_len={seq_len}",
+            f"train.global_batch={batch}",
+            f"train.micro_batch={batch}",
+            f"train.steps={steps + 1}",
+            f"model.attention={backend}",
+            f"run_dir={tempfile.mkdtemp(prefix='bench_attn_')}",
+        ],
+    )
     t = Trainer(cfg, DistEnv(), resume="never")
     model, batch_data = t.model, next(iter(t.loader))
     ids, lengths = batch_data["tokens"][:, :-1], batch_data["patch_lengths"]
@@ -59,9 +73,11 @@ def child(seq_len: int, backend: str, steps: int) -> dict:
         t.train_step()  # the first step allocates optimizer state and gradients
         reset_peak()
         rows = [t.train_step() for _ in range(steps)]
-        result |= {"bytes_per_s": statistics.median(r["bytes_per_s"] for r in rows),
-                   "step_s": BYTES_PER_STEP / statistics.median(r["bytes_per_s"] for r in rows),
-                   "peak_rss_gb": vm_hwm_gb()}
+        result |= {
+            "bytes_per_s": statistics.median(r["bytes_per_s"] for r in rows),
+            "step_s": BYTES_PER_STEP / statistics.median(r["bytes_per_s"] for r in rows),
+            "peak_rss_gb": vm_hwm_gb(),
+        }
     with torch.no_grad():
         model(ids, lengths)  # warm-up (flex builds its block masks' kernels)
         times = []
@@ -74,8 +90,20 @@ def child(seq_len: int, backend: str, steps: int) -> dict:
 
 
 def run(seq_len: int, backend: str, steps: int, threads: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", f"{seq_len},{backend}", "--steps", str(steps),
-                          "--threads", str(threads)], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            f"{seq_len},{backend}",
+            "--steps",
+            str(steps),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise SystemExit(f"bench child seq_len={seq_len} backend={backend} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -96,10 +124,13 @@ def main() -> None:
         return
     short, long = run(512, "auto", args.steps, args.threads), run(8192, "auto", args.steps, args.threads)
     report = {
-        "seq512": short, "seq8192": long,
+        "seq512": short,
+        "seq8192": long,
         "bytes_per_s_ratio_8192_over_512": long["bytes_per_s"] / short["bytes_per_s"],
         "peak_rss_ratio_8192_over_512": long["peak_rss_gb"] / short["peak_rss_gb"],
-        "backends": [run(s, b, args.steps, args.threads) for s in (2048, 8192) for b in ("chunked", "dense", "flex")],
+        "backends": [
+            run(s, b, args.steps, args.threads) for s in (2048, 8192) for b in ("chunked", "dense", "flex")
+        ],
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -107,8 +138,10 @@ def main() -> None:
     print(f"cpu_tiny, windows 128, {BYTES_PER_STEP} bytes/step, backend auto:")
     for r in (short, long):
         print(f"  seq {r['seq_len']:5d}: {r['bytes_per_s']:8.0f} B/s, peak RSS {r['peak_rss_gb']:.2f} GB")
-    print(f"  bytes/s 8192 / 512 = {report['bytes_per_s_ratio_8192_over_512']:.2f} (goal >= 0.7), "
-          f"peak memory 8192 / 512 = {report['peak_rss_ratio_8192_over_512']:.2f} (goal <= 1.3)")
+    print(
+        f"  bytes/s 8192 / 512 = {report['bytes_per_s_ratio_8192_over_512']:.2f} (goal >= 0.7), "
+        f"peak memory 8192 / 512 = {report['peak_rss_ratio_8192_over_512']:.2f} (goal <= 1.3)"
+    )
     print("backend  seq   train step s   forward s   peak RSS GB")
     for r in report["backends"]:
         step = f"{r['step_s']:12.3f}" if "step_s" in r else "  (no CPU bwd)"

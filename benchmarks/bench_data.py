@@ -65,8 +65,13 @@ def conversion_seconds(corpus: Path, out: Path, workers: int) -> float:
 def loader_bytes_per_s(dataset: Path, cache: Path, workers: int, batches: int = 300) -> float:
     recipe = load_recipe("cpu_tiny")
     micro = recipe.train.micro_batch_for(1)
-    cfg = DataConfig(seq_len=recipe.data.seq_len, sources=[{"uri": str(dataset)}], workers=workers,
-                     streams=micro, cache_dir=str(cache))
+    cfg = DataConfig(
+        seq_len=recipe.data.seq_len,
+        sources=[{"uri": str(dataset)}],
+        workers=workers,
+        streams=micro,
+        cache_dir=str(cache),
+    )
     it = iter(build_loader(cfg, recipe.patcher, micro, seed=0))
     for _ in range(20):  # worker start-up and shard fetching are not the steady state
         next(it)
@@ -80,7 +85,10 @@ def fetched_per_rank_over_dataset(corpus: Path, tmp: Path) -> float:
     """Two ranks (own caches) read one epoch's rows of one round of the corpus in 256 KB shards:
     shard bytes each fetched / dataset bytes, averaged."""
     dataset, cache = tmp / "ds_small_shards", tmp / "caches"
-    convert_text(TextPrepConfig(inputs=[str(corpus / "round000")], out=str(dataset), shard_size=256_000), progress=False)
+    convert_text(
+        TextPrepConfig(inputs=[str(corpus / "round000")], out=str(dataset), shard_size=256_000),
+        progress=False,
+    )
     recipe = load_recipe("cpu_tiny")
     micro = recipe.train.micro_batch_for(2)
     shards = json.loads((dataset / "train" / "index.json").read_text())["shards"]
@@ -88,8 +96,12 @@ def fetched_per_rank_over_dataset(corpus: Path, tmp: Path) -> float:
     epoch_ids = sum(s["raw_data"]["bytes"] for s in shards)  # about one id per stored byte
     ratios = []
     for rank in range(2):
-        cfg = DataConfig(seq_len=recipe.data.seq_len, sources=[{"uri": str(dataset)}], streams=2 * micro,
-                         cache_dir=str(cache / f"rank{rank}"))
+        cfg = DataConfig(
+            seq_len=recipe.data.seq_len,
+            sources=[{"uri": str(dataset)}],
+            streams=2 * micro,
+            cache_dir=str(cache / f"rank{rank}"),
+        )
         loader = build_loader(cfg, recipe.patcher, micro, rank=rank, world_size=2, seed=0)
         it = iter(loader)
         for _ in range(epoch_ids // (2 * micro * (recipe.data.seq_len + 1))):
@@ -99,8 +111,15 @@ def fetched_per_rank_over_dataset(corpus: Path, tmp: Path) -> float:
 
 
 def train_bytes_per_s(run_dir: Path, steps: int = 20) -> float:
-    cmd = [str(REPO / ".venv/bin/blt"), "train", "cpu_tiny", f"train.steps={steps}", f"run_dir={run_dir}",
-           "wandb.enabled=false", "train.log_every=1"]
+    cmd = [
+        str(REPO / ".venv/bin/blt"),
+        "train",
+        "cpu_tiny",
+        f"train.steps={steps}",
+        f"run_dir={run_dir}",
+        "wandb.enabled=false",
+        "train.log_every=1",
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["bytes_per_s"] for r in rows if "bytes_per_s" in r and r.get("split") is None]
@@ -124,18 +143,29 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     figures = {
-        "corpus_mb": size / 1e6, "prep_workers": args.workers,
-        "prep_mb_per_s": size / 1e6 / prep_s, "zstd3_mb_per_s": size / 1e6 / zstd_s, "prep_vs_zstd3": zstd_s / prep_s,
-        "loader_workers": args.workers, "loader_bytes_per_s": load, "cpu_tiny_train_bytes_per_s": train,
-        "loader_vs_train": load / train, "cpus": os.cpu_count(), "fetched_per_rank_over_dataset_2_ranks": fetched,
+        "corpus_mb": size / 1e6,
+        "prep_workers": args.workers,
+        "prep_mb_per_s": size / 1e6 / prep_s,
+        "zstd3_mb_per_s": size / 1e6 / zstd_s,
+        "prep_vs_zstd3": zstd_s / prep_s,
+        "loader_workers": args.workers,
+        "loader_bytes_per_s": load,
+        "cpu_tiny_train_bytes_per_s": train,
+        "loader_vs_train": load / train,
+        "cpus": os.cpu_count(),
+        "fetched_per_rank_over_dataset_2_ranks": fetched,
     }
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"corpus {figures['corpus_mb']:.0f} MB; conversion ({args.workers} workers) {figures['prep_mb_per_s']:.1f} MB/s, "
-          f"zstd -3 {figures['zstd3_mb_per_s']:.1f} MB/s, ratio {figures['prep_vs_zstd3']:.2f} (goal >= 0.5)")
-    print(f"loader ({args.workers} workers) {load / 1e6:.2f} MB/s packed; cpu_tiny trains at {train / 1e3:.2f} kB/s; "
-          f"ratio {figures['loader_vs_train']:.0f}x (goal >= 50x)")
+    print(
+        f"corpus {figures['corpus_mb']:.0f} MB; conversion ({args.workers} workers) {figures['prep_mb_per_s']:.1f} MB/s, "
+        f"zstd -3 {figures['zstd3_mb_per_s']:.1f} MB/s, ratio {figures['prep_vs_zstd3']:.2f} (goal >= 0.5)"
+    )
+    print(
+        f"loader ({args.workers} workers) {load / 1e6:.2f} MB/s packed; cpu_tiny trains at {train / 1e3:.2f} kB/s; "
+        f"ratio {figures['loader_vs_train']:.0f}x (goal >= 50x)"
+    )
     print(f"2 ranks, one epoch: each fetched {fetched:.2f} of the dataset's shard bytes (goal about 0.5)")
 
 

@@ -31,7 +31,9 @@ def stdlib_text(n: int) -> bytes:
 
 def decode_s_per_byte(model, patcher, prefix: int, new: int, cache: bool) -> float:
     prompt = encode(stdlib_text(prefix), bos=True)
-    runs = [generate_batch(model, [prompt], new, patcher, cache=cache, stop_at_eos=False)[0] for _ in range(2)]
+    runs = [
+        generate_batch(model, [prompt], new, patcher, cache=cache, stop_at_eos=False)[0] for _ in range(2)
+    ]
     return min(r.decode_s_per_byte for r in runs)
 
 
@@ -51,17 +53,26 @@ def main() -> None:
         long = decode_s_per_byte(model, cfg.patcher, 4096, args.new, cache=True)
         cached = decode_s_per_byte(model, cfg.patcher, 1024, args.new // 4, cache=True)
         uncached = decode_s_per_byte(model, cfg.patcher, 1024, args.new // 4, cache=False)
-        report[recipe] = {"decode_s_per_byte_prefix64": short, "decode_s_per_byte_prefix4096": long,
-                          "ratio_4096_over_64": long / short, "cached_bytes_per_s_prefix1024": 1 / cached,
-                          "no_cache_bytes_per_s_prefix1024": 1 / uncached, "cached_speedup_prefix1024": uncached / cached}
+        report[recipe] = {
+            "decode_s_per_byte_prefix64": short,
+            "decode_s_per_byte_prefix4096": long,
+            "ratio_4096_over_64": long / short,
+            "cached_bytes_per_s_prefix1024": 1 / cached,
+            "no_cache_bytes_per_s_prefix1024": 1 / uncached,
+            "cached_speedup_prefix1024": uncached / cached,
+        }
     if args.json:
         print(json.dumps(report, indent=2))
         return
     for recipe, r in report.items():
-        print(f"{recipe}: {r['decode_s_per_byte_prefix64'] * 1e3:.2f} ms/byte after 64 bytes, "
-              f"{r['decode_s_per_byte_prefix4096'] * 1e3:.2f} ms/byte after 4096: ratio {r['ratio_4096_over_64']:.2f} (goal <= 1.5)")
-        print(f"  after 1024 bytes: cached {r['cached_bytes_per_s_prefix1024']:.0f} B/s, no cache "
-              f"{r['no_cache_bytes_per_s_prefix1024']:.0f} B/s ({r['cached_speedup_prefix1024']:.1f}x)")
+        print(
+            f"{recipe}: {r['decode_s_per_byte_prefix64'] * 1e3:.2f} ms/byte after 64 bytes, "
+            f"{r['decode_s_per_byte_prefix4096'] * 1e3:.2f} ms/byte after 4096: ratio {r['ratio_4096_over_64']:.2f} (goal <= 1.5)"
+        )
+        print(
+            f"  after 1024 bytes: cached {r['cached_bytes_per_s_prefix1024']:.0f} B/s, no cache "
+            f"{r['no_cache_bytes_per_s_prefix1024']:.0f} B/s ({r['cached_speedup_prefix1024']:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

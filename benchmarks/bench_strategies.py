@@ -25,26 +25,50 @@ from pathlib import Path
 from blt_scale.train.launch import spawn_ranks, wait_ranks
 from blt_scale.train.records import read_jsonl
 
-COMMON = ["wandb.enabled=false", "train.micro_batch=4", "train.log_every=1", "train.eval_every=null", "checkpoint.every=null",
-          "train.peak_flops=1e12", "data.corpus_bytes=2000000"]
+COMMON = [
+    "wandb.enabled=false",
+    "train.micro_batch=4",
+    "train.log_every=1",
+    "train.eval_every=null",
+    "checkpoint.every=null",
+    "train.peak_flops=1e12",
+    "data.corpus_bytes=2000000",
+]
 STRATEGIES = {
     "fsdp": ["parallel.strategy=fsdp"],
     "zero1": ["parallel.strategy=deepspeed", "parallel.zero_stage=1"],
     "zero2": ["parallel.strategy=deepspeed", "parallel.zero_stage=2"],
     "zero3": ["parallel.strategy=deepspeed", "parallel.zero_stage=3"],
-    "zero3_offload": ["parallel.strategy=deepspeed", "parallel.zero_stage=3", "parallel.offload_optimizer=true",
-                      "parallel.offload_param=true"],
+    "zero3_offload": [
+        "parallel.strategy=deepspeed",
+        "parallel.zero_stage=3",
+        "parallel.offload_optimizer=true",
+        "parallel.offload_param=true",
+    ],
 }
 
 
-def measure(name: str, recipe: str, overrides: list[str], nproc: int, steps: int, warmup: int, root: Path) -> dict:
+def measure(
+    name: str, recipe: str, overrides: list[str], nproc: int, steps: int, warmup: int, root: Path
+) -> dict:
     run_dir = root / name
-    args = [recipe, *COMMON, *overrides, *STRATEGIES[name], f"train.steps={steps + warmup}", f"run_dir={run_dir}",
-            "--resume", "never"]
+    args = [
+        recipe,
+        *COMMON,
+        *overrides,
+        *STRATEGIES[name],
+        f"train.steps={steps + warmup}",
+        f"run_dir={run_dir}",
+        "--resume",
+        "never",
+    ]
     log = root / f"{name}.log"
     with open(log, "w") as out:
-        code = wait_ranks(spawn_ranks(args, nproc, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=out,
-                                      stderr=subprocess.STDOUT))
+        code = wait_ranks(
+            spawn_ranks(
+                args, nproc, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=out, stderr=subprocess.STDOUT
+            )
+        )
     if code != 0:
         raise SystemExit(f"{name}: ranks exited {code}; see {log}:\n{log.read_text()[-3000:]}")
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "split" not in r]
@@ -70,15 +94,21 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_strategies_") as tmp:
-        report = {name: measure(name, args.recipe, args.overrides, args.nproc, args.steps, args.warmup, Path(tmp))
-                  for name in args.only}
+        report = {
+            name: measure(name, args.recipe, args.overrides, args.nproc, args.steps, args.warmup, Path(tmp))
+            for name in args.only
+        }
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{args.recipe} {' '.join(args.overrides)}: {args.nproc} ranks, median of {args.steps} steps after {args.warmup}")
+    print(
+        f"{args.recipe} {' '.join(args.overrides)}: {args.nproc} ranks, median of {args.steps} steps after {args.warmup}"
+    )
     print(f"{'strategy':<15}{'step s':>9}{'peak GB':>9}{'state MB/rank':>15}{'optim MB/rank':>15}{'loss':>8}")
     for name, r in report.items():
-        print(f"{name:<15}{r['step_s']:>9.3f}{r['peak_gb']:>9.3f}{r['state_mb']:>15.2f}{r['optim_mb']:>15.2f}{r['final_loss']:>8.3f}")
+        print(
+            f"{name:<15}{r['step_s']:>9.3f}{r['peak_gb']:>9.3f}{r['state_mb']:>15.2f}{r['optim_mb']:>15.2f}{r['final_loss']:>8.3f}"
+        )
 
 
 if __name__ == "__main__":

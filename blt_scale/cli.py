@@ -56,14 +56,22 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(f"{name:<22}{report.params[name]:>16,}{lin:>16.4g}{att:>16.4g}")
     total_lin, total_att = sum(report.linear.values()), sum(report.attention.values())
     print(f"{'total':<22}{report.total_params:>16,}{total_lin:>16.4g}{total_att:>16.4g}")
-    print(f"forward FLOPs/byte {report.forward_per_byte:.4g}, training FLOPs/byte {report.train_per_byte:.4g}")
+    print(
+        f"forward FLOPs/byte {report.forward_per_byte:.4g}, training FLOPs/byte {report.train_per_byte:.4g}"
+    )
     return 0
 
 
 # Modules that add their own subcommands: each has `register(subparsers)`; the heavy imports
 # happen inside the commands, so `blt --help` stays fast.
-COMMAND_MODULES: list[str] = ["blt_scale.data.prep_cli", "blt_scale.train.cli", "blt_scale.sweep.cli", "blt_scale.launch.cli",
-                             "blt_scale.parallel.ds_checkpoint", "blt_scale.train.eval_brain"]
+COMMAND_MODULES: list[str] = [
+    "blt_scale.data.prep_cli",
+    "blt_scale.train.cli",
+    "blt_scale.sweep.cli",
+    "blt_scale.launch.cli",
+    "blt_scale.parallel.ds_checkpoint",
+    "blt_scale.train.eval_brain",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,17 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flops", help="parameters and FLOPs per byte of a recipe, by component")
     add_recipe_args(p)
-    p.add_argument("--patch-bytes", type=float, default=None, help="mean bytes per patch (default: from the patcher)")
+    p.add_argument(
+        "--patch-bytes", type=float, default=None, help="mean bytes per patch (default: from the patcher)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
 
-    p = sub.add_parser("calibrate", help="the entropy threshold that gives a target mean patch size on a dataset")
+    p = sub.add_parser(
+        "calibrate", help="the entropy threshold that gives a target mean patch size on a dataset"
+    )
     add_recipe_args(p)
-    p.add_argument("--data", required=True, help="a dataset with entropies (`blt prep entropies`), path or fsspec URI")
-    p.add_argument("--target-patch-bytes", type=float, required=True, help="the mean patch size wanted, in bytes")
-    p.add_argument("--documents", type=int, default=512, help="documents sampled from the split (default: 512)")
+    p.add_argument(
+        "--data", required=True, help="a dataset with entropies (`blt prep entropies`), path or fsspec URI"
+    )
+    p.add_argument(
+        "--target-patch-bytes", type=float, required=True, help="the mean patch size wanted, in bytes"
+    )
+    p.add_argument(
+        "--documents", type=int, default=512, help="documents sampled from the split (default: 512)"
+    )
     p.add_argument("--split", default="train", help="split to sample (default: train)")
-    p.add_argument("--json", action="store_true", help="print threshold, field, mean_patch_bytes, documents as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print threshold, field, mean_patch_bytes, documents as JSON"
+    )
     p.set_defaults(func=cmd_calibrate)
 
     return parser
@@ -96,9 +116,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from blt_scale.recipe import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
-    row = calibrate(args.data, cfg.patcher, args.target_patch_bytes, args.documents, args.split, cfg.data.cache_dir)
-    print(json.dumps(row) if args.json else f"{row['field']}={row['threshold']:.6g} gives {row['mean_patch_bytes']:.3f} "
-          f"bytes/patch on {row['documents']} documents of {args.data} ({args.split})")
+    row = calibrate(
+        args.data, cfg.patcher, args.target_patch_bytes, args.documents, args.split, cfg.data.cache_dir
+    )
+    print(
+        json.dumps(row)
+        if args.json
+        else f"{row['field']}={row['threshold']:.6g} gives {row['mean_patch_bytes']:.3f} "
+        f"bytes/patch on {row['documents']} documents of {args.data} ({args.split})"
+    )
     return 0
 
 

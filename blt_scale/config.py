@@ -25,9 +25,18 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
-
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+_UNITS = {
+    "": 1,
+    "k": 1e3,
+    "m": 1e6,
+    "g": 1e9,
+    "t": 1e12,
+    "ki": 1 << 10,
+    "mi": 1 << 20,
+    "gi": 1 << 30,
+    "ti": 1 << 40,
+}
 
 
 def size_bytes(value: str | int) -> int:
@@ -89,7 +98,11 @@ def _merge(base: dict, update: dict) -> None:
     extending a BLT recipe swaps the whole model, not a mix of both)."""
     for key, value in update.items():
         old = base.get(key)
-        same_kind = isinstance(old, dict) and isinstance(value, dict) and value.get("kind", old.get("kind")) == old.get("kind")
+        same_kind = (
+            isinstance(old, dict)
+            and isinstance(value, dict)
+            and value.get("kind", old.get("kind")) == old.get("kind")
+        )
         if same_kind:
             _merge(base[key], value)
         else:
@@ -132,10 +145,14 @@ def _explain(err: ValidationError, schema: type[BaseModel], data: dict, sources,
             valid = _valid_keys(schema, loc[:-1], data)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
-            messages.append(f"unknown key {key!r} set {source}; {hint or 'valid keys here: ' + ', '.join(valid)}")
+            messages.append(
+                f"unknown key {key!r} set {source}; {hint or 'valid keys here: ' + ', '.join(valid)}"
+            )
         elif e["type"] == "missing":
             messages.append(f"missing required key {key!r} (recipe {path})")
-        elif isinstance(e.get("input"), dict):  # a section's own check across its keys: its message names them
+        elif isinstance(
+            e.get("input"), dict
+        ):  # a section's own check across its keys: its message names them
             section = f", section {key!r}" if key else ""
             messages.append(f"{e['msg'].removeprefix('Value error, ')} (recipe {path}{section})")
         else:
@@ -159,7 +176,9 @@ def _submodel(annotation: Any, value: Any) -> type[BaseModel] | None:
     for arg in args:  # Annotated[Union[...], Field(discriminator=...)]
         candidates += [a for a in typing.get_args(arg) if isinstance(a, type) and issubclass(a, BaseModel)]
     if len(candidates) > 1 and isinstance(value, dict):
-        tagged = [c for c in candidates if value.get("kind") in typing.get_args(c.model_fields["kind"].annotation)]
+        tagged = [
+            c for c in candidates if value.get("kind") in typing.get_args(c.model_fields["kind"].annotation)
+        ]
         candidates = tagged or candidates
     return candidates[0] if candidates else None
 
@@ -186,7 +205,11 @@ def _strip_union_tags(loc: tuple, schema: type[BaseModel], data: dict) -> tuple:
     """Pydantic puts a discriminated union's tag into the error location; users never wrote it."""
     out: list = []
     for part in loc:
-        if out and _walk(schema, tuple(out), data) is not None and part not in _valid_keys(schema, tuple(out), data):
+        if (
+            out
+            and _walk(schema, tuple(out), data) is not None
+            and part not in _valid_keys(schema, tuple(out), data)
+        ):
             node = data
             for p in out:
                 node = node.get(p, {}) if isinstance(node, dict) else {}

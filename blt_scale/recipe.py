@@ -33,7 +33,7 @@ class RunConfig(Config):
     wandb: WandbConfig = WandbConfig()
 
     @model_validator(mode="after")
-    def _brain_text_is_the_sequence(self) -> "RunConfig":
+    def _brain_text_is_the_sequence(self) -> RunConfig:
         # The trainer counts bytes, FLOPs and throughput with seq_len; a brain sample's text is
         # text_bytes + 1 input ids (BOS + bytes, or bytes + EOS as targets).
         brain = self.data.brain

@@ -47,8 +47,18 @@ def word_sequence(n_words: int, seed: int = 0, words: list[str] = WORDS) -> list
     return [words[i] for i in rng.integers(0, len(words), n_words)]
 
 
-def synth(n_channels: int, sfreq: float, n_words: int, seed: int = 0, spacing: float = 1.0, lead: float = 1.0,
-          tail: float = 3.0, decodable: bool = True, noise: float = 0.3, words: list[str] | None = None):
+def synth(
+    n_channels: int,
+    sfreq: float,
+    n_words: int,
+    seed: int = 0,
+    spacing: float = 1.0,
+    lead: float = 1.0,
+    tail: float = 3.0,
+    decodable: bool = True,
+    noise: float = 0.3,
+    words: list[str] | None = None,
+):
     """(data [C, T] in unit scale, [(onset_s, word)]): words every `spacing` s after `lead` s."""
     words = words if words is not None else word_sequence(n_words, seed)
     duration = lead + spacing * len(words) + tail
@@ -62,25 +72,36 @@ def synth(n_channels: int, sfreq: float, n_words: int, seed: int = 0, spacing: f
             pat = word_pattern(word, n_channels, sfreq)
             start = int(round(onset * sfreq))
             stop = min(start + pat.shape[1], data.shape[1])
-            data[:, start:stop] += pat[:, :stop - start]
+            data[:, start:stop] += pat[:, : stop - start]
     return data, events
 
 
 def meg_masc_description(word: str, story: str = "lw1", kind: str = "word") -> str:
-    return str({"story": story, "story_uid": 0, "sound_id": 0, "kind": kind, "word": word, "phoneme": word[:1]})
+    return str(
+        {"story": story, "story_uid": 0, "sound_id": 0, "kind": kind, "word": word, "phoneme": word[:1]}
+    )
 
 
 def _annotate(raw, events, meg_masc: bool):
     import mne
 
     descriptions = [meg_masc_description(w) if meg_masc else w for _, w in events]
-    raw.set_annotations(mne.Annotations([o for o, _ in events], [0.3] * len(events), descriptions,
-                                        orig_time=raw.info["meas_date"]))
+    raw.set_annotations(
+        mne.Annotations(
+            [o for o, _ in events], [0.3] * len(events), descriptions, orig_time=raw.info["meas_date"]
+        )
+    )
     return raw
 
 
-def make_eeg_raw(n_words: int = 20, sfreq: float = 100.0, channels: list[str] = EEG_CHANNELS, seed: int = 0,
-                 meg_masc: bool = False, **kw):
+def make_eeg_raw(
+    n_words: int = 20,
+    sfreq: float = 100.0,
+    channels: list[str] = EEG_CHANNELS,
+    seed: int = 0,
+    meg_masc: bool = False,
+    **kw,
+):
     """(mne Raw with standard_1020 positions and text annotations, [(onset_s, word)])."""
     import mne
 
@@ -109,8 +130,9 @@ def meg_info(n_channels: int, sfreq: float):
     return info
 
 
-def make_meg_raw(n_words: int = 20, sfreq: float = 200.0, n_channels: int = 12, seed: int = 0,
-                 meg_masc: bool = True, **kw):
+def make_meg_raw(
+    n_words: int = 20, sfreq: float = 200.0, n_channels: int = 12, seed: int = 0, meg_masc: bool = True, **kw
+):
     import mne
 
     data, events = synth(n_channels, sfreq, n_words, seed, **kw)
@@ -151,12 +173,18 @@ def write_brainvision(path: Path, **kw) -> tuple[Path, list]:
         "Brain Vision Data Exchange Header File Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
         f"DataFile={stem.name}.eeg\nMarkerFile={stem.name}.vmrk\nDataFormat=BINARY\nDataOrientation=MULTIPLEXED\n"
         f"NumberOfChannels={len(raw.ch_names)}\nSamplingInterval={1e6 / raw.info['sfreq']:g}\n"
-        "[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n[Channel Infos]\n" + channels, encoding="utf-8")
-    markers = "".join(f"Mk{i + 2}=Comment,{word},{int(round(onset * raw.info['sfreq'])) + 1},1,0\n"
-                      for i, (onset, word) in enumerate(events))
+        "[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n[Channel Infos]\n" + channels,
+        encoding="utf-8",
+    )
+    markers = "".join(
+        f"Mk{i + 2}=Comment,{word},{int(round(onset * raw.info['sfreq'])) + 1},1,0\n"
+        for i, (onset, word) in enumerate(events)
+    )
     stem.with_suffix(".vmrk").write_text(
         "Brain Vision Data Exchange Marker File, Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
-        f"DataFile={stem.name}.eeg\n[Marker Infos]\nMk1=New Segment,,1,1,0\n" + markers, encoding="utf-8")
+        f"DataFile={stem.name}.eeg\n[Marker Infos]\nMk1=New Segment,,1,1,0\n" + markers,
+        encoding="utf-8",
+    )
     return path, events
 
 
@@ -168,19 +196,46 @@ def write_eeglab(path: Path, **kw) -> tuple[Path, list]:
     raw, events = make_eeg_raw(**kw)
     sfreq, data = raw.info["sfreq"], raw.get_data() * 1e6  # microvolts
     pos = [ch["loc"][:3] for ch in raw.info["chs"]]
-    chanlocs = np.array([(n, p[0], p[1], p[2]) for n, p in zip(raw.ch_names, pos)],
-                        dtype=[("labels", object), ("X", float), ("Y", float), ("Z", float)])
-    evs = np.array([(w, o * sfreq + 1, 0.0) for o, w in events], dtype=[("type", object), ("latency", float), ("duration", float)])
-    eeg = {"setname": "fixture", "nbchan": float(len(pos)), "trials": 1.0, "pnts": float(data.shape[1]), "srate": sfreq,
-           "xmin": 0.0, "xmax": (data.shape[1] - 1) / sfreq, "data": data.astype(np.float32), "chanlocs": chanlocs,
-           "event": evs, "icawinv": np.array([]), "icasphere": np.array([]), "icaweights": np.array([]),
-           "times": np.array([]), "ref": "common", "epoch": np.array([])}
+    chanlocs = np.array(
+        [(n, p[0], p[1], p[2]) for n, p in zip(raw.ch_names, pos)],
+        dtype=[("labels", object), ("X", float), ("Y", float), ("Z", float)],
+    )
+    evs = np.array(
+        [(w, o * sfreq + 1, 0.0) for o, w in events],
+        dtype=[("type", object), ("latency", float), ("duration", float)],
+    )
+    eeg = {
+        "setname": "fixture",
+        "nbchan": float(len(pos)),
+        "trials": 1.0,
+        "pnts": float(data.shape[1]),
+        "srate": sfreq,
+        "xmin": 0.0,
+        "xmax": (data.shape[1] - 1) / sfreq,
+        "data": data.astype(np.float32),
+        "chanlocs": chanlocs,
+        "event": evs,
+        "icawinv": np.array([]),
+        "icasphere": np.array([]),
+        "icaweights": np.array([]),
+        "times": np.array([]),
+        "ref": "common",
+        "epoch": np.array([]),
+    }
     scipy.io.savemat(path, {"EEG": eeg}, appendmat=False)
     return path, events
 
 
-def write_bids_meg_masc(root: Path, subjects=("01", "02"), session: str = "0", n_words: int = 20, bom: bool = False,
-                        phonemes: bool = True, events: bool = True, **kw) -> tuple[Path, dict]:
+def write_bids_meg_masc(
+    root: Path,
+    subjects=("01", "02"),
+    session: str = "0",
+    n_words: int = 20,
+    bom: bool = False,
+    phonemes: bool = True,
+    events: bool = True,
+    **kw,
+) -> tuple[Path, dict]:
     """A BIDS root of MEG-like recordings, one per subject; events.tsv holds MEG-MASC dict
     literals: each word, a phoneme 0.05 s after it, and a sound event at 0. Returns the root
     and {subject: [(onset_s, word)]}."""
@@ -195,8 +250,11 @@ def write_bids_meg_masc(root: Path, subjects=("01", "02"), session: str = "0", n
             rows.append((onset, meg_masc_description(word)))
             if phonemes:
                 rows.append((onset + 0.05, meg_masc_description(word, kind="phoneme")))
-        raw.set_annotations(mne.Annotations([o for o, _ in rows], [0.1] * len(rows), [d for _, d in rows],
-                                            orig_time=raw.info["meas_date"]))
+        raw.set_annotations(
+            mne.Annotations(
+                [o for o, _ in rows], [0.1] * len(rows), [d for _, d in rows], orig_time=raw.info["meas_date"]
+            )
+        )
         bp = mne_bids.BIDSPath(subject=sub, session=session, task="story", datatype="meg", root=root)
         fif = root.parent / f"_tmp_{sub}_raw.fif"
         raw.save(fif, overwrite=True, verbose="error")
@@ -220,7 +278,9 @@ def read_events_tsv(path: Path) -> list[dict]:
     return [{**r, "trial_type": ast.literal_eval(r["trial_type"])} for r in rows]
 
 
-def direct_preprocess(raw, picks, notch, l_freq, h_freq, resample, reference, clamp=20.0) -> tuple[np.ndarray, float]:
+def direct_preprocess(
+    raw, picks, notch, l_freq, h_freq, resample, reference, clamp=20.0
+) -> tuple[np.ndarray, float]:
     """The default preprocessing done with direct mne calls and numpy, not the library: what
     prepared windows are compared against. Returns (data [C, T], sfreq)."""
     raw = raw.copy().load_data().pick(picks)
@@ -237,8 +297,16 @@ def direct_preprocess(raw, picks, notch, l_freq, h_freq, resample, reference, cl
     return np.clip((x - med) / iqr, -clamp, clamp), raw.info["sfreq"]
 
 
-def prep_fixture_dataset(tmp_path: Path, n_words: int = 40, kind: str = "eeg", subjects: int = 2,
-                         decodable: bool = True, overrides: list[str] = (), name: str = "brain_ds", **kw) -> str:
+def prep_fixture_dataset(
+    tmp_path: Path,
+    n_words: int = 40,
+    kind: str = "eeg",
+    subjects: int = 2,
+    decodable: bool = True,
+    overrides: list[str] = (),
+    name: str = "brain_ds",
+    **kw,
+) -> str:
     """Write `subjects` recordings (EEG FIFs or a MEG-MASC BIDS root) and prepare them with the
     library into an MDS dataset; returns its URI. Defaults keep it small: 10 EEG channels at
     100 Hz (or 12 MEG at 200 Hz -> 100 Hz), one word per second, windows -0.1...0.6 s."""
@@ -249,12 +317,23 @@ def prep_fixture_dataset(tmp_path: Path, n_words: int = 40, kind: str = "eeg", s
     src.mkdir(parents=True, exist_ok=True)
     base = ["windows.tmin=-0.1", "windows.tmax=0.6", "val_fraction=0.1"]
     if kind == "eeg":
-        inputs = [str(write_eeg_fif(src / f"sub-{i + 1:02d}_raw.fif", n_words=n_words, seed=i, decodable=decodable, **kw)[0])
-                  for i in range(subjects)]
+        inputs = [
+            str(
+                write_eeg_fif(
+                    src / f"sub-{i + 1:02d}_raw.fif", n_words=n_words, seed=i, decodable=decodable, **kw
+                )[0]
+            )
+            for i in range(subjects)
+        ]
         preset = "eeg-default"
     elif kind == "meg":
-        root, _ = write_bids_meg_masc(src / "bids", subjects=[f"{i + 1:02d}" for i in range(subjects)],
-                                      n_words=n_words, decodable=decodable, **kw)
+        root, _ = write_bids_meg_masc(
+            src / "bids",
+            subjects=[f"{i + 1:02d}" for i in range(subjects)],
+            n_words=n_words,
+            decodable=decodable,
+            **kw,
+        )
         inputs, preset = [str(root)], "meg-masc"
         base.append("preprocess.notch=[]")  # 200 Hz fixtures: keep it quick
     else:

@@ -5,7 +5,6 @@ one loader rank (`python tests/data_helpers.py loader ARGS_JSON`)."""
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import sys
@@ -24,8 +23,10 @@ from blt_scale.model.vocab import BOS, EOS, OFFSET  # noqa: E402
 def make_documents(n: int, seed: int = 0, lo: int = 20, hi: int = 300, tag: bytes = b"") -> list[bytes]:
     """Unique documents of random bytes (plenty of invalid UTF-8) with a readable header."""
     rng = np.random.default_rng(seed)
-    return [tag + b"doc %05d|" % i + rng.integers(0, 256, int(rng.integers(lo, hi)), dtype=np.uint8).tobytes()
-            for i in range(n)]
+    return [
+        tag + b"doc %05d|" % i + rng.integers(0, 256, int(rng.integers(lo, hi)), dtype=np.uint8).tobytes()
+        for i in range(n)
+    ]
 
 
 def write_text_files(directory: Path, docs: list[bytes]) -> list[Path]:
@@ -54,8 +55,13 @@ def read_mds_split(local_path: str, split: str, tmp: Path) -> list[dict]:
     """Every sample of a local MDS split, read by mosaicml-streaming's own StreamingDataset."""
     from streaming import StreamingDataset
 
-    ds = StreamingDataset(local=str(tmp / f"cache_{split}"), remote=os.path.join(local_path, split),
-                          shuffle=False, batch_size=1, validate_hash="xxh64")
+    ds = StreamingDataset(
+        local=str(tmp / f"cache_{split}"),
+        remote=os.path.join(local_path, split),
+        shuffle=False,
+        batch_size=1,
+        validate_hash="xxh64",
+    )
     return [ds[i] for i in range(len(ds))]
 
 
@@ -69,8 +75,9 @@ def read_wds_split(root: Path, split: str) -> list[bytes]:
     return docs
 
 
-def export_entropy_model(out: Path, seed: int = 0, window: int = 8, layers: int = 2, seq_len: int = 64,
-                         sharpen: float = 30.0) -> Path:
+def export_entropy_model(
+    out: Path, seed: int = 0, window: int = 8, layers: int = 2, seq_len: int = 64, sharpen: float = 30.0
+) -> Path:
     """A tiny random byte LM in the exported format. Its output layer is scaled up so entropies
     spread over a wide range instead of sitting near ln(259)."""
     import torch
@@ -79,8 +86,16 @@ def export_entropy_model(out: Path, seed: int = 0, window: int = 8, layers: int 
     from blt_scale.recipe import load_recipe
     from blt_scale.train.export import save_exported
 
-    cfg = load_recipe("cpu_entropy_model", [f"model.dim=32", f"model.layers={layers}", "model.heads=2",
-                                            f"model.window={window}", f"data.seq_len={seq_len}"])
+    cfg = load_recipe(
+        "cpu_entropy_model",
+        [
+            "model.dim=32",
+            f"model.layers={layers}",
+            "model.heads=2",
+            f"model.window={window}",
+            f"data.seq_len={seq_len}",
+        ],
+    )
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     with torch.no_grad():
@@ -88,7 +103,9 @@ def export_entropy_model(out: Path, seed: int = 0, window: int = 8, layers: int 
     return save_exported(model.state_dict(), cfg, out)
 
 
-def stream_sequences(batches: list[dict], streams: list[int], micro_batch: int) -> dict[int, list[np.ndarray]]:
+def stream_sequences(
+    batches: list[dict], streams: list[int], micro_batch: int
+) -> dict[int, list[np.ndarray]]:
     """Rows of one rank's batches grouped by stream, using the documented serving order: the
     rank cycles through its streams, micro-batch i row b coming from streams[(i*m + b) % k]."""
     out: dict[int, list[np.ndarray]] = {s: [] for s in streams}
@@ -105,7 +122,7 @@ def split_documents(ids: np.ndarray) -> list[bytes]:
         if ids[pos] == BOS:
             start = pos
         elif start is not None:
-            docs.append(bytes((ids[start + 1:pos] - OFFSET).astype(np.uint8)))
+            docs.append(bytes((ids[start + 1 : pos] - OFFSET).astype(np.uint8)))
             start = None
     return docs
 
@@ -115,8 +132,14 @@ def _run_loader(args: dict) -> None:
     from blt_scale.data.loader import DataConfig, build_loader
     from blt_scale.model.patcher import PatcherConfig
 
-    loader = build_loader(DataConfig(**args["data"]), PatcherConfig(**args.get("patcher", {})), args["micro_batch"],
-                          rank=args["rank"], world_size=args["world_size"], seed=args.get("seed", 0))
+    loader = build_loader(
+        DataConfig(**args["data"]),
+        PatcherConfig(**args.get("patcher", {})),
+        args["micro_batch"],
+        rank=args["rank"],
+        world_size=args["world_size"],
+        seed=args.get("seed", 0),
+    )
     if args.get("state"):
         loader.load_state_dict(json.loads(Path(args["state"]).read_text()))
     it = iter(loader)

@@ -17,12 +17,28 @@ from blt_scale.train.records import read_jsonl
 
 # A BLT small enough that a 20-step, 2-rank run takes seconds; fixed peak so no matmul benchmark.
 TINY = [
-    "model.encoder.dim=32", "model.encoder.layers=1", "model.encoder.heads=2", "model.encoder.window=64",
-    "model.global.dim=64", "model.global.layers=2", "model.global.heads=2",
-    "model.decoder.dim=32", "model.decoder.layers=1", "model.decoder.heads=2", "model.decoder.window=64",
-    "model.ngram.buckets=512", "data.seq_len=64", "data.corpus_bytes=600000", "data.val_fraction=0.1",
-    "train.global_batch=8", "train.micro_batch=4", "train.log_every=1", "train.eval_every=null",
-    "train.peak_flops=1e11", "optim.warmup_steps=3", "wandb.enabled=false",
+    "model.encoder.dim=32",
+    "model.encoder.layers=1",
+    "model.encoder.heads=2",
+    "model.encoder.window=64",
+    "model.global.dim=64",
+    "model.global.layers=2",
+    "model.global.heads=2",
+    "model.decoder.dim=32",
+    "model.decoder.layers=1",
+    "model.decoder.heads=2",
+    "model.decoder.window=64",
+    "model.ngram.buckets=512",
+    "data.seq_len=64",
+    "data.corpus_bytes=600000",
+    "data.val_fraction=0.1",
+    "train.global_batch=8",
+    "train.micro_batch=4",
+    "train.log_every=1",
+    "train.eval_every=null",
+    "train.peak_flops=1e11",
+    "optim.warmup_steps=3",
+    "wandb.enabled=false",
 ]
 BASELINE = ["model.dim=32", "model.layers=2", "model.heads=2", "model.window=null"] + [
     o for o in TINY if not o.startswith("model.")
@@ -40,8 +56,14 @@ def start(run_dir: Path, overrides: list[str], nproc: int, recipe: str = "cpu_ti
     return spawn_ranks(args, nproc, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def run(run_dir: Path, overrides: list[str], nproc: int, recipe: str = "cpu_tiny", resume: str = "auto",
-        expect: int | None = 0) -> tuple[int, str]:
+def run(
+    run_dir: Path,
+    overrides: list[str],
+    nproc: int,
+    recipe: str = "cpu_tiny",
+    resume: str = "auto",
+    expect: int | None = 0,
+) -> tuple[int, str]:
     procs, log = start(run_dir, overrides, nproc, recipe, resume)
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
@@ -89,7 +111,10 @@ def expected_rows(overrides: list[str], steps: int, recipe: str = "cpu_tiny") ->
     """Independent of the trainer: the rows of each global batch, read by one loader."""
     cfg = load_recipe(recipe, overrides)
     loader = iter(build_loader(cfg.data, cfg.patcher, cfg.train.global_batch, "train", 0, 1, cfg.train.seed))
-    return {s: sorted(zlib.crc32(r.numpy().tobytes()) for r in next(loader)["tokens"]) for s in range(1, steps + 1)}
+    return {
+        s: sorted(zlib.crc32(r.numpy().tobytes()) for r in next(loader)["tokens"])
+        for s in range(1, steps + 1)
+    }
 
 
 def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:

@@ -19,8 +19,13 @@ from blt_scale.model.vocab import BOS, EOS, OFFSET
 
 T = 300  # > 4 blocks of the windowed path, > 1 block of the unwindowed-with-documents path
 LOCAL = {"dim": 32, "layers": 2, "heads": 2, "window": 8}
-BLT_PARTS = {"encoder": LOCAL, "global": {"dim": 48, "layers": 2, "heads": 2}, "decoder": LOCAL,
-             "ngram": {"sizes": [3, 4], "buckets": 97}, "doc_mask": True}
+BLT_PARTS = {
+    "encoder": LOCAL,
+    "global": {"dim": 48, "layers": 2, "heads": 2},
+    "decoder": LOCAL,
+    "ngram": {"sizes": [3, 4], "buckets": 97},
+    "doc_mask": True,
+}
 BRAIN = {"dim": 32, "layers": 1, "heads": 2, "channels": 6, "samples": 64, "spatial_channels": 4, "stride": 8}
 C = 6
 
@@ -30,18 +35,36 @@ def build(name: str, backend: str):
     if name == "blt":
         return BLT(BLTConfig.model_validate({**BLT_PARTS, "attention": backend}))
     if name == "blt-all-history-all-layers":
-        return BLT(BLTConfig.model_validate({
-            **BLT_PARTS, "attention": backend, "decoder_cross_window": None, "global": {"dim": 48, "layers": 2, "heads": 2, "window": 5},
-            "encoder": {**LOCAL, "cross_attn_all_layers": True}, "decoder": {**LOCAL, "window": None, "cross_attn_all_layers": True}}))
+        return BLT(
+            BLTConfig.model_validate(
+                {
+                    **BLT_PARTS,
+                    "attention": backend,
+                    "decoder_cross_window": None,
+                    "global": {"dim": 48, "layers": 2, "heads": 2, "window": 5},
+                    "encoder": {**LOCAL, "cross_attn_all_layers": True},
+                    "decoder": {**LOCAL, "window": None, "cross_attn_all_layers": True},
+                }
+            )
+        )
     if name == "byte_baseline":  # unwindowed, documents: the block-by-block path
         return ByteLM(ByteLMConfig(dim=32, layers=2, heads=2, doc_mask=True, attention=backend))
     if name == "entropy_model":
         return ByteLM(ByteLMConfig(dim=32, layers=2, heads=2, window=6, doc_mask=True, attention=backend))
     if name == "brain_blt":
-        return BrainBLT(BrainBLTConfig.model_validate({**BLT_PARTS, "attention": backend, "brain": BRAIN,
-                                                       "fusion": {"layers": [1], "heads": 2}}))
-    return MegToText(MegToTextConfig.model_validate({
-        "brain": BRAIN, "decoder": {"dim": 32, "layers": 2, "heads": 2, "window": 7, "attention": backend}}))
+        return BrainBLT(
+            BrainBLTConfig.model_validate(
+                {**BLT_PARTS, "attention": backend, "brain": BRAIN, "fusion": {"layers": [1], "heads": 2}}
+            )
+        )
+    return MegToText(
+        MegToTextConfig.model_validate(
+            {
+                "brain": BRAIN,
+                "decoder": {"dim": 32, "layers": 2, "heads": 2, "window": 7, "attention": backend},
+            }
+        )
+    )
 
 
 MODELS = ["blt", "blt-all-history-all-layers", "byte_baseline", "entropy_model", "brain_blt", "meg_to_text"]
@@ -55,8 +78,12 @@ def inputs():
     ids[1, 30:32] = torch.tensor([EOS, BOS])
     ids[1, 200:202] = torch.tensor([EOS, BOS])
     lengths = patch_lengths(ids[:, :-1], PatcherConfig(mode="space", max_patch_len=7))
-    brain = (torch.randn(3, C, 64, generator=g), torch.ones(3, C, dtype=torch.bool),
-             torch.rand(3, C, 3, generator=g) * 0.1, torch.zeros(3, dtype=torch.long))
+    brain = (
+        torch.randn(3, C, 64, generator=g),
+        torch.ones(3, C, dtype=torch.bool),
+        torch.rand(3, C, 3, generator=g) * 0.1,
+        torch.zeros(3, dtype=torch.long),
+    )
     return ids, lengths, brain
 
 
@@ -77,7 +104,11 @@ def loss_and_grads(model, train: bool = True):
     if not train:
         return logits.detach(), loss.detach(), {}
     loss.backward()
-    return logits.detach(), loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return (
+        logits.detach(),
+        loss.detach(),
+        {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -122,16 +153,23 @@ def test_chunked_never_builds_a_sequence_by_sequence_mask(monkeypatch):
     pid = (torch.arange(n) // 5).expand(B, n)
     attend(torch.randn(B, H, (n // 5 + 1) * 2, D), q, q, OwnPatch(pid, n // 5 + 1, 2, "chunked"))
     closed = (torch.arange(n) // 5).expand(B, n)
-    attend(q, torch.randn(B, H, 2 * (n // 5 + 1), D), q[:, :, : 2 * (n // 5 + 1)],
-           ClosedPatches(closed, n // 5 + 1, 2, 1, None, None, "chunked"))
+    attend(
+        q,
+        torch.randn(B, H, 2 * (n // 5 + 1), D),
+        q[:, :, : 2 * (n // 5 + 1)],
+        ClosedPatches(closed, n // 5 + 1, 2, 1, None, None, "chunked"),
+    )
     assert max(sizes, default=0) <= B * n * 2 * 128  # [B * blocks, 1, C, 2C] at C = window
 
 
 # -- what the decoder sees ---------------------------------------------------------------------------
 ENTROPY_LM = ByteLMConfig(dim=32, layers=2, heads=2, window=6)
-PATCHERS = [PatcherConfig(mode="space"), PatcherConfig(mode="static", static_size=3),
-            PatcherConfig(mode="entropy", entropy_rule="global"),
-            PatcherConfig(mode="entropy", entropy_rule="monotonic")]
+PATCHERS = [
+    PatcherConfig(mode="space"),
+    PatcherConfig(mode="static", static_size=3),
+    PatcherConfig(mode="entropy", entropy_rule="global"),
+    PatcherConfig(mode="entropy", entropy_rule="monotonic"),
+]
 
 
 def entropies(patcher, ids):
@@ -171,11 +209,15 @@ def test_the_last_byte_of_a_patch_sees_that_patch_and_no_earlier_byte_does(patch
         with torch.no_grad():
             base = model(ids, lengths)
             # Perturb patch p's latent output only.
-            hook = model.latent_norm.register_forward_hook(lambda m, a, out: out + (torch.arange(out.shape[1]) == p)[None, :, None])
+            hook = model.latent_norm.register_forward_hook(
+                lambda m, a, out: out + (torch.arange(out.shape[1]) == p)[None, :, None]
+            )
             moved = model(ids, lengths)
             hook.remove()
         torch.testing.assert_close(moved[:, :t], base[:, :t], atol=1e-6, rtol=0)
-        assert (moved[0, t] - base[0, t]).abs().max() > 1e-3, f"byte {t}, the last of patch {p}, does not see it"
+        assert (moved[0, t] - base[0, t]).abs().max() > 1e-3, (
+            f"byte {t}, the last of patch {p}, does not see it"
+        )
 
 
 @pytest.mark.parametrize("patcher", PATCHERS, ids=lambda p: f"{p.mode}-{p.entropy_rule}")
@@ -192,11 +234,11 @@ def test_future_bytes_never_change_past_logits_or_patches(patcher):
         base = model(ids, lengths)
         for t in (0, 9, 30, 31, 55, 78):
             changed = ids.clone()
-            changed[:, t + 1:] = torch.randint(OFFSET, OFFSET + 256, changed[:, t + 1:].shape, generator=g)
+            changed[:, t + 1 :] = torch.randint(OFFSET, OFFSET + 256, changed[:, t + 1 :].shape, generator=g)
             other_lengths, _ = patched(patcher, changed)
             other = model(changed, other_lengths)
             torch.testing.assert_close(other[:, : t + 1], base[:, : t + 1], atol=1e-5, rtol=1e-5)
-            assert not torch.allclose(other[:, t + 1:], base[:, t + 1:])
+            assert not torch.allclose(other[:, t + 1 :], base[:, t + 1 :])
 
 
 @pytest.mark.slow
@@ -217,13 +259,19 @@ def test_dropout_acts_only_in_training_and_output_projections_scale_with_depth()
     torch.manual_seed(0)
     plain = BLT(BLTConfig.model_validate(parts))
     torch.manual_seed(0)
-    dropped = BLT(BLTConfig.model_validate({**parts, "encoder": {**LOCAL, "dropout": 0.1}, "decoder": {**LOCAL, "dropout": 0.1}}))
+    dropped = BLT(
+        BLTConfig.model_validate(
+            {**parts, "encoder": {**LOCAL, "dropout": 0.1}, "decoder": {**LOCAL, "dropout": 0.1}}
+        )
+    )
     ids, lengths, _ = inputs()
     ids = ids[:, :-1]
     with torch.no_grad():
         assert not torch.allclose(dropped(ids, lengths), dropped(ids, lengths))  # training mode: random
         torch.testing.assert_close(dropped.eval()(ids, lengths), plain.eval()(ids, lengths))
-    latent_out = torch.cat([b.attn.wo.weight.flatten() for b in plain.latent] + [b.ffn.w2.weight.flatten() for b in plain.latent])
+    latent_out = torch.cat(
+        [b.attn.wo.weight.flatten() for b in plain.latent] + [b.ffn.w2.weight.flatten() for b in plain.latent]
+    )
     latent_in = torch.cat([b.attn.wq.weight.flatten() for b in plain.latent])
     assert float(latent_out.std()) == pytest.approx(0.02 / 4, rel=0.05)  # 0.02 / sqrt(2 * 8 layers)
     assert float(latent_in.std()) == pytest.approx(0.02, rel=0.05)

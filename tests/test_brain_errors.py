@@ -8,13 +8,13 @@ import tempfile
 import mne
 import numpy as np
 import pytest
+from brain_helpers import direct_preprocess, make_eeg_raw, write_bids_meg_masc, write_eeg_fif
+from data_helpers import read_mds_split
 
 from blt_scale import cli
 from blt_scale.data.brain.config import load_prep_config
 from blt_scale.data.brain.prep import prep_brain
 from blt_scale.data.store import Root
-from brain_helpers import direct_preprocess, make_eeg_raw, write_bids_meg_masc, write_eeg_fif
-from data_helpers import read_mds_split
 
 WIN = ["windows.tmin=-0.1", "windows.tmax=0.6", "val_fraction=0"]
 
@@ -68,7 +68,9 @@ def test_nan_and_flat_channels_are_interpolated_or_dropped_and_counted(tmp_path,
         data, sfreq = direct_preprocess(raw, "eeg", [], 0.5, 40.0, None, "average")
         for s in got:
             start = int(round(s["onset_s"] * sfreq)) - 10
-            np.testing.assert_allclose(s["signal"].astype(float), data[:, start:start + 70], rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(
+                s["signal"].astype(float), data[:, start : start + 70], rtol=2e-3, atol=2e-3
+            )
 
 
 def test_channels_marked_bad_in_the_file_are_counted_and_interpolated(tmp_path):
@@ -94,10 +96,15 @@ def test_too_many_bad_channels_is_an_error_or_a_counted_skip(tmp_path):
 def test_recording_shorter_than_one_window(tmp_path):
     short, _ = write_eeg_fif(tmp_path / "short_raw.fif", n_words=1, lead=0.1, tail=0.2, spacing=0.1)
     good, _ = write_eeg_fif(tmp_path / "good_raw.fif", n_words=5)
-    msg = fails(tmp_path, [good, short], "windows.tmin=-1.5", "windows.tmax=0.5", match="shorter than one window")
+    msg = fails(
+        tmp_path, [good, short], "windows.tmin=-1.5", "windows.tmax=0.5", match="shorter than one window"
+    )
     assert str(short) in msg and "0.400 s" in msg and "2 s" in msg
     report = prep(tmp_path, [good, short], "windows.tmin=-1.5", "windows.tmax=0.5", "skip_bad=true")
-    assert report["skipped"]["recordings"] == 1 and "shorter than one window" in report["skipped_inputs"][0]["reason"]
+    assert (
+        report["skipped"]["recordings"] == 1
+        and "shorter than one window" in report["skipped_inputs"][0]["reason"]
+    )
     # windows that cross the ends of a long enough recording are counted, not errors
     assert report["skipped"]["windows_outside_recording"] == 1 and report["splits"]["train"]["documents"] == 4
 
@@ -134,7 +141,11 @@ def test_unreadable_recordings_name_the_file_and_format(tmp_path):
     msg = fails(tmp_path, [tmp_path / "broken.edf"], match="cannot read as EDF")
     assert "broken.edf" in msg
     (tmp_path / "rec.set").write_bytes(b"MATLAB 5.0 MAT-file, garbage")
-    fails(tmp_path, [tmp_path / "rec.set"], match=r"rec.set: (cannot read as EEGLAB|reading EEGLAB needs the package)")
+    fails(
+        tmp_path,
+        [tmp_path / "rec.set"],
+        match=r"rec.set: (cannot read as EEGLAB|reading EEGLAB needs the package)",
+    )
 
 
 def test_bids_root_without_events(tmp_path):
@@ -145,6 +156,9 @@ def test_bids_root_without_events(tmp_path):
 
 def test_cli_reports_one_line(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello")
-    assert cli.main(["prep", "brain", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "ds"), "--quiet"]) == 2
+    assert (
+        cli.main(["prep", "brain", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "ds"), "--quiet"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("blt prep: error:") and "notes.txt" in err and len(err.splitlines()) == 1

@@ -13,17 +13,20 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from brain_helpers import EEG_CHANNELS, make_eeg_raw, prep_fixture_dataset
+from data_helpers import read_mds_split
 
 from blt_scale import cli
 from blt_scale.data.brain.loader import brain_layout
 from blt_scale.data.loader import DataConfig, build_loader, merge_states
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 from blt_scale.model.vocab import BOS, EOS, OFFSET, PAD
-from brain_helpers import EEG_CHANNELS, make_eeg_raw, prep_fixture_dataset
-from data_helpers import read_mds_split
 
 N, M, SEED = 4, 2, 3  # streams, micro batch
-TOTAL, SAVE_AT = 30, 11  # global steps: every stream sees its first-epoch windows (its shards', up to 26) within TOTAL
+TOTAL, SAVE_AT = (
+    30,
+    11,
+)  # global steps: every stream sees its first-epoch windows (its shards', up to 26) within TOTAL
 WIN = 70  # samples per window: -0.1 ... 0.6 s at 100 Hz
 
 
@@ -35,9 +38,26 @@ def dataset(tmp_path_factory):
     src = tmp / "src"
     src.mkdir()
     make_eeg_raw(n_words=30, seed=0)[0].save(src / "sub-01_raw.fif", verbose="error")
-    make_eeg_raw(n_words=30, seed=1, channels=EEG_CHANNELS[:7])[0].save(src / "sub-02_raw.fif", verbose="error")
-    assert cli.main(["prep", "brain", str(src), "--out", str(tmp / "ds"), "windows.tmin=-0.1", "windows.tmax=0.6",
-                     "val_fraction=0", "shard_size=20000", "--quiet"]) == 0
+    make_eeg_raw(n_words=30, seed=1, channels=EEG_CHANNELS[:7])[0].save(
+        src / "sub-02_raw.fif", verbose="error"
+    )
+    assert (
+        cli.main(
+            [
+                "prep",
+                "brain",
+                str(src),
+                "--out",
+                str(tmp / "ds"),
+                "windows.tmin=-0.1",
+                "windows.tmax=0.6",
+                "val_fraction=0",
+                "shard_size=20000",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     samples = read_mds_split(str(tmp / "ds"), "train", tmp)  # streaming's own reader
     yield tmp, samples
     tempfile.tempdir = old
@@ -49,15 +69,24 @@ def key(signal: np.ndarray) -> bytes:
 
 
 def data_cfg(tmp, **brain) -> DataConfig:
-    return DataConfig(seq_len=16, sources=[{"uri": str(tmp / "ds")}], streams=N, cache_dir=str(tmp / "cache"),
-                      brain=brain or None)
+    return DataConfig(
+        seq_len=16,
+        sources=[{"uri": str(tmp / "ds")}],
+        streams=N,
+        cache_dir=str(tmp / "cache"),
+        brain=brain or None,
+    )
 
 
 def test_batches_match_brute_force(dataset):
     tmp, samples = dataset
     by_key = {key(s["signal"]): s for s in samples}
     assert len(by_key) == len(samples) == 60
-    layout = {"max_channels": 8, "window_samples": 80, "text_bytes": 3}  # crop 10 -> 8, pad 7 -> 8 and 70 -> 80
+    layout = {
+        "max_channels": 8,
+        "window_samples": 80,
+        "text_bytes": 3,
+    }  # crop 10 -> 8, pad 7 -> 8 and 70 -> 80
     patcher = PatcherConfig(mode="static", static_size=2)
     loader = build_loader(data_cfg(tmp, **layout), patcher, M, seed=SEED)
     it = iter(loader)
@@ -65,8 +94,12 @@ def test_batches_match_brute_force(dataset):
     for i in range(20):
         batch = next(it)
         assert {k: (v.dtype, tuple(v.shape)) for k, v in batch.items() if k != "patch_lengths"} == {
-            "signal": (torch.float32, (M, 8, 80)), "channel_mask": (torch.bool, (M, 8)),
-            "ch_pos": (torch.float32, (M, 8, 3)), "subject": (torch.int64, (M,)), "tokens": (torch.int64, (M, 5))}
+            "signal": (torch.float32, (M, 8, 80)),
+            "channel_mask": (torch.bool, (M, 8)),
+            "ch_pos": (torch.float32, (M, 8, 3)),
+            "subject": (torch.int64, (M,)),
+            "tokens": (torch.int64, (M, 5)),
+        }
         for b in range(M):
             s = by_key[key(batch["signal"][b].numpy())]
             seen[(i * M + b) % N].append(key(s["signal"]))
@@ -85,7 +118,7 @@ def test_batches_match_brute_force(dataset):
         assert torch.equal(batch["patch_lengths"], patch_lengths(batch["tokens"][:, :-1], patcher))
         assert (batch["patch_lengths"].sum(dim=1) == 4).all()
     # No window twice within the first epoch: each stream's share of it is the windows of its shards.
-    first = [w for s in range(N) for w in seen[s][:loader.sources[0].epoch_documents(s, N, 0)]]
+    first = [w for s in range(N) for w in seen[s][: loader.sources[0].epoch_documents(s, N, 0)]]
     assert len(first) == len(set(first)) >= 30
 
 
@@ -98,7 +131,10 @@ def test_layout_defaults_come_from_the_manifest(dataset):
 
 
 def run(tmp, world: int, global_steps: int, state: dict | None = None):
-    loaders = [build_loader(data_cfg(tmp), PatcherConfig(), M, rank=r, world_size=world, seed=SEED) for r in range(world)]
+    loaders = [
+        build_loader(data_cfg(tmp), PatcherConfig(), M, rank=r, world_size=world, seed=SEED)
+        for r in range(world)
+    ]
     if state is not None:
         for loader in loaders:
             loader.load_state_dict(state)
@@ -157,7 +193,9 @@ def test_loader_errors(dataset, tmp_path, monkeypatch):
         build_loader(data_cfg(tmp).model_copy(update={"workers": 1}), PatcherConfig(), M)
     with pytest.raises(ValueError, match="patcher.mode=entropy: brain datasets have no entropies"):
         build_loader(data_cfg(tmp), PatcherConfig(mode="entropy"), M)
-    with pytest.raises(ValueError, match="subject '02' of recording .*sub-02_raw.fif is not in data.brain.subjects"):
+    with pytest.raises(
+        ValueError, match="subject '02' of recording .*sub-02_raw.fif is not in data.brain.subjects"
+    ):
         it = iter(build_loader(data_cfg(tmp, subjects=["01"]), PatcherConfig(), M, seed=SEED))
         for _ in range(10):
             next(it)
@@ -175,5 +213,11 @@ def test_loader_errors(dataset, tmp_path, monkeypatch):
 def test_fixture_dataset_is_ready_for_training(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     uri = prep_fixture_dataset(tmp_path, n_words=10, kind="meg", subjects=1)
-    batch = next(iter(build_loader(DataConfig(sources=[{"uri": uri}], cache_dir=str(tmp_path / "c")), PatcherConfig(), 2)))
+    batch = next(
+        iter(
+            build_loader(
+                DataConfig(sources=[{"uri": uri}], cache_dir=str(tmp_path / "c")), PatcherConfig(), 2
+            )
+        )
+    )
     assert batch["signal"].shape == (2, 12, WIN) and batch["channel_mask"].all()

@@ -18,30 +18,58 @@ from blt_scale.model.rvq import ResidualVQ, RVQConfig
 from blt_scale.model.vocab import OFFSET, VOCAB_SIZE
 
 C, T, L = 10, 64, 16
-BRAIN = {"dim": 32, "layers": 1, "heads": 2, "channels": C, "samples": T, "subjects": 3, "spatial_channels": 8, "stride": 8}
-BLT_PARTS = {"encoder": {"dim": 32, "layers": 1, "heads": 2, "window": 8}, "global": {"dim": 48, "layers": 2, "heads": 2},
-             "decoder": {"dim": 32, "layers": 1, "heads": 2, "window": 8}, "ngram": {"sizes": [3, 4], "buckets": 97}}
+BRAIN = {
+    "dim": 32,
+    "layers": 1,
+    "heads": 2,
+    "channels": C,
+    "samples": T,
+    "subjects": 3,
+    "spatial_channels": 8,
+    "stride": 8,
+}
+BLT_PARTS = {
+    "encoder": {"dim": 32, "layers": 1, "heads": 2, "window": 8},
+    "global": {"dim": 48, "layers": 2, "heads": 2},
+    "decoder": {"dim": 32, "layers": 1, "heads": 2, "window": 8},
+    "ngram": {"sizes": [3, 4], "buckets": 97},
+}
 
 
 def brain_blt(**kw) -> BrainBLT:
     torch.manual_seed(0)
-    return BrainBLT(BrainBLTConfig.model_validate({**BLT_PARTS, "brain": BRAIN, "fusion": {"layers": [0, 1], "heads": 2}, **kw}))
+    return BrainBLT(
+        BrainBLTConfig.model_validate(
+            {**BLT_PARTS, "brain": BRAIN, "fusion": {"layers": [0, 1], "heads": 2}, **kw}
+        )
+    )
 
 
 def meg(**kw) -> MegToText:
     torch.manual_seed(0)
-    return MegToText(MegToTextConfig.model_validate({
-        "brain": BRAIN, "decoder": {"dim": 32, "layers": 2, "heads": 2}, "rvq": {"dim": 16, "codebook_size": 32, "quantizers": 3},
-        **kw}))
+    return MegToText(
+        MegToTextConfig.model_validate(
+            {
+                "brain": BRAIN,
+                "decoder": {"dim": 32, "layers": 2, "heads": 2},
+                "rvq": {"dim": 16, "codebook_size": 32, "quantizers": 3},
+                **kw,
+            }
+        )
+    )
 
 
 def batch(B=3, seed=0, real=(10, 7, 4)) -> dict:
     """A batch as the brain loader collates it: the last rows have padded channels (zeros)."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.arange(C)[None] < torch.tensor(real[:B])[:, None]
-    out = {"signal": torch.randn(B, C, T, generator=g) * mask[..., None], "channel_mask": mask,
-           "ch_pos": (torch.rand(B, C, 3, generator=g) - 0.5) * 0.2 * mask[..., None],
-           "subject": torch.arange(B) % 3, "tokens": torch.randint(OFFSET, OFFSET + 256, (B, L + 1), generator=g)}
+    out = {
+        "signal": torch.randn(B, C, T, generator=g) * mask[..., None],
+        "channel_mask": mask,
+        "ch_pos": (torch.rand(B, C, 3, generator=g) - 0.5) * 0.2 * mask[..., None],
+        "subject": torch.arange(B) % 3,
+        "tokens": torch.randint(OFFSET, OFFSET + 256, (B, L + 1), generator=g),
+    }
     out["patch_lengths"] = patch_lengths(out["tokens"][:, :-1], PatcherConfig(mode="static", static_size=3))
     return out
 
@@ -67,13 +95,20 @@ def test_shapes_and_parameter_count():
 def test_eeg_and_meg_montages():
     mne = pytest.importorskip("mne")
     eeg = mne.channels.make_standard_montage("colin27_1020").get_positions()["ch_pos"]
-    pos = torch.tensor(np.array([eeg[n] for n in ["Fp1", "Fp2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2"]]), dtype=torch.float32)
+    pos = torch.tensor(
+        np.array([eeg[n] for n in ["Fp1", "Fp2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2"]]),
+        dtype=torch.float32,
+    )
     enc = BrainEncoder(BrainEncoderConfig.model_validate(BRAIN)).eval()
     b = batch(B=1, real=(10,))
     out_eeg = enc(b["signal"], b["channel_mask"], pos[None], b["subject"])
     meg_pos = torch.nn.functional.normalize(torch.randn(1, C, 3), dim=-1) * 0.12  # a helmet of radius 12 cm
     out_meg = enc(b["signal"], b["channel_mask"], meg_pos, b["subject"])
-    assert torch.isfinite(out_eeg).all() and torch.isfinite(out_meg).all() and not torch.allclose(out_eeg, out_meg)
+    assert (
+        torch.isfinite(out_eeg).all()
+        and torch.isfinite(out_meg).all()
+        and not torch.allclose(out_eeg, out_meg)
+    )
 
 
 def test_padded_channels_do_not_change_the_encoder_output():
@@ -99,7 +134,9 @@ def test_gate_zero_fusion_leaves_blt_logits_unchanged():
         assert torch.equal(model(ids, b["patch_lengths"], *brain_args(b)), text(ids, b["patch_lengths"]))
         for f in model.fusion:
             f.gate.fill_(0.5)
-        assert not torch.allclose(model(ids, b["patch_lengths"], *brain_args(b)), text(ids, b["patch_lengths"]))
+        assert not torch.allclose(
+            model(ids, b["patch_lengths"], *brain_args(b)), text(ids, b["patch_lengths"])
+        )
 
 
 def test_byte_decoder_is_causal():
@@ -110,10 +147,10 @@ def test_byte_decoder_is_causal():
         base = model(ids, b["patch_lengths"], *brain_args(b))["logits"]
         for t in (0, 5, 14):
             changed = ids.clone()
-            changed[:, t + 1:] = OFFSET + 7
+            changed[:, t + 1 :] = OFFSET + 7
             other = model(changed, b["patch_lengths"], *brain_args(b))["logits"]
             assert torch.equal(base[:, : t + 1], other[:, : t + 1])
-            assert not torch.allclose(base[:, t + 1:], other[:, t + 1:])
+            assert not torch.allclose(base[:, t + 1 :], other[:, t + 1 :])
 
 
 def test_rvq_matches_brute_force_and_passes_gradients_straight_through():
@@ -190,12 +227,19 @@ def test_init_from_an_exported_text_model_and_distillation_from_it(tmp_path):
     from blt_scale.train.export import save_exported
     from blt_scale.train.init_from import load_init
 
-    text_cfg = load_recipe("cpu_tiny_baseline", ["model.dim=32", "model.layers=2", "model.heads=2", "model.window=null"])
+    text_cfg = load_recipe(
+        "cpu_tiny_baseline", ["model.dim=32", "model.layers=2", "model.heads=2", "model.window=null"]
+    )
     torch.manual_seed(1)
     text = build_model(text_cfg.model).eval()
     save_exported(text.state_dict(), text_cfg, tmp_path / "text")
     source = [{"path": str(tmp_path / "text"), "prefix": "decoder."}]
-    model = meg(lora={"rank": 4}, quantize=False, init_from=source, distill={"teacher": str(tmp_path / "text"), "weight": 0.5})
+    model = meg(
+        lora={"rank": 4},
+        quantize=False,
+        init_from=source,
+        distill={"teacher": str(tmp_path / "text"), "weight": 0.5},
+    )
     untouched = load_init(model, model.cfg.init_from)
     assert torch.equal(model.decoder.embed.weight, text.embed.weight)
     assert torch.equal(model.decoder.layers[1].ffn.w2.weight, text.layers[1].ffn.w2.weight)

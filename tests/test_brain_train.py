@@ -14,14 +14,14 @@ import signal
 
 import pytest
 import torch
+from brain_helpers import WORDS, prep_fixture_dataset
+from dist_helpers import kill, losses, run, start, traced_rows, wait_for
 
 from blt_scale.cli import main
 from blt_scale.recipe import load_recipe
 from blt_scale.train.checkpoint import latest_complete
 from blt_scale.train.eval_brain import evaluate_brain
 from blt_scale.train.loop import Trainer
-from brain_helpers import WORDS, prep_fixture_dataset
-from dist_helpers import kill, losses, run, start, traced_rows, wait_for
 
 FLOOR = math.log(len(WORDS)) / (sum(len(w.encode()) + 1 for w in WORDS) / len(WORDS))
 COMMON = ["train.peak_flops=1e11", "wandb.enabled=false", "train.log_every=10", "train.eval_every=null"]
@@ -29,12 +29,16 @@ COMMON = ["train.peak_flops=1e11", "wandb.enabled=false", "train.log_every=10", 
 
 @pytest.fixture(scope="module")
 def eeg(tmp_path_factory):
-    return prep_fixture_dataset(tmp_path_factory.mktemp("eeg"), n_words=200, kind="eeg", subjects=2, name="eeg")
+    return prep_fixture_dataset(
+        tmp_path_factory.mktemp("eeg"), n_words=200, kind="eeg", subjects=2, name="eeg"
+    )
 
 
 @pytest.fixture(scope="module")
 def meg(tmp_path_factory):
-    return prep_fixture_dataset(tmp_path_factory.mktemp("meg"), n_words=200, kind="meg", subjects=2, name="meg")
+    return prep_fixture_dataset(
+        tmp_path_factory.mktemp("meg"), n_words=200, kind="meg", subjects=2, name="meg"
+    )
 
 
 @pytest.fixture
@@ -55,7 +59,11 @@ def train(recipe: str, run_dir, data: str, *overrides: str) -> Trainer:
 def summary(result: dict) -> None:
     """Shown with pytest -s: the figures the assertions bound."""
     keys = ("loss", "exact", "bleu1", "rougeL", "wer")
-    print("\n" + "  ".join(f"{k} {result['real'][k]:.3f}/{result['noise'][k]:.3f}" for k in keys) + "  (signal/noise)")
+    print(
+        "\n"
+        + "  ".join(f"{k} {result['real'][k]:.3f}/{result['noise'][k]:.3f}" for k in keys)
+        + "  (signal/noise)"
+    )
 
 
 def test_floor_is_the_text_only_entropy():
@@ -73,10 +81,24 @@ def test_brain_aware_blt_learns_and_beats_the_noise_control(tmp_path, eeg, one_t
     assert real["exact"] > noise["exact"] and real["wer"] < noise["wer"], result
 
 
-def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(tmp_path, meg, one_thread, capsys):
+def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(
+    tmp_path, meg, one_thread, capsys
+):
     p1 = train("meg_to_text_phase1_mae", tmp_path / "p1", meg, "train.steps=60")
-    p2 = train("meg_to_text_phase2_rvq", tmp_path / "p2", meg, "train.steps=40", f"model.init_from=[{{path: {tmp_path / 'p1'}}}]")
-    p3 = train("meg_to_text_phase3_lm", tmp_path / "p3", meg, "train.steps=200", f"model.init_from=[{{path: {tmp_path / 'p2'}}}]")
+    p2 = train(
+        "meg_to_text_phase2_rvq",
+        tmp_path / "p2",
+        meg,
+        "train.steps=40",
+        f"model.init_from=[{{path: {tmp_path / 'p1'}}}]",
+    )
+    p3 = train(
+        "meg_to_text_phase3_lm",
+        tmp_path / "p3",
+        meg,
+        "train.steps=200",
+        f"model.init_from=[{{path: {tmp_path / 'p2'}}}]",
+    )
     # Chained by checkpoint: phase 2 froze the encoder phase 1 trained; phase 3 started from both.
     enc1, enc2 = p1.model.brain.state_dict(), p2.model.brain.state_dict()
     assert all(torch.equal(enc1[k], enc2[k]) for k in enc1)
@@ -90,27 +112,48 @@ def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(
     # measured: real ~0.005 nats/byte, noise ~1.75; exact match 1.0 vs ~0.12
     assert real["loss"] < 0.2 < FLOOR, result
     assert noise["loss"] > real["loss"] + 0.5, result
-    assert real["exact"] > noise["exact"] + 0.5 and real["bleu1"] > noise["bleu1"] and real["wer"] < noise["wer"], result
+    assert (
+        real["exact"] > noise["exact"] + 0.5 and real["bleu1"] > noise["bleu1"] and real["wer"] < noise["wer"]
+    ), result
 
     # The command: same figures from the run directory's checkpoint, JSON, a results file.
     capsys.readouterr()
     assert main(["eval-brain", str(tmp_path / "p3"), "--samples", "58", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads((tmp_path / "p3" / "eval_brain.json").read_text())["real"] == printed["real"]
-    assert abs(printed["real"]["loss"] - real["loss"]) < 1e-4 and abs(printed["noise"]["loss"] - noise["loss"]) < 1e-4
+    assert (
+        abs(printed["real"]["loss"] - real["loss"]) < 1e-4
+        and abs(printed["noise"]["loss"] - noise["loss"]) < 1e-4
+    )
     assert {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "wer"} <= set(printed["noise"])
-    assert main(["generate", str(tmp_path / "p3"), "--prompt", "a"]) == 2  # needs a signal: one line, not a TypeError
+    assert (
+        main(["generate", str(tmp_path / "p3"), "--prompt", "a"]) == 2
+    )  # needs a signal: one line, not a TypeError
     assert "use `blt eval-brain`" in capsys.readouterr().err
 
 
 STEPS = 8
-FSDP = ["parallel.strategy=fsdp", "train.deterministic=true", "train.trace_data=true", f"train.steps={STEPS}",
-        "checkpoint.every=4", "train.log_every=1", "train.micro_batch=4"]
+FSDP = [
+    "parallel.strategy=fsdp",
+    "train.deterministic=true",
+    "train.trace_data=true",
+    f"train.steps={STEPS}",
+    "checkpoint.every=4",
+    "train.log_every=1",
+    "train.micro_batch=4",
+]
 VARIANTS = {
     "brain_aware_blt": ("brain_aware_blt_tiny", "eeg", []),
     # EMA codebooks learning (statistics summed over ranks), LoRA with frozen base layers, commitment on.
-    "meg_to_text": ("meg_to_text_phase3_lm", "meg", ["model.init_from=[]", "model.rvq.commitment=0.25",
-                                                     "model.freeze=[mask_token, mae_head, decoder.layers]"]),
+    "meg_to_text": (
+        "meg_to_text_phase3_lm",
+        "meg",
+        [
+            "model.init_from=[]",
+            "model.rvq.commitment=0.25",
+            "model.freeze=[mask_token, mae_head, decoder.layers]",
+        ],
+    ),
 }
 
 
@@ -126,7 +169,10 @@ def test_fsdp_two_ranks_resume_exactly_after_kill9(variant, tmp_path, request):
     killed = tmp_path / "killed"
     procs, log = start(killed, overrides, 2, recipe, resume="never")
     try:
-        wait_for(lambda: (c := latest_complete(killed)) is not None and int(c.name.split("_")[1]) >= 4, what="step 4 saved")
+        wait_for(
+            lambda: (c := latest_complete(killed)) is not None and int(c.name.split("_")[1]) >= 4,
+            what="step 4 saved",
+        )
         kill(procs, signal.SIGKILL)
     finally:
         kill(procs)

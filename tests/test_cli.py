@@ -8,19 +8,42 @@ import yaml
 
 from blt_scale.recipe import load_recipe
 
-DESIGN_KEYS = {"step", "loss", "bpb", "lr", "grad_norm", "bytes_per_s", "patches_per_s",
-               "mean_patch_bytes", "flops_per_s", "mfu", "mem_gb", "data_wait_s"}
+DESIGN_KEYS = {
+    "step",
+    "loss",
+    "bpb",
+    "lr",
+    "grad_norm",
+    "bytes_per_s",
+    "patches_per_s",
+    "mean_patch_bytes",
+    "flops_per_s",
+    "mfu",
+    "mem_gb",
+    "data_wait_s",
+}
 
 
 def blt(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "blt_scale.cli", *args], capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "blt_scale.cli", *args], capture_output=True, text=True, **kw
+    )
 
 
 def test_train_writes_resolved_config_and_metrics(tmp_path):
     run_dir = tmp_path / "run"
-    out = blt("train", "cpu_tiny", f"run_dir={run_dir}", "train.steps=4", "train.log_every=2",
-              "train.eval_every=4", "train.eval_batches=1", "data.corpus_bytes=2000000", "train.global_batch=4",
-              "train.micro_batch=2")
+    out = blt(
+        "train",
+        "cpu_tiny",
+        f"run_dir={run_dir}",
+        "train.steps=4",
+        "train.log_every=2",
+        "train.eval_every=4",
+        "train.eval_batches=1",
+        "data.corpus_bytes=2000000",
+        "train.global_batch=4",
+        "train.micro_batch=2",
+    )
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["train"]["steps"] == 4 and resolved["model"]["global"]["dim"] == 256

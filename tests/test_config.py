@@ -23,7 +23,9 @@ def test_override_reaches_aliased_and_nested_keys():
 
 
 def test_extends_merges_and_child_wins(tmp_path):
-    child = write(tmp_path, "child.yaml", f"extends: {Path('recipes/cpu_tiny.yaml').resolve()}\ntrain: {{steps: 3}}\n")
+    child = write(
+        tmp_path, "child.yaml", f"extends: {Path('recipes/cpu_tiny.yaml').resolve()}\ntrain: {{steps: 3}}\n"
+    )
     cfg = load_recipe(child)
     base = load_recipe("cpu_tiny")
     assert cfg.train.steps == 3
@@ -44,7 +46,11 @@ def test_unknown_key_on_command_line_names_key_source_and_closest():
 
 
 def test_typo_in_file_names_the_file_and_the_closest_key(tmp_path):
-    recipe = write(tmp_path, "typo.yaml", f"extends: {Path('recipes/cpu_tiny.yaml').resolve()}\nmodel:\n  encoder: {{dimm: 64}}\n")
+    recipe = write(
+        tmp_path,
+        "typo.yaml",
+        f"extends: {Path('recipes/cpu_tiny.yaml').resolve()}\nmodel:\n  encoder: {{dimm: 64}}\n",
+    )
     with pytest.raises(ConfigError) as err:
         load_recipe(recipe)
     msg = str(err.value)
@@ -65,7 +71,9 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
 
 
 def test_wrong_type_inside_a_file_names_that_file(tmp_path):
-    recipe = write(tmp_path, "bad.yaml", f"extends: {Path('recipes/cpu_tiny.yaml').resolve()}\ndata: {{seq_len: long}}\n")
+    recipe = write(
+        tmp_path, "bad.yaml", f"extends: {Path('recipes/cpu_tiny.yaml').resolve()}\ndata: {{seq_len: long}}\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_recipe(recipe)
     assert "'data.seq_len'" in str(err.value) and str(recipe) in str(err.value)
@@ -74,9 +82,14 @@ def test_wrong_type_inside_a_file_names_that_file(tmp_path):
 def test_checks_across_keys_give_their_own_message_and_the_recipe():
     with pytest.raises(ConfigError) as err:
         load_recipe("cpu_tiny", ["train.global_batch=7", "train.micro_batch=2"])
-    assert str(err.value) == (f"global_batch (7) must be a multiple of micro_batch (2) "
-                              f"(recipe {Path('recipes/cpu_tiny.yaml').resolve()}, section 'train')")
-    with pytest.raises(ConfigError, match=r"^data.seq_len \(12\) must be data.brain.text_bytes \+ 1 \(9\) for brain data \(recipe "):
+    assert str(err.value) == (
+        f"global_batch (7) must be a multiple of micro_batch (2) "
+        f"(recipe {Path('recipes/cpu_tiny.yaml').resolve()}, section 'train')"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.seq_len \(12\) must be data.brain.text_bytes \+ 1 \(9\) for brain data \(recipe ",
+    ):
         load_recipe("brain_aware_blt_tiny", ["data.seq_len=12"])
 
 

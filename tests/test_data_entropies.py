@@ -10,6 +10,14 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from data_helpers import (
+    export_entropy_model,
+    make_documents,
+    read_mds_split,
+    split_documents,
+    stream_sequences,
+    write_text_files,
+)
 
 from blt_scale import cli
 from blt_scale.data.calibrate import entropy_sample
@@ -17,7 +25,6 @@ from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.data.packing import document_ids
 from blt_scale.model.patcher import PatcherConfig, mean_patch_bytes, patch_lengths
 from blt_scale.train.export import load_exported
-from data_helpers import export_entropy_model, make_documents, read_mds_split, split_documents, stream_sequences, write_text_files
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +35,31 @@ def setup(tmp_path_factory):
     # lengths up to 400 ids with context 64: most documents span several overlapping windows
     docs = make_documents(40, seed=21, lo=5, hi=400)
     write_text_files(tmp / "src", docs)
-    assert cli.main(["prep", "text", str(tmp / "src"), "--out", str(tmp / "text"), "--val-fraction", "0.2", "--quiet"]) == 0
+    assert (
+        cli.main(
+            ["prep", "text", str(tmp / "src"), "--out", str(tmp / "text"), "--val-fraction", "0.2", "--quiet"]
+        )
+        == 0
+    )
     model_dir = export_entropy_model(tmp / "model", window=8, layers=2, seq_len=64)
-    assert cli.main(["prep", "entropies", "--data", str(tmp / "text"), "--model", str(model_dir),
-                     "--out", str(tmp / "ent"), "--batch-size", "5", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "prep",
+                "entropies",
+                "--data",
+                str(tmp / "text"),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp / "ent"),
+                "--batch-size",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     model, _ = load_exported(model_dir)
     yield tmp, docs, model
     tempfile.tempdir = old
@@ -68,12 +96,24 @@ def assert_same_entropies(expected, got, scratch) -> None:
         other = read_mds_split(str(got), split, scratch / f"got_{split}")
         assert [s["text"] for s in other] == [s["text"] for s in one]
         for a, b in zip(one, other):
-            np.testing.assert_allclose(np.frombuffer(a["entropy"], np.float16), np.frombuffer(b["entropy"], np.float16), atol=4e-3)
+            np.testing.assert_allclose(
+                np.frombuffer(a["entropy"], np.float16), np.frombuffer(b["entropy"], np.float16), atol=4e-3
+            )
 
 
 def test_parts_then_merge_equal_a_single_run(setup, capsys):
     tmp, _, _ = setup
-    base = ["prep", "entropies", "--data", str(tmp / "text"), "--model", str(tmp / "model"), "--out", str(tmp / "parts"), "--quiet"]
+    base = [
+        "prep",
+        "entropies",
+        "--data",
+        str(tmp / "text"),
+        "--model",
+        str(tmp / "model"),
+        "--out",
+        str(tmp / "parts"),
+        "--quiet",
+    ]
     assert cli.main([*base, "--part", "1/3"]) == 0
     assert cli.main([*base, "--part", "0/3"]) == 0
     capsys.readouterr()
@@ -104,25 +144,47 @@ def test_loader_patches_rows_from_stored_entropies(setup):
         for j, row in enumerate(rows):
             if (j + 1) * 41 > len(ent):
                 break
-            want = patch_lengths(torch.from_numpy(row[None, :-1]), patcher, torch.from_numpy(ent[None, j * 41:(j + 1) * 41 - 1]))[0]
+            want = patch_lengths(
+                torch.from_numpy(row[None, :-1]),
+                patcher,
+                torch.from_numpy(ent[None, j * 41 : (j + 1) * 41 - 1]),
+            )[0]
             got = torch.as_tensor(patches[s][j])
-            assert torch.equal(got[: len(want)], want) and not got[len(want):].any()
+            assert torch.equal(got[: len(want)], want) and not got[len(want) :].any()
             checked += 1
     assert checked > 20
-    assert Counter(len(p[p > 0]) for rows in patches.values() for p in rows).most_common(1)[0][0] > 3  # real patching
+    assert (
+        Counter(len(p[p > 0]) for rows in patches.values() for p in rows).most_common(1)[0][0] > 3
+    )  # real patching
 
 
 @pytest.mark.parametrize("rule", ["global", "monotonic"])
 def test_calibrated_threshold_gives_the_target_on_held_out_documents(setup, capsys, rule):
     tmp, _, _ = setup
     target = 4.0
-    assert cli.main(["calibrate", "cpu_tiny", "patcher.mode=entropy", f"patcher.entropy_rule={rule}",
-                     "--data", str(tmp / "ent"), "--target-patch-bytes", str(target), "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "calibrate",
+                "cpu_tiny",
+                "patcher.mode=entropy",
+                f"patcher.entropy_rule={rule}",
+                "--data",
+                str(tmp / "ent"),
+                "--target-patch-bytes",
+                str(target),
+                "--json",
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out)
     train = json.loads((tmp / "ent" / "manifest.json").read_text())["splits"]["train"]["documents"]
     assert row["documents"] == train and abs(row["mean_patch_bytes"] / target - 1) < 0.05
     ids, ent, _ = entropy_sample(str(tmp / "ent"), "val", 1000)  # documents the calibration never read
-    patcher = PatcherConfig(mode="entropy", entropy_rule=rule, **{row["field"].split(".")[1]: row["threshold"]})
+    patcher = PatcherConfig(
+        mode="entropy", entropy_rule=rule, **{row["field"].split(".")[1]: row["threshold"]}
+    )
     assert abs(mean_patch_bytes(ids, patcher, ent) / target - 1) < 0.05
 
 
@@ -130,7 +192,20 @@ def test_calibration_needs_entropies_and_an_entropy_patcher(setup, capsys):
     tmp, _, _ = setup
     assert cli.main(["calibrate", "cpu_tiny", "--data", str(tmp / "ent"), "--target-patch-bytes", "4"]) == 2
     assert "patcher.mode=entropy" in capsys.readouterr().err
-    assert cli.main(["calibrate", "cpu_tiny", "patcher.mode=entropy", "--data", str(tmp / "text"), "--target-patch-bytes", "4"]) == 2
+    assert (
+        cli.main(
+            [
+                "calibrate",
+                "cpu_tiny",
+                "patcher.mode=entropy",
+                "--data",
+                str(tmp / "text"),
+                "--target-patch-bytes",
+                "4",
+            ]
+        )
+        == 2
+    )
     assert "blt prep entropies" in capsys.readouterr().err
 
 
@@ -138,12 +213,27 @@ def test_a_sweep_variant_with_patch_bytes_is_calibrated_before_planning(setup, t
     from blt_scale.sweep.plan import SweepConfig, plan_sweep, plan_table
 
     tmp, _, _ = setup
-    sweep = SweepConfig.model_validate({
-        "run_dir": str(tmp_path), "budgets": [6e11], "patch_sample_batches": 4, "budget_tolerance": 0.05,
-        "variants": [{"name": "entropy", "recipe": "cpu_tiny", "patch_bytes": 4.0,
-                      "overrides": ["patcher.mode=entropy", "data.streams=8", f"data.cache_dir={tmp / 'c9'}",
-                                    f"data.sources=[{{uri: {tmp / 'ent'}}}]"]}],
-    })
+    sweep = SweepConfig.model_validate(
+        {
+            "run_dir": str(tmp_path),
+            "budgets": [6e11],
+            "patch_sample_batches": 4,
+            "budget_tolerance": 0.05,
+            "variants": [
+                {
+                    "name": "entropy",
+                    "recipe": "cpu_tiny",
+                    "patch_bytes": 4.0,
+                    "overrides": [
+                        "patcher.mode=entropy",
+                        "data.streams=8",
+                        f"data.cache_dir={tmp / 'c9'}",
+                        f"data.sources=[{{uri: {tmp / 'ent'}}}]",
+                    ],
+                }
+            ],
+        }
+    )
     (run,) = plan_sweep(sweep, tmp_path / "sweep.yaml")
     assert any(o.startswith("patcher.threshold=") for o in run.overrides)
     assert abs(run.mean_patch_bytes / 4.0 - 1) < 0.1 and "(4.00)" in plan_table([run])

@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from data_helpers import REPO, make_documents, write_jsonl, write_text_files
 
 from blt_scale import cli
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.model.patcher import PatcherConfig
-from data_helpers import REPO, make_documents, write_jsonl, write_text_files
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +101,19 @@ def test_other_conversion_in_the_same_directory(tmp_path, capsys):
 @pytest.fixture
 def dataset(tmp_path, capsys) -> Path:
     write_text_files(tmp_path / "src", make_documents(40, seed=4, lo=100, hi=400))
-    assert prep(capsys, str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--val-fraction", "0", "--shard-size", "2KB")[0] == 0
+    assert (
+        prep(
+            capsys,
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "ds"),
+            "--val-fraction",
+            "0",
+            "--shard-size",
+            "2KB",
+        )[0]
+        == 0
+    )
     return tmp_path / "ds"
 
 
@@ -131,9 +143,20 @@ def test_damaged_shard_is_named_at_load_time(dataset, tmp_path, damage):
 def test_damaged_shard_stops_training_with_one_line(dataset, tmp_path):
     for shard in sorted((dataset / "train").rglob("*.mds.zstd")):  # whichever the first batch reads
         shard.write_bytes(shard.read_bytes()[:-10])
-    cmd = [str(REPO / ".venv/bin/blt"), "train", "cpu_tiny", f"run_dir={tmp_path / 'run'}", "train.steps=1",
-           "train.micro_batch=2", "train.global_batch=2", f"data.sources=[{{uri: {dataset}}}]", "data.seq_len=64",
-           f"data.cache_dir={tmp_path / 'cache'}", "train.peak_flops=1e12", "wandb.enabled=false"]
+    cmd = [
+        str(REPO / ".venv/bin/blt"),
+        "train",
+        "cpu_tiny",
+        f"run_dir={tmp_path / 'run'}",
+        "train.steps=1",
+        "train.micro_batch=2",
+        "train.global_batch=2",
+        f"data.sources=[{{uri: {dataset}}}]",
+        "data.seq_len=64",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.peak_flops=1e12",
+        "wandb.enabled=false",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if "truncated" in line]
@@ -163,8 +186,21 @@ def test_entropy_patching_needs_entropy_shards(dataset, tmp_path):
 
 def test_webdataset_refuses_exact_resume(tmp_path, capsys):
     write_text_files(tmp_path / "src", make_documents(30, seed=6))
-    assert prep(capsys, str(tmp_path / "src"), "--out", str(tmp_path / "wds"), "--format", "wds",
-                "--shard-size", "2KB", "--val-fraction", "0")[0] == 0
+    assert (
+        prep(
+            capsys,
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "wds"),
+            "--format",
+            "wds",
+            "--shard-size",
+            "2KB",
+            "--val-fraction",
+            "0",
+        )[0]
+        == 0
+    )
     cfg = DataConfig(seq_len=64, sources=[{"uri": str(tmp_path / "wds")}])
     loader = build_loader(cfg, PatcherConfig(), 2, rank=1, world_size=2)
     batch = next(iter(loader))
@@ -209,7 +245,11 @@ def test_truncated_compressed_inputs_are_errors_or_counted_skips(tmp_path, capsy
     header_only = frames[: len(zstandard.ZstdCompressor().compress(first)) + 6]  # the next frame just begun
     gz = gzip.compress(first)[:-20]
     write_text_files(tmp_path / "more", make_documents(3))  # the corpus is not only the cut file
-    for name, data in (("inside.jsonl.zst", cut_inside), ("header.jsonl.zst", header_only), ("cut.jsonl.gz", gz)):
+    for name, data in (
+        ("inside.jsonl.zst", cut_inside),
+        ("header.jsonl.zst", header_only),
+        ("cut.jsonl.gz", gz),
+    ):
         src = tmp_path / name
         src.write_bytes(data)
         out = tmp_path / f"out-{name}"
@@ -217,18 +257,52 @@ def test_truncated_compressed_inputs_are_errors_or_counted_skips(tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert name in err and "truncated" in err and "\n" not in err, err
         assert not (out / "_COMPLETE").exists()
-        assert cli.main(["prep", "text", str(src), str(tmp_path / "more"), "--out", str(out), "--quiet", "--skip-bad",
-                         "--overwrite"]) == 0
+        assert (
+            cli.main(
+                [
+                    "prep",
+                    "text",
+                    str(src),
+                    str(tmp_path / "more"),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    "--skip-bad",
+                    "--overwrite",
+                ]
+            )
+            == 0
+        )
         manifest = json.loads((out / "manifest.json").read_text())
-        assert [s[0] for s in manifest["skipped_inputs"]] == [str(src)] and "truncated" in manifest["skipped_inputs"][0][1]
+        assert [s[0] for s in manifest["skipped_inputs"]] == [str(src)] and "truncated" in manifest[
+            "skipped_inputs"
+        ][0][1]
 
 
 def test_a_flipped_byte_in_a_webdataset_shard_is_caught(tmp_path):
     write_text_files(tmp_path / "src", make_documents(30, seed=2))
-    assert cli.main(["prep", "text", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--format", "wds",
-                     "--val-fraction", "0", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "prep",
+                "text",
+                str(tmp_path / "src"),
+                "--out",
+                str(tmp_path / "ds"),
+                "--format",
+                "wds",
+                "--val-fraction",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cfg = DataConfig(seq_len=32, sources=[{"uri": str(tmp_path / "ds")}])
-    assert next(iter(build_loader(cfg, PatcherConfig(), 2, seed=0)))["tokens"].shape == (2, 33)  # intact: reads
+    assert next(iter(build_loader(cfg, PatcherConfig(), 2, seed=0)))["tokens"].shape == (
+        2,
+        33,
+    )  # intact: reads
     shard = sorted((tmp_path / "ds" / "train").rglob("*.tar"))[0]
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF  # inside the first document's bytes

@@ -11,13 +11,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from data_helpers import make_documents, split_documents, stream_sequences, write_text_files
 
 from blt_scale import cli
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.data.mds_reader import cache_bytes
 from blt_scale.data.streams import Source, StreamPacker, fresh_state
 from blt_scale.model.patcher import PatcherConfig
-from data_helpers import make_documents, split_documents, stream_sequences, write_text_files
 
 SEQ, M = 64, 2
 
@@ -30,8 +30,23 @@ def corpus(tmp_path_factory):
     tempfile.tempdir = str(tmp)
     docs = make_documents(400, seed=5, lo=100, hi=300)
     write_text_files(tmp / "src", docs)
-    assert cli.main(["prep", "text", str(tmp / "src"), "--out", str(tmp / "ds"), "--val-fraction", "0",
-                     "--shard-size", "2KB", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "prep",
+                "text",
+                str(tmp / "src"),
+                "--out",
+                str(tmp / "ds"),
+                "--val-fraction",
+                "0",
+                "--shard-size",
+                "2KB",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     index = json.loads((tmp / "ds" / "train" / "index.json").read_text())
     assert 35 <= len(index["shards"]) <= 60
     yield tmp, docs, index["shards"]
@@ -40,9 +55,23 @@ def corpus(tmp_path_factory):
 
 def loaders(tmp, world, streams, tag, **kw):
     """One loader per rank, each with its own cache directory tmp/cache-TAG-RANK."""
-    return [build_loader(DataConfig(seq_len=SEQ, sources=[{"uri": str(tmp / "ds")}], streams=streams,
-                                    cache_dir=str(tmp / f"cache-{tag}-{r}"), **kw),
-                         PatcherConfig(), M, rank=r, world_size=world, seed=3) for r in range(world)]
+    return [
+        build_loader(
+            DataConfig(
+                seq_len=SEQ,
+                sources=[{"uri": str(tmp / "ds")}],
+                streams=streams,
+                cache_dir=str(tmp / f"cache-{tag}-{r}"),
+                **kw,
+            ),
+            PatcherConfig(),
+            M,
+            rank=r,
+            world_size=world,
+            seed=3,
+        )
+        for r in range(world)
+    ]
 
 
 def test_two_ranks_open_a_fraction_of_the_shards_in_half_an_epoch(corpus):
@@ -152,7 +181,7 @@ def test_documents_are_read_exactly_once_per_epoch_across_the_boundary(corpus):
             got = split_documents(np.concatenate(rows))
             before = sum(src.epoch_documents(s, 4, e) for e in range(epoch))
             assert len(got) >= before + src.epoch_documents(s, 4, epoch), "raise the number of batches"
-            seen += got[before:before + src.epoch_documents(s, 4, epoch)]
+            seen += got[before : before + src.epoch_documents(s, 4, epoch)]
         assert sorted(seen) == sorted(docs)
 
 
@@ -163,12 +192,28 @@ def test_training_logs_shard_and_cache_figures_under_the_limit(corpus, tmp_path)
 
     tmp, _, shards = corpus
     limit = 5 * max(s["raw_data"]["bytes"] for s in shards)
-    cfg = load_recipe("cpu_tiny", [
-        "model.encoder.dim=32", "model.decoder.dim=32", "model.global.dim=32", "model.global.layers=1",
-        f"data.sources=[{{uri: {tmp / 'ds'}}}]", "data.seq_len=64", "data.streams=4", "data.shuffle_block_shards=1",
-        f"data.cache_dir={tmp_path / 'cache'}", f"data.cache_limit={limit}", "train.global_batch=4", "train.steps=40",
-        "train.log_every=1", "train.eval_every=null", "checkpoint.every=null", "wandb.enabled=false", f"run_dir={tmp_path / 'run'}",
-    ])
+    cfg = load_recipe(
+        "cpu_tiny",
+        [
+            "model.encoder.dim=32",
+            "model.decoder.dim=32",
+            "model.global.dim=32",
+            "model.global.layers=1",
+            f"data.sources=[{{uri: {tmp / 'ds'}}}]",
+            "data.seq_len=64",
+            "data.streams=4",
+            "data.shuffle_block_shards=1",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"data.cache_limit={limit}",
+            "train.global_batch=4",
+            "train.steps=40",
+            "train.log_every=1",
+            "train.eval_every=null",
+            "checkpoint.every=null",
+            "wandb.enabled=false",
+            f"run_dir={tmp_path / 'run'}",
+        ],
+    )
     rows = Trainer(cfg, DistEnv(), resume="never").fit()
     train = [r for r in rows if "split" not in r]
     assert len(train) == 40 and all(r["data_shards_total"] == len(shards) for r in train)

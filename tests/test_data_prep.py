@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -18,10 +17,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from data_helpers import REPO, make_documents, read_mds_split, read_wds_split, write_jsonl, write_text_files
 
 from blt_scale import cli
 from blt_scale.data.mds_reader import MDSSplit
-from data_helpers import REPO, make_documents, read_mds_split, read_wds_split, write_jsonl, write_text_files
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +81,10 @@ def test_mds_round_trip_every_input_kind(tmp_path, mixed_corpus, capsys):
 def test_wds_round_trip(tmp_path, mixed_corpus):
     inputs, docs = mixed_corpus
     out = tmp_path / "wds"
-    assert prep(*inputs, "--out", str(out), "--format", "wds", "--val-fraction", "0.2", "--shard-size", "3KB") == 0
+    assert (
+        prep(*inputs, "--out", str(out), "--format", "wds", "--val-fraction", "0.2", "--shard-size", "3KB")
+        == 0
+    )
     train, val = expected_split(docs, 0.2)
     assert Counter(read_wds_split(out, "train")) == train
     assert Counter(read_wds_split(out, "val")) == val
@@ -113,18 +115,43 @@ def test_two_workers_give_the_same_documents(tmp_path, fmt):
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
-        assert prep(str(tmp_path / "src"), "--out", str(out), "--format", fmt, "--workers", str(workers),
-                    "--part-size", "8KB", "--shard-size", "4KB", "--val-fraction", "0.1") == 0
+        assert (
+            prep(
+                str(tmp_path / "src"),
+                "--out",
+                str(out),
+                "--format",
+                fmt,
+                "--workers",
+                str(workers),
+                "--part-size",
+                "8KB",
+                "--shard-size",
+                "4KB",
+                "--val-fraction",
+                "0.1",
+            )
+            == 0
+        )
         outs.append(out)
     assert len(list((outs[1] / "parts").glob("*.json"))) > 4  # several parts really ran in parallel
     for split in ("train", "val"):
         if fmt == "mds":
-            one, two = ([s["text"] for s in read_mds_split(str(o), split, tmp_path / f"{o.name}{split}")] for o in outs)
+            one, two = (
+                [s["text"] for s in read_mds_split(str(o), split, tmp_path / f"{o.name}{split}")]
+                for o in outs
+            )
         else:
             one, two = (read_wds_split(o, split) for o in outs)
         assert one == two
-    assert Counter(one + (read_wds_split(outs[0], "train") if fmt == "wds" else
-                          [s["text"] for s in read_mds_split(str(outs[0]), "train", tmp_path / "again")])) == Counter(docs)
+    assert Counter(
+        one
+        + (
+            read_wds_split(outs[0], "train")
+            if fmt == "wds"
+            else [s["text"] for s in read_mds_split(str(outs[0]), "train", tmp_path / "again")]
+        )
+    ) == Counter(docs)
 
 
 def _mtimes(root: Path) -> dict[str, float]:
@@ -149,8 +176,19 @@ def test_killed_conversion_is_completed_by_a_rerun(tmp_path, capsys):
     docs = make_documents(80, seed=5, lo=60_000, hi=120_000)
     write_text_files(tmp_path / "src", docs)
     out = tmp_path / "out"
-    cmd = [str(REPO / ".venv/bin/blt"), "prep", "text", str(tmp_path / "src"), "--out", str(out),
-           "--part-size", "100KB", "--val-fraction", "0.1", "--quiet"]
+    cmd = [
+        str(REPO / ".venv/bin/blt"),
+        "prep",
+        "text",
+        str(tmp_path / "src"),
+        "--out",
+        str(out),
+        "--part-size",
+        "100KB",
+        "--val-fraction",
+        "0.1",
+        "--quiet",
+    ]
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

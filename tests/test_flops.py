@@ -11,9 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from blt_scale.data.builtin import stdlib_documents
 from blt_scale.data.packing import pack
+from blt_scale.model.attention import causal_mask
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import mean_visible_keys, model_flops
-from blt_scale.model.attention import causal_mask
 from blt_scale.model.patcher import patch_lengths
 from blt_scale.recipe import load_recipe
 
@@ -34,8 +34,11 @@ def counted_linear(model, ids, lengths) -> float:
 
 
 THREE_LAYER_ALL_CROSS = [
-    "model.encoder.layers=3", "model.encoder.cross_attn_all_layers=true",
-    "model.decoder.layers=3", "model.decoder.cross_attn_all_layers=true", "model.global.layers=3",
+    "model.encoder.layers=3",
+    "model.encoder.cross_attn_all_layers=true",
+    "model.decoder.layers=3",
+    "model.decoder.cross_attn_all_layers=true",
+    "model.global.layers=3",
 ]
 
 
@@ -79,7 +82,9 @@ def test_latent_cost_per_byte_falls_with_patch_size_and_lookups_are_free():
 def test_cli_json_reports_the_same_numbers():
     out = subprocess.run(
         [sys.executable, "-m", "blt_scale.cli", "flops", "blt_1b", "--patch-bytes", "4.5", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     got = json.loads(out.stdout)
     cfg = load_recipe("blt_1b")

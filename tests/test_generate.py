@@ -13,7 +13,7 @@ from blt_scale.model.generate import _Stops, generate_batch
 from blt_scale.model.incremental import make_stepper
 from blt_scale.model.patcher import PatcherConfig, patch_lengths_with_next
 from blt_scale.model.sampling import choose, sampling_probs
-from blt_scale.model.vocab import BOS, OFFSET, encode
+from blt_scale.model.vocab import encode
 from blt_scale.recipe import load_recipe
 from blt_scale.train.export import save_exported
 
@@ -22,10 +22,17 @@ WINDOW = 8
 
 def tiny_blt(**kw) -> BLT:
     torch.manual_seed(0)
-    return BLT(BLTConfig.model_validate({
-        "encoder": {"dim": 32, "layers": 1, "heads": 2, "window": WINDOW},
-        "global": {"dim": 48, "layers": 2, "heads": 2}, "decoder": {"dim": 32, "layers": 2, "heads": 2, "window": WINDOW},
-        "ngram": {"sizes": [3, 8], "buckets": 97}, **kw})).eval()
+    return BLT(
+        BLTConfig.model_validate(
+            {
+                "encoder": {"dim": 32, "layers": 1, "heads": 2, "window": WINDOW},
+                "global": {"dim": 48, "layers": 2, "heads": 2},
+                "decoder": {"dim": 32, "layers": 2, "heads": 2, "window": WINDOW},
+                "ngram": {"sizes": [3, 8], "buckets": 97},
+                **kw,
+            }
+        )
+    ).eval()
 
 
 def tiny_lm(window=6, seed=0) -> ByteLM:
@@ -40,8 +47,10 @@ CASES = {
     "blt-space": (tiny_blt, PatcherConfig(mode="space", max_patch_len=6)),
     "blt-static": (tiny_blt, PatcherConfig(mode="static", static_size=3)),
     "blt-entropy-global": (tiny_blt, PatcherConfig(mode="entropy", entropy_rule="global", threshold=5.5)),
-    "blt-entropy-monotonic": (lambda: tiny_blt(doc_mask=True, decoder_cross_window=2),
-                              PatcherConfig(mode="entropy", entropy_rule="monotonic", relative_threshold=0.0)),
+    "blt-entropy-monotonic": (
+        lambda: tiny_blt(doc_mask=True, decoder_cross_window=2),
+        PatcherConfig(mode="entropy", entropy_rule="monotonic", relative_threshold=0.0),
+    ),
 }
 PROMPTS = {"short": b"a", "long": b"The quick brown fox jumps over the lazy dog; " * 2}
 
@@ -69,7 +78,9 @@ def test_cached_greedy_equals_the_reference_for_300_bytes(case, prompt):
     stepper = make_stepper(model, 1, patcher, ENTROPY_LM)
     n = ids.numel()
     got = [stepper.step(seq[:, :n], torch.ones(1, n, dtype=torch.bool))]
-    got += [stepper.step(seq[:, t:t + 1], torch.ones(1, 1, dtype=torch.bool)) for t in range(n, seq.shape[1])]
+    got += [
+        stepper.step(seq[:, t : t + 1], torch.ones(1, 1, dtype=torch.bool)) for t in range(n, seq.shape[1])
+    ]
     with torch.no_grad():
         torch.testing.assert_close(torch.cat(got, 1), full_logits(model, seq, patcher), atol=1e-4, rtol=1e-4)
 
@@ -106,12 +117,20 @@ def brute_probs(logits, temperature, top_k, top_p):
     return torch.tensor(out)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.6), (0.9, 8, 0.5)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.6), (0.9, 8, 0.5)]
+)
 def test_sampling_probabilities_equal_a_brute_force_sampler(temperature, top_k, top_p):
     logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(0)) * 2
-    torch.testing.assert_close(sampling_probs(logits, temperature, top_k, top_p), brute_probs(logits, temperature, top_k, top_p),
-                               atol=1e-5, rtol=1e-4)
-    draws = torch.stack([choose(logits, temperature, top_k, top_p, torch.Generator().manual_seed(s)) for s in range(300)])
+    torch.testing.assert_close(
+        sampling_probs(logits, temperature, top_k, top_p),
+        brute_probs(logits, temperature, top_k, top_p),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    draws = torch.stack(
+        [choose(logits, temperature, top_k, top_p, torch.Generator().manual_seed(s)) for s in range(300)]
+    )
     support = sampling_probs(logits, temperature, top_k, top_p) > 0
     assert all(bool(support[r, draws[:, r]].all()) for r in range(3))
 
@@ -121,8 +140,17 @@ def test_seeded_sampling_is_reproducible():
     prompt = [encode(b"seed", bos=True)]
 
     def run(seed):
-        return generate_batch(model, prompt, 40, patcher, temperature=1.0, top_p=0.9,
-                              generator=torch.Generator().manual_seed(seed), stop_at_eos=False)[0].ids
+        return generate_batch(
+            model,
+            prompt,
+            40,
+            patcher,
+            temperature=1.0,
+            top_p=0.9,
+            generator=torch.Generator().manual_seed(seed),
+            stop_at_eos=False,
+        )[0].ids
+
     assert run(1) == run(1) and run(1) != run(2)
 
 
@@ -132,8 +160,15 @@ def test_stop_strings_end_the_text_before_them_and_are_never_streamed():
     free = generate_batch(model, prompt, 60, patcher, stop_at_eos=False)[0].text
     stop = free[20:23]
     streamed = []
-    got = generate_batch(model, prompt, 60, patcher, stops=[stop, b"\x00never"], stop_at_eos=False,
-                         on_bytes=lambda r, b: streamed.append(b))[0]
+    got = generate_batch(
+        model,
+        prompt,
+        60,
+        patcher,
+        stops=[stop, b"\x00never"],
+        stop_at_eos=False,
+        on_bytes=lambda r, b: streamed.append(b),
+    )[0]
     assert got.text == free[: free.find(stop)] and b"".join(streamed) == got.text
     scanner = _Stops([b"END"])
     shown = [scanner.add(b)[0] for b in b"xxEN"]
@@ -145,10 +180,21 @@ def test_stop_strings_end_the_text_before_them_and_are_never_streamed():
 def exports(tmp_path_factory):
     """A tiny entropy-patched BLT and its entropy model, exported without training."""
     root = tmp_path_factory.mktemp("gen")
-    small = ["model.encoder.dim=32", "model.decoder.dim=32", "model.global.dim=48", "model.encoder.heads=2",
-             "model.decoder.heads=2", "model.global.heads=2", "model.ngram.buckets=97"]
-    blt_cfg = load_recipe("cpu_tiny", small + ["patcher.mode=entropy", "patcher.threshold=5.5", f"run_dir={root / 'r'}"])
-    lm_cfg = load_recipe("cpu_entropy_model", ["model.dim=32", "model.layers=1", "model.heads=2", f"run_dir={root / 'e'}"])
+    small = [
+        "model.encoder.dim=32",
+        "model.decoder.dim=32",
+        "model.global.dim=48",
+        "model.encoder.heads=2",
+        "model.decoder.heads=2",
+        "model.global.heads=2",
+        "model.ngram.buckets=97",
+    ]
+    blt_cfg = load_recipe(
+        "cpu_tiny", small + ["patcher.mode=entropy", "patcher.threshold=5.5", f"run_dir={root / 'r'}"]
+    )
+    lm_cfg = load_recipe(
+        "cpu_entropy_model", ["model.dim=32", "model.layers=1", "model.heads=2", f"run_dir={root / 'e'}"]
+    )
     torch.manual_seed(0)
     save_exported(build_model(blt_cfg.model).state_dict(), blt_cfg, root / "blt")
     save_exported(build_model(lm_cfg.model).state_dict(), lm_cfg, root / "entropy")
@@ -156,8 +202,17 @@ def exports(tmp_path_factory):
 
 
 def test_cli_json_with_cache_equals_no_cache(exports, capsys):
-    args = ["generate", str(exports / "blt"), "--prompt", "hi", "--max-bytes", "30", "--json",
-            "--entropy-model", str(exports / "entropy")]
+    args = [
+        "generate",
+        str(exports / "blt"),
+        "--prompt",
+        "hi",
+        "--max-bytes",
+        "30",
+        "--json",
+        "--entropy-model",
+        str(exports / "entropy"),
+    ]
     assert main(args) == 0
     cached = json.loads(capsys.readouterr().out)
     assert main(args + ["--no-cache"]) == 0
@@ -187,8 +242,21 @@ def test_cli_bad_inputs_are_one_line_each(exports, tmp_path, capsys):
 def test_cli_prompt_file_takes_any_bytes(exports, tmp_path, capsysbinary):
     binary = tmp_path / "prompt.bin"
     binary.write_bytes(b"caf\xe9 \xff\xfe")  # bytes are bytes: invalid UTF-8 is a prompt like any other
-    assert main(["generate", str(exports / "blt"), "--prompt-file", str(binary), "--max-bytes", "4",
-                 "--entropy-model", str(exports / "entropy")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(exports / "blt"),
+                "--prompt-file",
+                str(binary),
+                "--max-bytes",
+                "4",
+                "--entropy-model",
+                str(exports / "entropy"),
+            ]
+        )
+        == 0
+    )
     assert capsysbinary.readouterr().out.startswith(b"caf\xe9 \xff\xfe")
 
 
@@ -199,10 +267,20 @@ def test_bf16_cached_logits_follow_the_bf16_full_forward(case):
     entropy = tiny_lm(window=6, seed=3).to(torch.bfloat16)
     seq = encode(PROMPTS["long"], bos=True)[None]
     stepper = make_stepper(model, 1, patcher, entropy)
-    got = torch.cat([stepper.step(seq[:, :10], torch.ones(1, 10, dtype=torch.bool))]
-                    + [stepper.step(seq[:, t:t + 1], torch.ones(1, 1, dtype=torch.bool)) for t in range(10, seq.shape[1])], 1)
+    got = torch.cat(
+        [stepper.step(seq[:, :10], torch.ones(1, 10, dtype=torch.bool))]
+        + [
+            stepper.step(seq[:, t : t + 1], torch.ones(1, 1, dtype=torch.bool))
+            for t in range(10, seq.shape[1])
+        ],
+        1,
+    )
     with torch.no_grad():
         h = entropy.entropies(seq) if patcher.mode == "entropy" else None
-        want = model(seq) if isinstance(model, ByteLM) else model(seq, patch_lengths_with_next(seq, patcher, h))
+        want = (
+            model(seq) if isinstance(model, ByteLM) else model(seq, patch_lengths_with_next(seq, patcher, h))
+        )
     assert got.dtype == torch.bfloat16
-    assert (got.float() - want.float()).abs().max() < 0.1 and (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+    assert (got.float() - want.float()).abs().max() < 0.1 and (
+        got.argmax(-1) == want.argmax(-1)
+    ).float().mean() > 0.9

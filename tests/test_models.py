@@ -13,12 +13,29 @@ from blt_scale.model.vocab import BOS, EOS, OFFSET, encode
 
 def tiny_blt(doc_mask=False, all_cross=False) -> BLT:
     torch.manual_seed(0)
-    return BLT(BLTConfig.model_validate({
-        "encoder": {"dim": 32, "layers": 1, "heads": 2, "window": 8, "cross_attn_all_layers": all_cross},
-        "global": {"dim": 48, "layers": 2, "heads": 2},
-        "decoder": {"dim": 32, "layers": 2, "heads": 2, "window": 8, "cross_attn_all_layers": all_cross},
-        "ngram": {"sizes": [3, 4], "buckets": 97}, "doc_mask": doc_mask,
-    }))
+    return BLT(
+        BLTConfig.model_validate(
+            {
+                "encoder": {
+                    "dim": 32,
+                    "layers": 1,
+                    "heads": 2,
+                    "window": 8,
+                    "cross_attn_all_layers": all_cross,
+                },
+                "global": {"dim": 48, "layers": 2, "heads": 2},
+                "decoder": {
+                    "dim": 32,
+                    "layers": 2,
+                    "heads": 2,
+                    "window": 8,
+                    "cross_attn_all_layers": all_cross,
+                },
+                "ngram": {"sizes": [3, 4], "buckets": 97},
+                "doc_mask": doc_mask,
+            }
+        )
+    )
 
 
 def tiny_lm(doc_mask=False, window=None) -> ByteLM:
@@ -38,9 +55,16 @@ def forward(model, ids, patcher, entropy_model):
 
 
 @pytest.mark.parametrize("patcher", PATCHERS, ids=lambda p: p.mode)
-@pytest.mark.parametrize("make", [tiny_blt, lambda: tiny_blt(doc_mask=True, all_cross=True), tiny_lm,
-                                  lambda: tiny_lm(doc_mask=True, window=5)],
-                         ids=["blt", "blt-docmask-allcross", "byte_lm", "byte_lm-docmask-window"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        tiny_blt,
+        lambda: tiny_blt(doc_mask=True, all_cross=True),
+        tiny_lm,
+        lambda: tiny_lm(doc_mask=True, window=5),
+    ],
+    ids=["blt", "blt-docmask-allcross", "byte_lm", "byte_lm-docmask-window"],
+)
 def test_future_bytes_never_change_past_logits(make, patcher):
     model, entropy_model = make().eval(), tiny_lm(window=6).eval()
     g = torch.Generator().manual_seed(4)
@@ -56,16 +80,21 @@ def test_future_bytes_never_change_past_logits(make, patcher):
         base = forward(model, ids, patcher, entropy_model)
         for t in (0, 9, 20, 33, 46):
             changed = ids.clone()
-            changed[:, t + 1:] = torch.randint(OFFSET, OFFSET + 256, changed[:, t + 1:].shape, generator=g)
+            changed[:, t + 1 :] = torch.randint(OFFSET, OFFSET + 256, changed[:, t + 1 :].shape, generator=g)
             other = forward(model, changed, patcher, entropy_model)
             torch.testing.assert_close(other[:, : t + 1], base[:, : t + 1], atol=1e-5, rtol=1e-5)
-            assert not torch.allclose(other[:, t + 1:], base[:, t + 1:])  # the change was seen later
+            assert not torch.allclose(other[:, t + 1 :], base[:, t + 1 :])  # the change was seen later
 
 
-@pytest.mark.parametrize("make", [lambda: tiny_blt(doc_mask=True), lambda: tiny_lm(doc_mask=True)], ids=["blt", "byte_lm"])
+@pytest.mark.parametrize(
+    "make", [lambda: tiny_blt(doc_mask=True), lambda: tiny_lm(doc_mask=True)], ids=["blt", "byte_lm"]
+)
 def test_document_mask_isolates_the_next_document(make):
     model = make().eval()
-    first, second = encode(b"alpha beta gamma", bos=True, eos=True), encode(b"delta epsilon", bos=True, eos=True)
+    first, second = (
+        encode(b"alpha beta gamma", bos=True, eos=True),
+        encode(b"delta epsilon", bos=True, eos=True),
+    )
     other_first = encode(b"zzzzz qqqq xxxxx", bos=True, eos=True)  # same length, other content
     patcher = PatcherConfig(mode="space")
     with torch.no_grad():
@@ -88,7 +117,7 @@ def test_greedy_generation_is_the_argmax_of_a_full_forward(make, patcher):
     with torch.no_grad():
         logits = forward(model, out, patcher, entropy_model)
     expected = logits[0, prompt.shape[1] - 1 : -1].argmax(-1)
-    assert torch.equal(out[0, prompt.shape[1]:], expected)
+    assert torch.equal(out[0, prompt.shape[1] :], expected)
 
 
 def test_sampling_respects_top_k():
@@ -97,8 +126,15 @@ def test_sampling_respects_top_k():
     with torch.no_grad():
         allowed = set(model(prompt)[0, -1].topk(2).indices.tolist())
     for seed in range(20):
-        out = generate(model, prompt, 1, PatcherConfig(mode="byte"), temperature=1.5, top_k=2,
-                       generator=torch.Generator().manual_seed(seed))
+        out = generate(
+            model,
+            prompt,
+            1,
+            PatcherConfig(mode="byte"),
+            temperature=1.5,
+            top_k=2,
+            generator=torch.Generator().manual_seed(seed),
+        )
         assert int(out[0, -1]) in allowed
 
 

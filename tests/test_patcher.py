@@ -7,10 +7,10 @@ from blt_scale.model.ngram import BASE, PRIME, HashNgramEmbedding, NgramConfig, 
 from blt_scale.model.patcher import (
     PatcherConfig,
     calibrate_threshold,
+    closed_patches,
     lengths_from_starts,
     mean_patch_bytes,
     patch_ids_from_lengths,
-    closed_patches,
     patch_lengths,
     patch_lengths_with_next,
     patch_starts,
@@ -49,7 +49,9 @@ def brute_starts(ids: list[int], h: list[float], cfg: PatcherConfig) -> list[boo
 CONFIGS = [
     PatcherConfig(mode="entropy", entropy_rule="global", threshold=1.0),
     PatcherConfig(mode="entropy", entropy_rule="monotonic", relative_threshold=0.2),
-    PatcherConfig(mode="entropy", entropy_rule="both", threshold=0.8, relative_threshold=0.1, max_patch_len=5),
+    PatcherConfig(
+        mode="entropy", entropy_rule="both", threshold=0.8, relative_threshold=0.1, max_patch_len=5
+    ),
     PatcherConfig(mode="space"),
     PatcherConfig(mode="space", max_patch_len=3),
     PatcherConfig(mode="static", static_size=3),
@@ -81,7 +83,7 @@ def test_space_patches_end_after_the_first_space_like_byte():
     lengths = patch_lengths(ids, PatcherConfig(mode="space"))[0].tolist()
     pieces, at = [], 0
     for n in lengths:
-        pieces.append(ids[0, at:at + n].tolist())
+        pieces.append(ids[0, at : at + n].tolist())
         at += n
     text = [bytes(i - OFFSET if i >= OFFSET else ord("|") for i in p) for p in pieces]
     assert text == [b"|the ", b"quick ", b" brown|", b"|a"]  # | marks BOS/EOS
@@ -97,11 +99,16 @@ def test_closed_patches_equal_brute_force(cfg):
     h = torch.rand(3, 41, generator=g) * 2
     starts = patch_starts(ids, cfg, h)
     whole = patch_starts(torch.cat([ids, ids[:, :1]], 1), cfg, torch.cat([h, h[:, :1]], 1))
-    for lengths, known_next in ((patch_lengths(ids, cfg, h), False), (patch_lengths_with_next(ids, cfg, h), True)):
+    for lengths, known_next in (
+        (patch_lengths(ids, cfg, h), False),
+        (patch_lengths_with_next(ids, cfg, h), True),
+    ):
         got = closed_patches(lengths, 41)
         for b in range(3):
             for t in range(41):
-                complete = int(starts[b, 1:t + 2].sum()) + (int(whole[b, 41]) if t == 40 and known_next else 0)
+                complete = int(starts[b, 1 : t + 2].sum()) + (
+                    int(whole[b, 41]) if t == 40 and known_next else 0
+                )
                 assert got[b, t] == complete
 
 
@@ -148,14 +155,20 @@ def test_entropy_mode_without_entropies_is_a_clear_error():
 def test_ngram_hashes_equal_brute_force(with_docs, length):
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 259, (3, length), generator=g)
-    docs = torch.randint(0, 2, (3, length), generator=g).cumsum(1) if with_docs else torch.zeros(3, length, dtype=torch.long)
+    docs = (
+        torch.randint(0, 2, (3, length), generator=g).cumsum(1)
+        if with_docs
+        else torch.zeros(3, length, dtype=torch.long)
+    )
     for n in (3, 5, 8):
         got = ngram_hashes(ids, n, docs if with_docs else None)
         for b in range(3):
             row, doc = ids[b].tolist(), docs[b].tolist()
             for t in range(length):
                 h = 0
-                for j in range(t - n + 1, t + 1):  # oldest first; before the start or the document counts as 0
+                for j in range(
+                    t - n + 1, t + 1
+                ):  # oldest first; before the start or the document counts as 0
                     h = (h * BASE + (row[j] + 1 if j >= 0 and doc[j] == doc[t] else 0)) % PRIME
                 assert got[b, t] == h
 

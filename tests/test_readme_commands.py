@@ -43,22 +43,17 @@ RUN = {
 # README line -> why it is not run here (and what tests it instead).
 SKIP = {
     "make demo": "minutes on 2 cores (this file's budget is ~3 min); its steps are tested one by one: "
-                 "blt prep text (tests/test_data_prep.py), FSDP stop by SIGUSR2 and resume (tests/test_train_resume.py), "
-                 "eval (tests/test_train_cli.py and the eval line here)",
+    "blt prep text (tests/test_data_prep.py), FSDP stop by SIGUSR2 and resume (tests/test_train_resume.py), "
+    "eval (tests/test_train_cli.py and the eval line here)",
     "make test": "the whole test suite, which includes this file",
-    "blt prep text /data/raw/*.jsonl.zst --text-field text --out s3://bucket/corpus --workers 8 --val-fraction 0.01":
-        "remote storage (s3://) and example input paths; blt prep text: tests/test_data_prep.py, tests/test_data_errors.py",
+    "blt prep text /data/raw/*.jsonl.zst --text-field text --out s3://bucket/corpus --workers 8 --val-fraction 0.01": "remote storage (s3://) and example input paths; blt prep text: tests/test_data_prep.py, tests/test_data_errors.py",
     "blt prep entropies --data s3://bucket/corpus --model runs/entropy_model/export --out s3://bucket/corpus_h "
-    "--slurm-parts 16 --nodes 1 --gpus-per-node 1 --device cuda --partition gpu":
-        "SLURM, GPU and s3://: tests/test_slurm_entropies.py (--slurm-parts on the local cluster), tests/test_data_entropies.py",
-    'blt submit blt_1b "data.sources=[{uri: s3://bucket/corpus_h}]" --nodes 8 --gpus-per-node 8 --time 48:00:00 --partition gpu':
-        "SLURM with 64 GPUs and s3://: tests/test_slurm_submit.py, tests/test_slurm_cli.py (--dry-run)",
+    "--slurm-parts 16 --nodes 1 --gpus-per-node 1 --device cuda --partition gpu": "SLURM, GPU and s3://: tests/test_slurm_entropies.py (--slurm-parts on the local cluster), tests/test_data_entropies.py",
+    'blt submit blt_1b "data.sources=[{uri: s3://bucket/corpus_h}]" --nodes 8 --gpus-per-node 8 --time 48:00:00 --partition gpu': "SLURM with 64 GPUs and s3://: tests/test_slurm_submit.py, tests/test_slurm_cli.py (--dry-run)",
     "blt status runs/blt_1b": "reads the SLURM run submitted above: tests/test_slurm_resume.py, tests/test_slurm_sbatch.py",
     "blt resume runs/blt_1b --nodes 4": "SLURM (resubmits the run above): tests/test_slurm_resume.py",
-    "blt sweep recipes/sweeps/paper_isoflop.yaml --wait":
-        "SLURM array of GPU-sized runs: tests/test_sweep_slurm.py, tests/test_sweep_local.py (tiny sweeps)",
-    "torchrun --nproc-per-node 8 -m blt_scale.train blt_1b parallel.strategy=fsdp":
-        "GPU (blt_1b on 8 ranks); torchrun's environment: tests/test_train_units.py::test_env_from_torchrun_then_slurm",
+    "blt sweep recipes/sweeps/paper_isoflop.yaml --wait": "SLURM array of GPU-sized runs: tests/test_sweep_slurm.py, tests/test_sweep_local.py (tiny sweeps)",
+    "torchrun --nproc-per-node 8 -m blt_scale.train blt_1b parallel.strategy=fsdp": "GPU (blt_1b on 8 ranks); torchrun's environment: tests/test_train_units.py::test_env_from_torchrun_then_slurm",
 }
 
 
@@ -101,18 +96,29 @@ def as_run(command: str) -> list[str]:
 
 
 def test_readme_parsing():
-    text = "x\n```bash\nblt a b=1   # note\nblt c \\\n    --d 'e # f'\n\n# only a comment\n```\n`blt inline`\n"
+    text = (
+        "x\n```bash\nblt a b=1   # note\nblt c \\\n    --d 'e # f'\n\n# only a comment\n```\n`blt inline`\n"
+    )
     assert readme_commands(text) == ["blt a b=1", "blt c --d 'e # f'"]
-    assert as_run("blt eval runs/cpu_tiny [--data URI] [--json]")[1:] == ["eval", "runs/cpu_tiny", "--batches", "1"]
+    assert as_run("blt eval runs/cpu_tiny [--data URI] [--json]")[1:] == [
+        "eval",
+        "runs/cpu_tiny",
+        "--batches",
+        "1",
+    ]
 
 
 def test_every_readme_command_is_run_or_skipped():
     commands = readme_commands()
     missing = [c for c in commands if c not in RUN and c not in SKIP]
-    assert not missing, ("README.md commands that tests/test_readme_commands.py neither runs (RUN) nor skips with a "
-                         f"reason (SKIP): {missing}")
+    assert not missing, (
+        "README.md commands that tests/test_readme_commands.py neither runs (RUN) nor skips with a "
+        f"reason (SKIP): {missing}"
+    )
     stale = [c for c in [*RUN, *SKIP] if c not in commands]
-    assert not stale, f"RUN/SKIP entries of tests/test_readme_commands.py that README.md no longer has: {stale}"
+    assert not stale, (
+        f"RUN/SKIP entries of tests/test_readme_commands.py that README.md no longer has: {stale}"
+    )
     assert not set(RUN) & set(SKIP)
     assert all(reason.strip() for reason in SKIP.values())
 
@@ -122,8 +128,12 @@ def _env(tmp: Path) -> dict:
     temporary files and wandb's own directories under `tmp`."""
     drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("SLURM_", "WANDB_"))}
-    for key, sub in [("TMPDIR", "tmp"), ("WANDB_CACHE_DIR", "wandb_cache"), ("WANDB_CONFIG_DIR", "wandb_config"),
-                     ("WANDB_DATA_DIR", "wandb_data")]:
+    for key, sub in [
+        ("TMPDIR", "tmp"),
+        ("WANDB_CACHE_DIR", "wandb_cache"),
+        ("WANDB_CONFIG_DIR", "wandb_config"),
+        ("WANDB_DATA_DIR", "wandb_data"),
+    ]:
         (tmp / sub).mkdir(parents=True, exist_ok=True)
         env[key] = str(tmp / sub)
     return env
@@ -140,9 +150,18 @@ def test_readme_commands_run_as_written(tmp_path):
         if command not in RUN:
             continue
         # errors="replace": `blt generate` writes the model's raw bytes, which need not be UTF-8
-        out = subprocess.run(as_run(command), cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
-                             timeout=COMMAND_TIMEOUT_S)
-        assert out.returncode == 0, f"README command {command!r} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+        out = subprocess.run(
+            as_run(command),
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=COMMAND_TIMEOUT_S,
+        )
+        assert out.returncode == 0, (
+            f"README command {command!r} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+        )
         outputs[command] = out.stdout
 
     for run_dir in ("runs/one_process", "runs/cpu_tiny"):
@@ -152,5 +171,7 @@ def test_readme_commands_run_as_written(tmp_path):
         assert (cwd / run_dir / "checkpoints" / "step_000002").is_dir(), run_dir
     assert "val bpb" in outputs["blt eval runs/cpu_tiny [--data URI] [--json]"]
     assert (cwd / "runs/cpu_tiny/export/config.yaml").is_file()
-    assert outputs['blt generate runs/cpu_tiny/export --prompt "def main(" --max-bytes 200'].startswith("def main(")
+    assert outputs['blt generate runs/cpu_tiny/export --prompt "def main(" --max-bytes 200'].startswith(
+        "def main("
+    )
     assert "training FLOPs/byte" in outputs["blt flops blt_1b --patch-bytes 4.5 [--json]"]

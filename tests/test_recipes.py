@@ -1,6 +1,5 @@
 """Every recipe resolves, builds on the meta device, and matches the FLOP module's parameter count."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,11 @@ from blt_scale.model.flops import model_flops
 from blt_scale.recipe import RECIPES, load_recipe
 
 # sweeps/ holds sweep recipes and brain/ the `blt prep brain` presets: not training recipes.
-ALL = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if not {"sweeps", "brain"} & set(p.parts))
+ALL = sorted(
+    p.relative_to(RECIPES).as_posix()
+    for p in RECIPES.rglob("*.yaml")
+    if not {"sweeps", "brain"} & set(p.parts)
+)
 
 
 def meta_model(cfg):

@@ -4,20 +4,32 @@ limit; each task trains its own config into its own run directory."""
 from __future__ import annotations
 
 import pytest
+from test_slurm_support import (
+    TINY,
+    events,
+    losses,
+    slurm_cluster,  # noqa: F401 - fixture
+    track,
+    wait_job,
+)
 
 from blt_scale.launch.config import LaunchConfig
 from blt_scale.launch.submit import submit_runs
 from blt_scale.recipe import load_recipe
-from test_slurm_support import slurm_cluster  # noqa: F401 - fixture
-from test_slurm_support import TINY, events, losses, track, wait_job
 
 pytestmark = pytest.mark.slurm
 
 
 def test_array_of_three_configs(slurm_cluster, tmp_path):
-    cfgs = [load_recipe("cpu_tiny", [*TINY, "train.steps=4", f"train.seed={seed}", f"run_dir={tmp_path / f'seed{seed}'}"])
-            for seed in range(3)]
-    jobs = submit_runs(cfgs, LaunchConfig(nodes=1, tasks_per_node=1, time_min=10), tmp_path / "array", parallelism=2)
+    cfgs = [
+        load_recipe(
+            "cpu_tiny", [*TINY, "train.steps=4", f"train.seed={seed}", f"run_dir={tmp_path / f'seed{seed}'}"]
+        )
+        for seed in range(3)
+    ]
+    jobs = submit_runs(
+        cfgs, LaunchConfig(nodes=1, tasks_per_node=1, time_min=10), tmp_path / "array", parallelism=2
+    )
     for job in jobs:
         track(job.job_id)
     array_id = jobs[0].job_id.split("_")[0]
@@ -36,4 +48,6 @@ def test_array_of_three_configs(slurm_cluster, tmp_path):
         assert start["job"] == job.job_id
         assert (run_dir / "logs" / "array" / f"{job.job_id}_0_log.out").exists()
         first_losses.append(losses(run_dir)[1])
-    assert len(set(first_losses)) == 3, "three seeds gave identical runs: the tasks did not get their own configs"
+    assert len(set(first_losses)) == 3, (
+        "three seeds gave identical runs: the tasks did not get their own configs"
+    )

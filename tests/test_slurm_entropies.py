@@ -4,19 +4,38 @@ the merged dataset equals a single local run."""
 import json
 
 import pytest
-
-from blt_scale import cli
 from test_data_entropies import assert_same_entropies, setup  # noqa: F401 - setup is a fixture
 from test_slurm_support import slurm_cluster  # noqa: F401 - the fixture
+
+from blt_scale import cli
 
 pytestmark = [pytest.mark.slurm]
 
 
 def test_parts_as_an_array_then_merged_equal_a_single_run(setup, slurm_cluster, tmp_path, capsys):  # noqa: F811
     tmp, _, _ = setup
-    argv = ["prep", "entropies", "--data", str(tmp / "text"), "--model", str(tmp / "model"), "--out", str(tmp_path / "arr"),
-            "--batch-size", "5", "--slurm-parts", "2", "--nodes", "1", "--tasks-per-node", "1", "--time", "10",
-            "--slurm-folder", str(tmp_path / "slurm")]
+    argv = [
+        "prep",
+        "entropies",
+        "--data",
+        str(tmp / "text"),
+        "--model",
+        str(tmp / "model"),
+        "--out",
+        str(tmp_path / "arr"),
+        "--batch-size",
+        "5",
+        "--slurm-parts",
+        "2",
+        "--nodes",
+        "1",
+        "--tasks-per-node",
+        "1",
+        "--time",
+        "10",
+        "--slurm-folder",
+        str(tmp_path / "slurm"),
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("job ") and "2 parts" in out[0]

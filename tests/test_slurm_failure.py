@@ -7,9 +7,14 @@ import json
 import subprocess
 
 import pytest
-
-from test_slurm_support import slurm_cluster  # noqa: F401 - fixture
-from test_slurm_support import TINY, blt, events, submit, wait_job
+from test_slurm_support import (
+    TINY,
+    blt,
+    events,
+    slurm_cluster,  # noqa: F401 - fixture
+    submit,
+    wait_job,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -26,5 +31,7 @@ def test_failing_job_is_reported_failed_and_not_requeued(slurm_cluster, tmp_path
     assert status["state"] == "failed" and status["jobs"][0]["slurm_state"] == "FAILED"
     text = blt("status", str(run_dir)).stdout
     assert f"job {job} failed" in text
-    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30
+    ).stdout
     assert "Restarts=0" in shown and "JobState=FAILED" in shown

@@ -7,12 +7,18 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from test_slurm_support import (  # noqa: F401 - fixtures
+    SHARED,
+    STEPS,
+    assert_same_losses,
+    events,
+    losses,
     reference_run,
     slurm_cluster,
+    submit,
+    wait_job,
+    wait_metrics,
 )
-from test_slurm_support import SHARED, STEPS, assert_same_losses, events, losses, submit, wait_job, wait_metrics
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 

@@ -7,13 +7,19 @@ import json
 import subprocess
 
 import pytest
-
 from test_slurm_support import (  # noqa: F401 - fixtures
+    SHARED,
+    STEPS,
+    assert_same_losses,
+    blt,
+    events,
+    losses,
     reference_run,
     slurm_cluster,
-)
-from test_slurm_support import (
-    SHARED, STEPS, assert_same_losses, blt, events, losses, submit, track, wait_job, wait_metrics,
+    submit,
+    track,
+    wait_job,
+    wait_metrics,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
@@ -43,7 +49,11 @@ def test_resume_two_node_run_on_one_node(slurm_cluster, reference_run, tmp_path)
     assert events(run_dir, "exit")[-1] == events(run_dir, "exit")[-1] | {"status": "completed", "step": STEPS}
 
     got, want = losses(run_dir), losses(reference_run)
-    assert_same_losses({s: got[s] for s in got if s <= saved}, {s: want[s] for s in want if s <= saved}, rel=1e-6)
-    assert_same_losses({s: got[s] for s in got if s > saved}, {s: want[s] for s in want if s > saved}, rel=1e-4)
+    assert_same_losses(
+        {s: got[s] for s in got if s <= saved}, {s: want[s] for s in want if s <= saved}, rel=1e-6
+    )
+    assert_same_losses(
+        {s: got[s] for s in got if s > saved}, {s: want[s] for s in want if s > saved}, rel=1e-4
+    )
     status = json.loads(blt("status", str(run_dir), "--json").stdout)
     assert status["state"] == "completed" and [j["job"] for j in status["jobs"]] == [job, job2]

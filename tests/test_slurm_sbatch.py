@@ -9,25 +9,52 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from test_slurm_support import slurm_cluster  # noqa: F401 - fixture
-from test_slurm_support import TINY, blt, events, losses, track, wait_job
+from test_slurm_support import (
+    TINY,
+    blt,
+    events,
+    losses,
+    slurm_cluster,  # noqa: F401 - fixture
+    track,
+    wait_job,
+)
 
 pytestmark = pytest.mark.slurm
 
 
 def test_plain_sbatch_template_runs_a_prepared_run_dir(slurm_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    r = blt("submit", "cpu_tiny", *TINY, "train.steps=4", f"run_dir={run_dir}", "--nodes", "1",
-            "--tasks-per-node", "1", "--time", "5", "--prepare-only")
+    r = blt(
+        "submit",
+        "cpu_tiny",
+        *TINY,
+        "train.steps=4",
+        f"run_dir={run_dir}",
+        "--nodes",
+        "1",
+        "--tasks-per-node",
+        "1",
+        "--time",
+        "5",
+        "--prepare-only",
+    )
     command = r.stdout.splitlines()[1].split()
-    assert command[0] == "sbatch" and command[-2].endswith("slurm/train.sbatch") and command[-1] == str(run_dir)
+    assert (
+        command[0] == "sbatch" and command[-2].endswith("slurm/train.sbatch") and command[-1] == str(run_dir)
+    )
     assert not (run_dir / "jobs.jsonl").exists()  # prepared, not submitted
 
     # sbatch passes the environment on: the venv's python is the one on PATH in the job.
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out = subprocess.run([command[0], "--parsable", *command[1:]], capture_output=True, text=True, timeout=30,
-                         env=env, check=True, cwd=tmp_path)
+    out = subprocess.run(
+        [command[0], "--parsable", *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=True,
+        cwd=tmp_path,
+    )
     job = out.stdout.strip()
     track(job)
     assert wait_job(job) == "COMPLETED"

@@ -7,12 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_slurm_support import (  # noqa: F401 - fixtures
+    SHARED,
+    STEPS,
+    assert_same_losses,
+    blt,
+    events,
+    losses,
     reference_run,
     slurm_cluster,
+    submit,
+    wait_job,
 )
-from test_slurm_support import SHARED, STEPS, assert_same_losses, blt, events, losses, submit, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 
@@ -24,12 +30,23 @@ def test_two_node_job_matches_local_two_ranks(slurm_cluster, reference_run, tmp_
     assert_same_losses(losses(run_dir), losses(reference_run), rel=1e-6)
 
     (start,) = events(run_dir, "start")
-    assert start["job"] == job and start["nodes"] == ["n1", "n2"] and start["world"] == 2 and start["restart"] == 0
+    assert (
+        start["job"] == job
+        and start["nodes"] == ["n1", "n2"]
+        and start["world"] == 2
+        and start["restart"] == 0
+    )
     # The job imported the snapshot taken at submission, not the checkout.
     assert Path(start["code"]) == (run_dir / "code" / "blt_scale").resolve()
     (done,) = events(run_dir, "exit")
     assert done["status"] == "completed" and done["step"] == STEPS
-    for name in ("config.yaml", "job_config.yaml", "launch.yaml", f"logs/{job}_0_log.err", f"logs/{job}_1_log.err"):
+    for name in (
+        "config.yaml",
+        "job_config.yaml",
+        "launch.yaml",
+        f"logs/{job}_0_log.err",
+        f"logs/{job}_1_log.err",
+    ):
         assert (run_dir / name).is_file(), name
     assert f"step {STEPS}/{STEPS}" in (run_dir / f"logs/{job}_0_log.err").read_text()
 

@@ -11,14 +11,24 @@ import time
 from pathlib import Path
 
 import pytest
+from dist_helpers import DETERMINISTIC, FSDP, TINY, losses  # noqa: F401 - re-exported for the SLURM tests
 
 from blt_scale.launch import rundir
-from dist_helpers import DETERMINISTIC, FSDP, TINY, losses  # noqa: F401 - re-exported for the SLURM tests
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "slurm" / "local_cluster.sh"
 JOB_TIMEOUT_S = 240
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "COMPLETING",
+    "CONFIGURING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 _STARTED: list[Path] = []
@@ -46,16 +56,32 @@ def slurm_cluster():
 
 def blt(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "blt_scale.cli", *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "blt_scale.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check:
-        assert r.returncode == 0, f"blt {' '.join(args[:2])} exit {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+        assert r.returncode == 0, (
+            f"blt {' '.join(args[:2])} exit {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+        )
     return r
 
 
 def submit(run_dir: Path, overrides: list[str], nodes: int, tasks: int = 1, *options: str) -> str:
-    r = blt("submit", "cpu_tiny", *overrides, f"run_dir={run_dir}", "--nodes", str(nodes),
-            "--tasks-per-node", str(tasks), *options)
+    r = blt(
+        "submit",
+        "cpu_tiny",
+        *overrides,
+        f"run_dir={run_dir}",
+        "--nodes",
+        str(nodes),
+        "--tasks-per-node",
+        str(tasks),
+        *options,
+    )
     lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
     assert lines["run_dir"] == str(run_dir.resolve()), r.stdout
     track(lines["job"])
@@ -74,7 +100,9 @@ def job_state(job: str) -> tuple[str, str]:
     if r.returncode == 0 and out:
         state, _, reason = out.partition("|")
         return state, reason
-    r = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], capture_output=True, text=True, timeout=30
+    )
     states = r.stdout.split()
     return (states[0] if states else "UNKNOWN"), ""
 
@@ -94,7 +122,9 @@ def wait_job(job: str, timeout: float = JOB_TIMEOUT_S, hurry_requeue: bool = Tru
         # one-second resolution, and an allocation started in that second fails ("Job credential
         # revoked"), which a user's job, waiting out the delay, never meets.
         if hurry_requeue and held and time.monotonic() - held_since >= 2.0:
-            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True, timeout=30)
+            subprocess.run(
+                ["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True, timeout=30
+            )
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job], capture_output=True, timeout=30)
             raise TimeoutError(f"job {job} still {state} after {timeout} s (cancelled)")
@@ -119,14 +149,18 @@ def events(run_dir: Path, event: str) -> list[dict]:
 def assert_same_losses(got: dict[int, float], want: dict[int, float], rel: float) -> None:
     assert sorted(got) == sorted(want), f"steps differ: {sorted(got)} vs {sorted(want)}"
     for step in want:
-        assert abs(got[step] - want[step]) <= rel * abs(want[step]), f"step {step}: {got[step]} vs {want[step]}"
+        assert abs(got[step] - want[step]) <= rel * abs(want[step]), (
+            f"step {step}: {got[step]} vs {want[step]}"
+        )
 
 
 @pytest.mark.slurm
 def test_local_cluster_has_two_idle_nodes_and_accounting(slurm_cluster):
     r = subprocess.run([str(slurm_cluster), "start"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "already running" in r.stderr, r.stderr  # start is a no-op when up
-    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=30).stdout.split()
+    nodes = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=30
+    ).stdout.split()
     assert sorted(nodes) == ["n1", "n2"]
     assert subprocess.run(["sacct", "-n", "-X"], capture_output=True, timeout=30).returncode == 0
 

@@ -10,13 +10,17 @@ import subprocess
 import time
 
 import pytest
-
 from dist_helpers import train_rows
 from test_slurm_support import (  # noqa: F401 - fixtures
+    SHARED,
+    STEPS,
+    events,
+    losses,
     reference_run,
     slurm_cluster,
+    submit,
+    wait_job,
 )
-from test_slurm_support import SHARED, STEPS, events, losses, submit, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc, pytest.mark.slow]
 
@@ -33,8 +37,18 @@ def test_short_time_limit_requeues_until_done(slurm_cluster, reference_run, tmp_
     steps = max(STEPS, math.ceil(1.2 * LONGEST_ALLOCATION_S / step_s))
     run_dir = tmp_path / "run"
     overrides = [o for o in SHARED if not o.startswith("train.steps=")] + [f"train.steps={steps}"]
-    job = submit(run_dir, overrides, 2, 1, "--time", str(TIME_MIN), "--signal-delay", str(SIGNAL_DELAY_S),
-                 "--max-requeues", "20")
+    job = submit(
+        run_dir,
+        overrides,
+        2,
+        1,
+        "--time",
+        str(TIME_MIN),
+        "--signal-delay",
+        str(SIGNAL_DELAY_S),
+        "--max-requeues",
+        "20",
+    )
 
     # When the trainer starts slower than the warning comes (a loaded machine), each 1-minute
     # allocation trains a single step; once the time-limit path has been taken, give the job a
@@ -43,7 +57,9 @@ def test_short_time_limit_requeues_until_done(slurm_cluster, reference_run, tmp_
     while not any(e.get("requeue") == "self" for e in events(run_dir, "exit")):
         assert time.monotonic() < deadline, "no time-limit stop within 240 s"
         time.sleep(0.5)
-    subprocess.run(["scontrol", "update", f"jobid={job}", "TimeLimit=15"], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["scontrol", "update", f"jobid={job}", "TimeLimit=15"], check=True, capture_output=True, timeout=30
+    )
     assert wait_job(job, timeout=600) == "COMPLETED"
 
     starts, exits = events(run_dir, "start"), events(run_dir, "exit")

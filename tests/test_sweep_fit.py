@@ -18,9 +18,21 @@ def synthetic_rows(k=0.3, alpha=0.55, curvature=0.04, floor=0.9):
         n_star = k * c**alpha
         for factor in (0.25, 0.5, 1.3, 2.0, 4.0):
             n = n_star * factor
-            rows.append({"variant": "v", "size": f"x{factor}", "params": n, "budget_flops": c, "train_flops": c,
-                         "bytes": c / (6 * n), "val_bpb": floor - 0.05 * math.log(c) + curvature * math.log(factor) ** 2,
-                         "mean_patch_bytes": 1.0, "steps": 1, "inference_flops_per_byte": 2 * n, "run_dir": ""})
+            rows.append(
+                {
+                    "variant": "v",
+                    "size": f"x{factor}",
+                    "params": n,
+                    "budget_flops": c,
+                    "train_flops": c,
+                    "bytes": c / (6 * n),
+                    "val_bpb": floor - 0.05 * math.log(c) + curvature * math.log(factor) ** 2,
+                    "mean_patch_bytes": 1.0,
+                    "steps": 1,
+                    "inference_flops_per_byte": 2 * n,
+                    "run_dir": "",
+                }
+            )
     return rows
 
 
@@ -47,7 +59,9 @@ def test_chinchilla_law_exponent_is_recovered_approximately():
     for c in BUDGETS:
         pts = [(n, loss) for cc, n, loss in rows if cc == c]
         best = min(range(len(pts)), key=lambda i: pts[i][1])
-        window = pts[max(0, best - 2): best + 3]  # the parabola is a local approximation: fit around the minimum
+        window = pts[
+            max(0, best - 2) : best + 3
+        ]  # the parabola is a local approximation: fit around the minimum
         fit = fit_isoflop(c, [p[0] for p in window], [p[1] for p in window], [6 * p[0] for p in window])
         optima.append(fit.optimal_params)
     assert fit_power_law(BUDGETS, optima).exponent == pytest.approx(exponent, abs=0.02)

@@ -15,9 +15,17 @@ from blt_scale import config
 from blt_scale.sweep.plan import SweepConfig, plan_sweep
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-TINY_BLT = ["model.encoder.dim=32", "model.decoder.dim=32", "model.global.dim=64", "model.encoder.heads=2",
-            "model.decoder.heads=2", "model.global.heads=2", "model.global.layers=1", "model.decoder.layers=1",
-            "model.ngram.buckets=512"]
+TINY_BLT = [
+    "model.encoder.dim=32",
+    "model.decoder.dim=32",
+    "model.global.dim=64",
+    "model.encoder.heads=2",
+    "model.decoder.heads=2",
+    "model.global.heads=2",
+    "model.global.layers=1",
+    "model.decoder.layers=1",
+    "model.ngram.buckets=512",
+]
 
 
 def tiny_sweep(tmp_path: Path) -> Path:
@@ -25,13 +33,24 @@ def tiny_sweep(tmp_path: Path) -> Path:
         "run_dir": str(tmp_path / "sweep"),
         "variants": [
             {"name": "blt_space", "recipe": str(RECIPES / "cpu_tiny.yaml"), "overrides": TINY_BLT},
-            {"name": "byte_baseline", "recipe": str(RECIPES / "cpu_tiny_baseline.yaml"),
-             "overrides": ["model.dim=32", "model.heads=2", "model.layers=2"]},
+            {
+                "name": "byte_baseline",
+                "recipe": str(RECIPES / "cpu_tiny_baseline.yaml"),
+                "overrides": ["model.dim=32", "model.heads=2", "model.layers=2"],
+            },
         ],
         "sizes": [{"name": "s", "width": 0.75}, {"name": "m", "width": 1.0}, {"name": "l", "width": 1.5}],
         "budgets": [6.0e9, 9.0e9],
-        "overrides": ["data.seq_len=64", "data.corpus_bytes=1500000", "data.val_fraction=0.1", "train.global_batch=2", "train.micro_batch=2",
-                      "train.eval_batches=1", "wandb.enabled=false", "checkpoint.every=100000"],
+        "overrides": [
+            "data.seq_len=64",
+            "data.corpus_bytes=1500000",
+            "data.val_fraction=0.1",
+            "train.global_batch=2",
+            "train.micro_batch=2",
+            "train.eval_batches=1",
+            "wandb.enabled=false",
+            "checkpoint.every=100000",
+        ],
     }
     path = tmp_path / "tiny_sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -41,8 +60,13 @@ def tiny_sweep(tmp_path: Path) -> Path:
 def blt_sweep(*args, timeout=900):
     # One thread per run: tiny models run faster so, and local and SLURM runs add up floats alike.
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "blt_scale.cli", "sweep", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "blt_scale.cli", "sweep", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_every_planned_run_matches_its_budget_within_one_percent(tmp_path):

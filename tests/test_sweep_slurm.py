@@ -6,7 +6,6 @@ import json
 
 import pytest
 import yaml
-
 from test_slurm_support import slurm_cluster  # noqa: F401 - the fixture
 from test_sweep_local import blt_sweep
 
@@ -14,7 +13,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def results(path, variant):
-    return {(r["variant"], r["size"], r["budget_flops"]): r for r in csv.DictReader(path.open()) if r["variant"] == variant}
+    return {
+        (r["variant"], r["size"], r["budget_flops"]): r
+        for r in csv.DictReader(path.open())
+        if r["variant"] == variant
+    }
 
 
 def test_sweep_as_an_array_aggregates_like_local_and_reruns_nothing(tmp_path, slurm_cluster, local_sweep):  # noqa: F811
@@ -24,15 +27,23 @@ def test_sweep_as_an_array_aggregates_like_local_and_reruns_nothing(tmp_path, sl
     # The local sweep's first variant as an array; every run is one single-process task.
     variant = sweep["variants"][0]["name"]
     sweep["variants"] = sweep["variants"][:1]
-    sweep.update({"run_dir": str(tmp_path / "array"), "max_parallel": 2,
-                  "launch": {"nodes": 1, "tasks_per_node": 1, "time_min": 30}})
+    sweep.update(
+        {
+            "run_dir": str(tmp_path / "array"),
+            "max_parallel": 2,
+            "launch": {"nodes": 1, "tasks_per_node": 1, "time_min": 30},
+        }
+    )
     path = tmp_path / "array_sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     out = blt_sweep(str(path), "--wait")
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["trained"] == 6
 
-    on_slurm, here = results(tmp_path / "array" / "results.csv", variant), results(local_dir / "results.csv", variant)
+    on_slurm, here = (
+        results(tmp_path / "array" / "results.csv", variant),
+        results(local_dir / "results.csv", variant),
+    )
     assert on_slurm.keys() == here.keys() and len(on_slurm) == 6
     for key in here:  # the same deterministic CPU runs, launched two ways
         assert float(on_slurm[key]["val_bpb"]) == pytest.approx(float(here[key]["val_bpb"]), rel=1e-5)

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from dist_helpers import DETERMINISTIC, FSDP, TINY, reference
 
 from blt_scale.cli import main
+from blt_scale.train.checkpoint import latest_complete
 from blt_scale.train.export import load_exported
 from blt_scale.train.restore import load_checkpoint_model
-from blt_scale.train.checkpoint import latest_complete
-from dist_helpers import DETERMINISTIC, FSDP, TINY, reference
 
 TWO = TINY + ["train.steps=20", "checkpoint.every=5"] + DETERMINISTIC + FSDP
 

@@ -16,6 +16,19 @@ import sys
 
 import pytest
 import torch
+from dist_helpers import (
+    DETERMINISTIC,
+    TINY,
+    expected_rows,
+    kill,
+    losses,
+    reference,
+    run,
+    start,
+    traced_rows,
+    train_rows,
+    wait_for,
+)
 
 from blt_scale.cli import main as blt
 from blt_scale.config import ConfigError
@@ -28,7 +41,6 @@ from blt_scale.recipe import load_recipe
 from blt_scale.train.checkpoint import checkpoints_dir, latest_complete
 from blt_scale.train.exit_codes import EXIT_CONFIG
 from blt_scale.train.restore import load_checkpoint_model, load_model
-from dist_helpers import DETERMINISTIC, TINY, expected_rows, kill, losses, reference, run, start, traced_rows, train_rows, wait_for
 
 pytestmark = pytest.mark.multiproc
 
@@ -43,8 +55,13 @@ STAGES = {
     # micro_batch 2 x 2 ranks: two accumulation micro-batches per step (the engine's boundary set by the loop)
     2: DS + ["parallel.zero_stage=2", "train.micro_batch=2"],
     # everything ZeRO-3 offers here at once: parameter + optimizer offload, full activation checkpointing
-    3: DS + ["parallel.zero_stage=3", "parallel.offload_optimizer=true", "parallel.offload_param=true",
-             "parallel.activation_checkpointing=full"],
+    3: DS
+    + [
+        "parallel.zero_stage=3",
+        "parallel.offload_optimizer=true",
+        "parallel.offload_param=true",
+        "parallel.activation_checkpointing=full",
+    ],
 }
 
 
@@ -75,9 +92,14 @@ def test_zero_two_ranks_match_one_process_and_shard_optimizer_state(stage, tmp_p
     # ZeRO 1+: each rank keeps 1/world of the fp32 master copy and both Adam moments (12 B/param
     # in all); the unsharded process has only the moments (8 B/param: its master is the model).
     params = param_count()
-    ds_bytes, one_bytes = train_rows(ds_dir)[-1]["optim_state_bytes"], train_rows(ref_dir)[-1]["optim_state_bytes"]
+    ds_bytes, one_bytes = (
+        train_rows(ds_dir)[-1]["optim_state_bytes"],
+        train_rows(ref_dir)[-1]["optim_state_bytes"],
+    )
     assert abs(one_bytes - 8 * params) <= 8 * 64
-    assert abs(ds_bytes - 12 * params / 2) / (12 * params / 2) < 0.01, f"{ds_bytes} B/rank vs {12 * params / 2:.0f}"
+    assert abs(ds_bytes - 12 * params / 2) / (12 * params / 2) < 0.01, (
+        f"{ds_bytes} B/rank vs {12 * params / 2:.0f}"
+    )
     if stage == 3:  # parameters are partitioned too
         assert train_rows(ds_dir)[-1]["shard_bytes"] - ds_bytes < 0.51 * 4 * params
 
@@ -97,8 +119,10 @@ def test_kill9_then_bitwise_resume_exactly_once(tmp_path, tmp_path_factory):
     run_dir = tmp_path / "killed"
     procs, log = start(run_dir, STAGES[2], 2, resume="never")
     try:
-        wait_for(lambda: latest_complete(run_dir) is not None and max(losses(run_dir), default=0) >= 7,
-                 what="a checkpoint and step 7")
+        wait_for(
+            lambda: latest_complete(run_dir) is not None and max(losses(run_dir), default=0) >= 7,
+            what="a checkpoint and step 7",
+        )
         kill(procs, signal.SIGKILL)
     finally:
         kill(procs)
@@ -125,7 +149,9 @@ def test_two_ranks_to_one_through_universal_checkpoint(tmp_path, tmp_path_factor
     assert worst(ref, losses(run_dir), range(11, 21)) <= FP32_TOL
     assert traced_rows(run_dir) == expected_rows(ONE, 20)
     two = train_rows(zero(tmp_path_factory, 1))[-1]["optim_state_bytes"]
-    assert abs(rows[-1]["optim_state_bytes"] - 2 * two) <= 64  # one rank holds what two held (+/- step counters)
+    assert (
+        abs(rows[-1]["optim_state_bytes"] - 2 * two) <= 64
+    )  # one rank holds what two held (+/- step counters)
 
 
 def test_convert_ds_command(tmp_path, tmp_path_factory, capsys):
@@ -133,7 +159,10 @@ def test_convert_ds_command(tmp_path, tmp_path_factory, capsys):
     shutil.copytree(zero(tmp_path_factory, 3), run_dir)
     assert blt(["convert-ds", str(run_dir)]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["out"] == str(checkpoints_dir(run_dir) / "step_000020" / UNIVERSAL_TAG) and not first["already_converted"]
+    assert (
+        first["out"] == str(checkpoints_dir(run_dir) / "step_000020" / UNIVERSAL_TAG)
+        and not first["already_converted"]
+    )
     assert any((checkpoints_dir(run_dir) / "step_000020" / UNIVERSAL_TAG / "zero").iterdir())
     assert blt(["convert-ds", str(run_dir)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["already_converted"]
@@ -150,49 +179,95 @@ def test_bf16_engine_trains_close_to_fp32(tmp_path, tmp_path_factory):
 
 def test_conflicting_raw_key_names_both_keys():
     cfg = load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "parallel.deepspeed.gradient_clipping=2.0"])
-    with pytest.raises(ConfigError, match=r"parallel\.deepspeed\.gradient_clipping=2\.0 conflicts with optim\.clip_grad_norm=1\.0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"parallel\.deepspeed\.gradient_clipping=2\.0 conflicts with optim\.clip_grad_norm=1\.0",
+    ):
         deepspeed_config(cfg, 1)
-    cfg = load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "parallel.zero_stage=2",
-                                   "parallel.deepspeed.zero_optimization.offload_optimizer.device=cpu"])
-    with pytest.raises(ConfigError, match=r"offload_optimizer\.device=cpu conflicts with parallel\.offload_optimizer=false"):
+    cfg = load_recipe(
+        "cpu_tiny",
+        [
+            "parallel.strategy=deepspeed",
+            "parallel.zero_stage=2",
+            "parallel.deepspeed.zero_optimization.offload_optimizer.device=cpu",
+        ],
+    )
+    with pytest.raises(
+        ConfigError, match=r"offload_optimizer\.device=cpu conflicts with parallel\.offload_optimizer=false"
+    ):
         deepspeed_config(cfg, 1)
     cfg = load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "parallel.deepspeed.optimizer.type=Adam"])
     with pytest.raises(ConfigError, match=r"parallel\.deepspeed\.optimizer\.type conflicts with optim"):
         deepspeed_config(cfg, 1)
     # Keys the recipe does not decide pass through; equal values are no conflict.
-    cfg = load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "parallel.deepspeed.gradient_clipping=1.0",
-                                   "parallel.deepspeed.zero_optimization.overlap_comm=true"])
+    cfg = load_recipe(
+        "cpu_tiny",
+        [
+            "parallel.strategy=deepspeed",
+            "parallel.deepspeed.gradient_clipping=1.0",
+            "parallel.deepspeed.zero_optimization.overlap_comm=true",
+        ],
+    )
     ds = deepspeed_config(cfg, 1)
     assert ds["zero_optimization"]["overlap_comm"] is True and ds["gradient_clipping"] == 1.0
     # Offloaded tensors are pinned only for an accelerator (pinning means nothing to CPU ranks).
     offload = ["parallel.strategy=deepspeed", "parallel.offload_optimizer=true"]
-    assert deepspeed_config(load_recipe("cpu_tiny", offload), 1, accelerator=True)["zero_optimization"]["offload_optimizer"] == {
-        "device": "cpu", "pin_memory": True}
+    assert deepspeed_config(load_recipe("cpu_tiny", offload), 1, accelerator=True)["zero_optimization"][
+        "offload_optimizer"
+    ] == {"device": "cpu", "pin_memory": True}
     with pytest.raises(ConfigError, match="parallel.offload_param needs parallel.zero_stage=3"):
-        load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "parallel.zero_stage=2", "parallel.offload_param=true"])
+        load_recipe(
+            "cpu_tiny",
+            ["parallel.strategy=deepspeed", "parallel.zero_stage=2", "parallel.offload_param=true"],
+        )
     with pytest.raises(ConfigError, match="parallel.offload_optimizer needs parallel.strategy=deepspeed"):
         load_recipe("cpu_tiny", ["parallel.strategy=fsdp", "parallel.offload_optimizer=true"])
     cfg = load_recipe("cpu_tiny", ["parallel.strategy=deepspeed", "checkpoint.async_save=true"])
-    with pytest.raises(ConfigError, match="checkpoint.async_save=true is not supported with parallel.strategy=deepspeed"):
+    with pytest.raises(
+        ConfigError, match="checkpoint.async_save=true is not supported with parallel.strategy=deepspeed"
+    ):
         build_strategy(cfg.parallel, DistEnv(), torch.device("cpu")).configure(cfg)
 
 
 def test_blt_train_stops_on_a_conflicting_key_before_training(tmp_path):
     """The same error from the command, as one line, before any step (and before DeepSpeed loads)."""
-    cmd = [sys.executable, "-m", "blt_scale.cli", "train", "cpu_tiny", f"run_dir={tmp_path / 'run'}",
-           "parallel.strategy=deepspeed", "parallel.deepspeed.gradient_clipping=2.0"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "blt_scale.cli",
+        "train",
+        "cpu_tiny",
+        f"run_dir={tmp_path / 'run'}",
+        "parallel.strategy=deepspeed",
+        "parallel.deepspeed.gradient_clipping=2.0",
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
     assert res.returncode == EXIT_CONFIG
-    assert "error: parallel.deepspeed.gradient_clipping=2.0 conflicts with optim.clip_grad_norm=1.0" in res.stderr
+    assert (
+        "error: parallel.deepspeed.gradient_clipping=2.0 conflicts with optim.clip_grad_norm=1.0"
+        in res.stderr
+    )
     assert "Traceback" not in res.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=(
-    "needs CUDA: the GPU path of parallel.offload_optimizer (pinned host memory, NCCL) with bf16; "
-    "the CPU tests run the same options unpinned over gloo"))
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason=(
+        "needs CUDA: the GPU path of parallel.offload_optimizer (pinned host memory, NCCL) with bf16; "
+        "the CPU tests run the same options unpinned over gloo"
+    ),
+)
 def test_gpu_zero2_bf16_with_pinned_optimizer_offload(tmp_path):
-    opts = ["train.device=cuda", "train.micro_batch=8", "parallel.strategy=deepspeed", "parallel.zero_stage=2",
-            "parallel.mixed_precision=bf16", "parallel.offload_optimizer=true"]
+    opts = [
+        "train.device=cuda",
+        "train.micro_batch=8",
+        "parallel.strategy=deepspeed",
+        "parallel.zero_stage=2",
+        "parallel.mixed_precision=bf16",
+        "parallel.offload_optimizer=true",
+    ]
     run(tmp_path / "gpu", TINY + ["train.steps=10", "checkpoint.every=5"] + opts, 1)
     rows = train_rows(tmp_path / "gpu")
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["skipped_steps"] == 0

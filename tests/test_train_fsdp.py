@@ -2,7 +2,6 @@
 (activation checkpointing, CPU offload, bf16) that must not change the maths."""
 
 import pytest
-
 from dist_helpers import BASELINE, DETERMINISTIC, FSDP, TINY, losses, reference, run
 
 pytestmark = pytest.mark.multiproc
@@ -42,10 +41,10 @@ def test_baseline_fsdp_two_ranks_matches_one_process(tmp_path_factory):
 def test_sharded_state_bytes(tmp_path_factory):
     """Per-rank parameter + AdamW state bytes x 2 vs the unsharded process (and vs a count from
     the model config: 3 fp32 tensors per parameter)."""
+    from dist_helpers import train_rows
+
     from blt_scale.model.build import build_model
     from blt_scale.recipe import load_recipe
-
-    from dist_helpers import train_rows
 
     one = train_rows(blt_one(tmp_path_factory))[-1]["shard_bytes"]
     two = train_rows(blt_two(tmp_path_factory))[-1]["shard_bytes"]
@@ -56,14 +55,22 @@ def test_sharded_state_bytes(tmp_path_factory):
 
 def test_activation_checkpointing_and_cpu_offload_keep_losses(tmp_path, tmp_path_factory):
     ref = losses(blt_two(tmp_path_factory))
-    opts = ["parallel.activation_checkpointing=full", "parallel.cpu_offload=true", "parallel.reshard_after_forward=false"]
+    opts = [
+        "parallel.activation_checkpointing=full",
+        "parallel.cpu_offload=true",
+        "parallel.reshard_after_forward=false",
+    ]
     run(tmp_path / "ac_offload", TINY + STEPS + DETERMINISTIC + FSDP + opts, 2)
     assert_close(ref, losses(tmp_path / "ac_offload"), FP32_TOL)
 
 
 def test_bf16_with_selective_checkpointing_trains(tmp_path, tmp_path_factory):
     ref = losses(blt_two(tmp_path_factory))
-    opts = ["parallel.mixed_precision=bf16", "parallel.activation_checkpointing=selective", "parallel.ac_every=2"]
+    opts = [
+        "parallel.mixed_precision=bf16",
+        "parallel.activation_checkpointing=selective",
+        "parallel.ac_every=2",
+    ]
     run(tmp_path / "bf16", TINY + STEPS + FSDP + opts, 2)
     bf16 = losses(tmp_path / "bf16")
     worst = assert_close(ref, bf16, BF16_TOL)

@@ -9,12 +9,24 @@ import signal
 
 import pytest
 import torch
+from dist_helpers import (
+    DETERMINISTIC,
+    FSDP,
+    TINY,
+    expected_rows,
+    kill,
+    losses,
+    reference,
+    run,
+    start,
+    traced_rows,
+    wait_for,
+)
 
 from blt_scale.train.checkpoint import checkpoints_dir, is_complete, latest_complete, read_train_state
 from blt_scale.train.exit_codes import EXIT_NONFINITE, EXIT_STOPPED
 from blt_scale.train.launch import wait_ranks
 from blt_scale.train.restore import load_checkpoint_model
-from dist_helpers import DETERMINISTIC, FSDP, TINY, expected_rows, kill, losses, reference, run, start, traced_rows, wait_for
 
 pytestmark = pytest.mark.multiproc
 
@@ -39,7 +51,10 @@ def test_kill9_during_checkpoint_then_bitwise_resume(tmp_path, tmp_path_factory)
     target = random.Random().randrange(4, 15, 2)  # a random even step: saves happen every 2
     procs, log = start(run_dir, TWO + ["checkpoint.every=2"], 2, resume="never")
     try:
-        wait_for(lambda: any(step_of(p) >= target for p in partial_checkpoints(run_dir)), what=f"a save at step >= {target}")
+        wait_for(
+            lambda: any(step_of(p) >= target for p in partial_checkpoints(run_dir)),
+            what=f"a save at step >= {target}",
+        )
         kill(procs, signal.SIGKILL)
     finally:
         kill(procs)
@@ -105,7 +120,12 @@ def test_resume_one_process_on_two_ranks_hsdp_async(tmp_path, tmp_path_factory):
 
 def test_nan_steps_skipped_then_halt(tmp_path):
     run_dir = tmp_path / "nan"
-    opts = ["train.inject_nan_at=[3,7,8,9]", "train.max_bad_steps=3", "checkpoint.every=1", "checkpoint.keep_last=30"]
+    opts = [
+        "train.inject_nan_at=[3,7,8,9]",
+        "train.max_bad_steps=3",
+        "checkpoint.every=1",
+        "checkpoint.keep_last=30",
+    ]
     _, out = run(run_dir, TWO + opts, 2, expect=EXIT_NONFINITE)
     assert "halted: 3 steps in a row had a non-finite loss or gradient norm (last: step 9" in out
     rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}

@@ -12,23 +12,46 @@ from blt_scale.train.checkpoint import MARKER, latest_complete, remove_partial
 
 
 def test_env_from_torchrun_then_slurm():
-    tr = read_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1234"})
-    assert (tr.rank, tr.world_size, tr.local_rank, tr.master_addr, tr.master_port, tr.source) == (3, 4, 1, "h", 1234, "torchrun")
-    sl = read_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-                   "SLURM_JOB_NODELIST": "gpu[07-08,11],cpu3", "SLURM_JOB_ID": "4242"})
+    tr = read_env(
+        {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1234"}
+    )
+    assert (tr.rank, tr.world_size, tr.local_rank, tr.master_addr, tr.master_port, tr.source) == (
+        3,
+        4,
+        1,
+        "h",
+        1234,
+        "torchrun",
+    )
+    sl = read_env(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu[07-08,11],cpu3",
+            "SLURM_JOB_ID": "4242",
+        }
+    )
     assert (sl.rank, sl.world_size, sl.local_rank, sl.master_addr, sl.source) == (5, 8, 1, "gpu07", "slurm")
     assert sl.master_port == 29500 + 4242
     assert read_env({}) == DistEnv()
 
 
-@pytest.mark.parametrize("nodes, first", [("n1", "n1"), ("n[1-2]", "n1"), ("a12,b3", "a12"), ("x[003,9]", "x003")])
+@pytest.mark.parametrize(
+    "nodes, first", [("n1", "n1"), ("n[1-2]", "n1"), ("a12,b3", "a12"), ("x[003,9]", "x003")]
+)
 def test_first_slurm_host(nodes, first):
     assert first_slurm_host(nodes) == first
 
 
 def test_latest_complete_ignores_partial_checkpoints(tmp_path):
     root = tmp_path / "checkpoints"
-    for name, marked in [("step_000004", True), ("step_000008", True), ("step_000010", False), ("step_000012.tmp", False)]:
+    for name, marked in [
+        ("step_000004", True),
+        ("step_000008", True),
+        ("step_000010", False),
+        ("step_000012.tmp", False),
+    ]:
         (root / name).mkdir(parents=True)
         if marked:
             (root / name / MARKER).write_text("")
@@ -50,25 +73,43 @@ def test_strategy_errors_name_the_key():
 def test_micro_batch_unset_means_no_accumulation_and_bad_splits_name_the_keys():
     unset = load_recipe("cpu_tiny").train  # global_batch 8, no micro_batch
     assert unset.micro_batch is None
-    assert [(unset.micro_batch_for(w), unset.accumulation_for(w)) for w in (1, 2, 4, 8)] == [(8, 1), (4, 1), (2, 1), (1, 1)]
+    assert [(unset.micro_batch_for(w), unset.accumulation_for(w)) for w in (1, 2, 4, 8)] == [
+        (8, 1),
+        (4, 1),
+        (2, 1),
+        (1, 1),
+    ]
     with pytest.raises(ConfigError) as err:
         unset.micro_batch_for(3)
-    assert str(err.value) == ("train.global_batch (8) must be a multiple of the world size (3) when train.micro_batch "
-                              "is unset (no accumulation: global_batch / world size per rank)")
+    assert str(err.value) == (
+        "train.global_batch (8) must be a multiple of the world size (3) when train.micro_batch "
+        "is unset (no accumulation: global_batch / world size per rank)"
+    )
     two = load_recipe("cpu_tiny", ["train.micro_batch=2"]).train
     assert [(two.micro_batch_for(w), two.accumulation_for(w)) for w in (1, 2, 4)] == [(2, 4), (2, 2), (2, 1)]
     with pytest.raises(ConfigError) as err:
         two.micro_batch_for(8)
-    assert str(err.value) == ("train.global_batch (8) must be a multiple of train.micro_batch (2) x world size (8); "
-                              "or unset train.micro_batch (train.micro_batch=null) for global_batch / world size "
-                              "per rank, without accumulation")
+    assert str(err.value) == (
+        "train.global_batch (8) must be a multiple of train.micro_batch (2) x world size (8); "
+        "or unset train.micro_batch (train.micro_batch=null) for global_batch / world size "
+        "per rank, without accumulation"
+    )
     with pytest.raises(ConfigError, match=r"train.micro_batch \(2\) x world size \(3\)$"):
         two.micro_batch_for(3)  # no hint: unsetting it would not help
-    assert "unset = global_batch / world size (no accumulation)" in type(unset).model_fields["micro_batch"].description
+    assert (
+        "unset = global_batch / world size (no accumulation)"
+        in type(unset).model_fields["micro_batch"].description
+    )
 
 
 def test_exit_codes_are_distinct_and_documented():
-    codes = {exit_codes.EXIT_OK, exit_codes.EXIT_FAILED, exit_codes.EXIT_CONFIG, exit_codes.EXIT_NONFINITE, exit_codes.EXIT_STOPPED}
+    codes = {
+        exit_codes.EXIT_OK,
+        exit_codes.EXIT_FAILED,
+        exit_codes.EXIT_CONFIG,
+        exit_codes.EXIT_NONFINITE,
+        exit_codes.EXIT_STOPPED,
+    }
     assert len(codes) == 5 and exit_codes.EXIT_STOPPED == 75
     for code in codes:
         assert f"    {code} " in exit_codes.__doc__

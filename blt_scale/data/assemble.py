@@ -23,7 +23,8 @@ class PartStager:
         self.fmt, self.name, self.dir = fmt, name, os.path.join(staging, name)
         shutil.rmtree(self.dir, ignore_errors=True)
         self.writers = {
-            split: MDSPartWriter(os.path.join(self.dir, split), shard_size, with_entropy) if fmt == "mds"
+            split: MDSPartWriter(os.path.join(self.dir, split), shard_size, with_entropy)
+            if fmt == "mds"
             else WdsPartWriter(os.path.join(self.dir, split), shard_size, with_entropy, name)
             for split in SPLITS
         }
@@ -38,8 +39,14 @@ class PartStager:
     def finish(self, **extra) -> dict:
         """The part's record (what its marker will hold); its shard files stay in staging."""
         shards = {split: w.finish() for split, w in self.writers.items()}
-        return {"name": self.name, "dir": self.dir, "shards": shards,
-                "documents": self.documents, "bytes": self.bytes, **extra}
+        return {
+            "name": self.name,
+            "dir": self.dir,
+            "shards": shards,
+            "documents": self.documents,
+            "bytes": self.bytes,
+            **extra,
+        }
 
 
 def upload_part(root: Root, fmt: str, record: dict) -> None:
@@ -82,10 +89,14 @@ def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
             indexes[split] = {"version": 2, "shards": shards}
         else:
             manifest["splits"][split]["files"] = [
-                {"basename": s["basename"], "samples": s["samples"], "bytes": s["bytes"], "xxh64": s["xxh64"]} for s in shards]
+                {"basename": s["basename"], "samples": s["samples"], "bytes": s["bytes"], "xxh64": s["xxh64"]}
+                for s in shards
+            ]
     if sum(manifest["splits"][s]["documents"] for s in SPLITS) == 0:
-        raise ValueError(f"{root.uri}: the corpus has no documents (empty corpus); skipped inputs: "
-                         f"{manifest['skipped_inputs'][:5]}, bad lines: {manifest['bad_lines']}")
+        raise ValueError(
+            f"{root.uri}: the corpus has no documents (empty corpus); skipped inputs: "
+            f"{manifest['skipped_inputs'][:5]}, bad lines: {manifest['bad_lines']}"
+        )
     for split, index in indexes.items():
         root.write_json(f"{split}/index.json", index)
     root.write_json(MANIFEST, manifest)

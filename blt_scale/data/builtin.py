@@ -13,7 +13,6 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 

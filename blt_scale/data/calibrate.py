@@ -16,7 +16,9 @@ from blt_scale.data.packing import document_ids
 from blt_scale.model.patcher import PatcherConfig, calibrate_threshold, mean_patch_bytes
 
 
-def entropy_sample(uri: str, split: str, documents: int, cache_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def entropy_sample(
+    uri: str, split: str, documents: int, cache_dir: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(ids [1, L], entropies [1, L], documents read): documents of the split, end to end."""
     data = MDSSplit(uri, split, cache_dir)
     if "entropy" not in data.columns:
@@ -29,16 +31,32 @@ def entropy_sample(uri: str, split: str, documents: int, cache_dir: str | None =
         sample = data[int(i)]
         ids.append(document_ids(sample["text"]))
         ent.append(np.frombuffer(sample["entropy"], dtype=np.float16).astype(np.float32))
-    return torch.from_numpy(np.concatenate(ids))[None], torch.from_numpy(np.concatenate(ent))[None], len(picks)
+    return (
+        torch.from_numpy(np.concatenate(ids))[None],
+        torch.from_numpy(np.concatenate(ent))[None],
+        len(picks),
+    )
 
 
-def calibrate(uri: str, patcher: PatcherConfig, target: float, documents: int = 512, split: str = "train",
-              cache_dir: str | None = None) -> dict:
+def calibrate(
+    uri: str,
+    patcher: PatcherConfig,
+    target: float,
+    documents: int = 512,
+    split: str = "train",
+    cache_dir: str | None = None,
+) -> dict:
     """{"threshold", "field" (the patcher key it sets), "mean_patch_bytes", "documents"}."""
     if patcher.mode != "entropy":
-        raise ValueError(f"calibration needs patcher.mode=entropy, the recipe has patcher.mode={patcher.mode}")
+        raise ValueError(
+            f"calibration needs patcher.mode=entropy, the recipe has patcher.mode={patcher.mode}"
+        )
     ids, ent, n = entropy_sample(uri, split, documents, cache_dir)
     tuned = calibrate_threshold(ids, ent, patcher, target)
     field = "relative_threshold" if patcher.entropy_rule == "monotonic" else "threshold"
-    return {"threshold": getattr(tuned, field), "field": f"patcher.{field}",
-            "mean_patch_bytes": mean_patch_bytes(ids, tuned, ent), "documents": n}
+    return {
+        "threshold": getattr(tuned, field),
+        "field": f"patcher.{field}",
+        "mean_patch_bytes": mean_patch_bytes(ids, tuned, ent),
+        "documents": n,
+    }

@@ -10,15 +10,21 @@ from blt_scale.data.prep_entropies import EntropyPrepConfig, merge_parts, prep_e
 from blt_scale.launch.config import LaunchConfig
 
 
-def submit_entropy_parts(cfg: EntropyPrepConfig, parts: int, launch: LaunchConfig, folder: str | Path,
-                         parallelism: int) -> list:
+def submit_entropy_parts(
+    cfg: EntropyPrepConfig, parts: int, launch: LaunchConfig, folder: str | Path, parallelism: int
+) -> list:
     """Submit parts 0..parts-1 of `cfg` as one array; returns the submitit jobs."""
     from blt_scale.launch.submit import submit_array
 
     if launch.world_size != 1:
-        raise ValueError(f"each entropy part is one process, but the placement gives {launch.world_size} ranks: "
-                         "use --nodes 1 with --gpus-per-node 1 or --tasks-per-node 1")
-    fns = [partial(prep_entropies, cfg.model_copy(update={"part": i, "parts": parts}), progress=False) for i in range(parts)]
+        raise ValueError(
+            f"each entropy part is one process, but the placement gives {launch.world_size} ranks: "
+            "use --nodes 1 with --gpus-per-node 1 or --tasks-per-node 1"
+        )
+    fns = [
+        partial(prep_entropies, cfg.model_copy(update={"part": i, "parts": parts}), progress=False)
+        for i in range(parts)
+    ]
     return submit_array(fns, launch, folder, parallelism)
 
 
@@ -28,7 +34,9 @@ def wait_and_merge(jobs: list, out: str) -> dict:
         try:
             job.result()
         except Exception as err:  # submitit raises its own job-failure types
-            raise RuntimeError(f"entropy part {i}/{len(jobs)} (job {job.job_id}) failed: "
-                               f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}; "
-                               f"logs in {job.paths.folder}") from None
+            raise RuntimeError(
+                f"entropy part {i}/{len(jobs)} (job {job.job_id}) failed: "
+                f"{str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}; "
+                f"logs in {job.paths.folder}"
+            ) from None
     return merge_parts(out)

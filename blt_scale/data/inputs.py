@@ -144,7 +144,9 @@ def _jsonl(f: InputFile, text_field: str, skip_bad: bool, stats: ReadStats) -> I
                     raise InputError(f"{where}: not valid JSON ({err})") from None
                 if not isinstance(obj, dict) or text_field not in obj:
                     keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-                    raise InputError(f"{where}: no text field {text_field!r} (found {keys}); set --text-field")
+                    raise InputError(
+                        f"{where}: no text field {text_field!r} (found {keys}); set --text-field"
+                    )
                 value = _as_bytes(obj[text_field], where, text_field)
             except InputError:
                 if not skip_bad:
@@ -160,7 +162,9 @@ def _parquet(f: InputFile, text_field: str) -> Iterator[bytes]:
     with fsspec.open(f.uri, "rb") as fh:
         pf = pq.ParquetFile(fh)
         if text_field not in pf.schema_arrow.names:
-            raise InputError(f"{f.uri}: no text column {text_field!r} (columns {pf.schema_arrow.names}); set --text-field")
+            raise InputError(
+                f"{f.uri}: no text column {text_field!r} (columns {pf.schema_arrow.names}); set --text-field"
+            )
         row = 0
         for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
             for value in batch.column(0).to_pylist():
@@ -196,7 +200,9 @@ def read_documents(f: InputFile, text_field: str, skip_bad: bool, stats: ReadSta
         raise
     except Exception as err:  # OSError, gzip/zstd/parquet decoding errors: the file is unreadable
         cut = isinstance(err, EOFError)  # gzip: "Compressed file ended before the end-of-stream marker"
-        message = f"{f.uri}: {'truncated' if cut else 'unreadable'} ({type(err).__name__}: {err})".replace("\n", " ")
+        message = f"{f.uri}: {'truncated' if cut else 'unreadable'} ({type(err).__name__}: {err})".replace(
+            "\n", " "
+        )
         if not skip_bad:
             raise ValueError(message) from None
         stats.skipped_inputs.append((f.uri, message))

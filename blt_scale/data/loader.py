@@ -27,36 +27,52 @@ from pydantic import Field, field_validator
 
 from blt_scale.config import Config, size_bytes
 from blt_scale.data.brain.collate import BrainDataConfig
-from blt_scale.data.splits import is_validation
 from blt_scale.data.builtin import stdlib_documents
 from blt_scale.data.packing import pack
+from blt_scale.data.splits import is_validation
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 
 
 class SourceConfig(Config):
-    uri: str = Field(description="a dataset written by `blt prep text` or `blt prep entropies` (path or fsspec URI)")
+    uri: str = Field(
+        description="a dataset written by `blt prep text` or `blt prep entropies` (path or fsspec URI)"
+    )
     weight: float = Field(default=1.0, gt=0, description="relative share of documents drawn from this source")
 
 
 class DataConfig(Config):
     seq_len: int = Field(default=512, gt=1, description="bytes per training sequence")
-    sources: list[SourceConfig] = Field(default=[], description="prepared datasets; none: the embedded corpus")
+    sources: list[SourceConfig] = Field(
+        default=[], description="prepared datasets; none: the embedded corpus"
+    )
     streams: int | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="canonical streams of the data order (sources only); keep it fixed for a run, e.g. the "
-                    "global batch. None: micro_batch x world size at the start; a resumed run keeps the saved number",
+        "global batch. None: micro_batch x world size at the start; a resumed run keeps the saved number",
     )
     workers: int = Field(default=0, ge=0, description="loader processes per rank (sources only)")
-    cache_dir: str | None = Field(default=None, description="local cache of decompressed MDS shards; None: system temp dir")
+    cache_dir: str | None = Field(
+        default=None, description="local cache of decompressed MDS shards; None: system temp dir"
+    )
     cache_limit: int | str | None = Field(
-        default=None, description="most bytes of shards the cache keeps (e.g. 20GB; least recently used go first); "
-                                  "None: half the free space of the cache's disk")
+        default=None,
+        description="most bytes of shards the cache keeps (e.g. 20GB; least recently used go first); "
+        "None: half the free space of the cache's disk",
+    )
     shuffle_block_shards: int = Field(
-        default=2, gt=0, description="a stream reads its shards in blocks of this many, documents shuffled within a "
-                                     "block: larger is more random, smaller opens fewer shards at a time")
+        default=2,
+        gt=0,
+        description="a stream reads its shards in blocks of this many, documents shuffled within a "
+        "block: larger is more random, smaller opens fewer shards at a time",
+    )
     corpus_bytes: int = Field(default=8_000_000, gt=0, description="embedded corpus only: bytes to read")
-    val_fraction: float = Field(default=0.02, ge=0, lt=1, description="embedded corpus only: documents held out, by hash")
-    brain: BrainDataConfig | None = Field(default=None, description="brain sources only: channel/time/text layout of batches")
+    val_fraction: float = Field(
+        default=0.02, ge=0, lt=1, description="embedded corpus only: documents held out, by hash"
+    )
+    brain: BrainDataConfig | None = Field(
+        default=None, description="brain sources only: channel/time/text layout of batches"
+    )
 
     @field_validator("cache_limit")
     @classmethod
@@ -68,16 +84,28 @@ class BuiltinLoader:
     """The embedded corpus, packed in memory."""
 
     def __init__(
-        self, cfg: DataConfig, patcher: PatcherConfig, micro_batch: int, split: str = "train",
-        rank: int = 0, world_size: int = 1, seed: int = 0,
+        self,
+        cfg: DataConfig,
+        patcher: PatcherConfig,
+        micro_batch: int,
+        split: str = "train",
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
     ):
         if patcher.mode == "entropy":
             raise ValueError("patcher.mode=entropy needs entropy shards; the embedded corpus has none")
-        docs = (d for d in stdlib_documents(cfg.corpus_bytes) if is_validation(d, cfg.val_fraction) == (split == "val"))
+        docs = (
+            d
+            for d in stdlib_documents(cfg.corpus_bytes)
+            if is_validation(d, cfg.val_fraction) == (split == "val")
+        )
         rows = list(pack(docs, cfg.seq_len + 1))
         if len(rows) < micro_batch * world_size:
-            raise ValueError(f"the embedded corpus gives {len(rows)} {split} rows of {cfg.seq_len + 1} ids; "
-                             f"one step needs {micro_batch * world_size}: raise data.corpus_bytes")
+            raise ValueError(
+                f"the embedded corpus gives {len(rows)} {split} rows of {cfg.seq_len + 1} ids; "
+                f"one step needs {micro_batch * world_size}: raise data.corpus_bytes"
+            )
         self.rows = np.stack(rows).astype(np.int16)  # ids < 259 fit
         self.patcher, self.micro_batch, self.seed = patcher, micro_batch, seed
         self.rank, self.world_size = rank, world_size
@@ -106,8 +134,13 @@ class BuiltinLoader:
 
 
 def build_loader(
-    cfg: DataConfig, patcher: PatcherConfig, micro_batch: int, split: str = "train",
-    rank: int = 0, world_size: int = 1, seed: int = 0,
+    cfg: DataConfig,
+    patcher: PatcherConfig,
+    micro_batch: int,
+    split: str = "train",
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
 ):
     """The loader for a data config: what the trainer calls."""
     if not cfg.sources:
@@ -121,7 +154,9 @@ def build_loader(
 
         return BrainLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
     if cfg.brain is not None:
-        raise ValueError(f"data.brain is set but no source in data.sources is a brain dataset ({list(manifests)})")
+        raise ValueError(
+            f"data.brain is set but no source in data.sources is a brain dataset ({list(manifests)})"
+        )
     if set(formats.values()) == {"mds"}:
         from blt_scale.data.stream_loader import ShardLoader
 

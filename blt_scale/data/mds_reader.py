@@ -95,8 +95,10 @@ class MDSSplit:
         for i, shard in enumerate(self.shards):
             bad = sorted({e for e in shard.get("column_encodings", []) if e not in SAFE_ENCODINGS})
             if bad:
-                raise ValueError(f"{uri}/{split}/index.json: shard {i} declares column encodings {bad}; only "
-                                 f"{sorted(SAFE_ENCODINGS)} are read (a pickle column would run code from the data)")
+                raise ValueError(
+                    f"{uri}/{split}/index.json: shard {i} declares column encodings {bad}; only "
+                    f"{sorted(SAFE_ENCODINGS)} are read (a pickle column would run code from the data)"
+                )
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -110,7 +112,9 @@ class MDSSplit:
 
     def _local(self, index: int) -> str:
         shard = self.shards[index]
-        return os.path.join(self.cache_dir, f"{shard['raw_data']['hashes'][HASH]}-{shard['raw_data']['bytes']}{SHARD_SUFFIX}")
+        return os.path.join(
+            self.cache_dir, f"{shard['raw_data']['hashes'][HASH]}-{shard['raw_data']['bytes']}{SHARD_SUFFIX}"
+        )
 
     def _remove_stale_partials(self) -> None:
         now = time.time()
@@ -136,7 +140,9 @@ class MDSSplit:
         except FileNotFoundError:
             raise FileNotFoundError(f"{where}: missing") from None
         if len(data) != stored["bytes"]:
-            raise ValueError(f"{where}: truncated or wrong size ({len(data)} bytes, index says {stored['bytes']})")
+            raise ValueError(
+                f"{where}: truncated or wrong size ({len(data)} bytes, index says {stored['bytes']})"
+            )
         if get_hash(HASH, data) != stored["hashes"][HASH]:
             raise ValueError(f"{where}: corrupted ({HASH} hash mismatch with the index)")
         if shard["zip_data"]:
@@ -223,8 +229,13 @@ class MDSSplit:
         with self._lock:
             self._download(index)
             if index not in self._readers:
-                obj = {**self.shards[index], "raw_data": {**self.shards[index]["raw_data"],
-                                                          "basename": os.path.basename(self._local(index))}}
+                obj = {
+                    **self.shards[index],
+                    "raw_data": {
+                        **self.shards[index]["raw_data"],
+                        "basename": os.path.basename(self._local(index)),
+                    },
+                }
                 self._readers[index] = MDSReader.from_json(self.cache_dir, "", obj)
             return self._readers[index]
 

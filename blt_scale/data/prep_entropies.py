@@ -41,15 +41,21 @@ class EntropyPrepConfig(Config):
     part: int = Field(default=0, ge=0)
     parts: int = Field(default=1, gt=0)
     batch_size: int = Field(default=16, gt=0, description="context windows per forward pass")
-    context: int | None = Field(default=None, gt=1, description="window length in ids; None: the model's data.seq_len")
-    overlap: int | None = Field(default=None, ge=0, description="ids of context carried between windows; None: context/2")
+    context: int | None = Field(
+        default=None, gt=1, description="window length in ids; None: the model's data.seq_len"
+    )
+    overlap: int | None = Field(
+        default=None, ge=0, description="ids of context carried between windows; None: context/2"
+    )
     shard_size: int = Field(default=64 << 20, gt=0)
     device: str = "cpu"
 
     @model_validator(mode="after")
-    def _part_in_range(self) -> "EntropyPrepConfig":
+    def _part_in_range(self) -> EntropyPrepConfig:
         if self.part >= self.parts:
-            raise ValueError(f"--part {self.part}/{self.parts}: the part index must be below the number of parts")
+            raise ValueError(
+                f"--part {self.part}/{self.parts}: the part index must be below the number of parts"
+            )
         return self
 
 
@@ -67,7 +73,9 @@ def windows(length: int, context: int, overlap: int) -> list[tuple[int, int, int
 class EntropyComputer:
     def __init__(self, model: torch.nn.Module, context: int, overlap: int, batch_size: int, device: str):
         if not hasattr(model, "entropies"):
-            raise ValueError(f"--model: a {type(model).__name__} has no next-byte entropies; give an entropy model (byte_lm)")
+            raise ValueError(
+                f"--model: a {type(model).__name__} has no next-byte entropies; give an entropy model (byte_lm)"
+            )
         if not 0 <= overlap < context:
             raise ValueError(f"--overlap ({overlap}) must be at least 0 and below --context ({context})")
         self.model, self.context, self.overlap = model.to(device).eval(), context, overlap
@@ -79,7 +87,7 @@ class EntropyComputer:
         out = [np.zeros(len(i), dtype=np.float16) for i in ids]
         jobs = [(d, w) for d, i in enumerate(ids) for w in windows(len(i), self.context, self.overlap)]
         for b in range(0, len(jobs), self.batch_size):
-            chunk = jobs[b:b + self.batch_size]
+            chunk = jobs[b : b + self.batch_size]
             width = max(end - start for _, (start, _, end) in chunk)
             batch = torch.full((len(chunk), width), PAD, dtype=torch.long)
             for row, (d, (start, _, end)) in enumerate(chunk):
@@ -87,7 +95,7 @@ class EntropyComputer:
             with torch.no_grad():
                 ent = self.model.entropies(batch.to(self.device)).float().cpu().numpy()
             for row, (d, (start, keep, end)) in enumerate(chunk):
-                out[d][keep:end] = ent[row, keep - start: end - start]
+                out[d][keep:end] = ent[row, keep - start : end - start]
         return out
 
 
@@ -112,11 +120,20 @@ def prep_entropies(cfg: EntropyPrepConfig, progress: bool = True) -> dict:
     model, run_cfg = load_exported(cfg.model, cfg.device)
     context = cfg.context or run_cfg.data.seq_len
     overlap = cfg.overlap if cfg.overlap is not None else context // 2
-    plan = {"kind": "entropies", "data": cfg.data, "model": cfg.model, "context": context, "overlap": overlap, "parts": cfg.parts}
+    plan = {
+        "kind": "entropies",
+        "data": cfg.data,
+        "model": cfg.model,
+        "context": context,
+        "overlap": overlap,
+        "parts": cfg.parts,
+    }
     if root.exists(PLAN) and root.read_json(PLAN) != plan:
         old = root.read_json(PLAN)
         keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-        raise ValueError(f"{root.name(PLAN)}: holds entropies made with other settings (differs in {keys}); use another --out")
+        raise ValueError(
+            f"{root.name(PLAN)}: holds entropies made with other settings (differs in {keys}); use another --out"
+        )
     if root.is_complete():
         return {**root.read_json(MANIFEST), "converted_parts": 0, "complete": True}
     root.write_json(PLAN, plan)
@@ -126,8 +143,12 @@ def prep_entropies(cfg: EntropyPrepConfig, progress: bool = True) -> dict:
         splits = {s: MDSSplit(cfg.data, s) for s in SPLITS}
         compute = EntropyComputer(model, context, overlap, cfg.batch_size, cfg.device)
         ranges = {s: _part_documents(sp, cfg.part, cfg.parts) for s, sp in splits.items()}
-        bar = tqdm(total=sum(len(r) for r in ranges.values()), unit="doc", desc=f"entropies {cfg.part}/{cfg.parts}",
-                   disable=not progress)
+        bar = tqdm(
+            total=sum(len(r) for r in ranges.values()),
+            unit="doc",
+            desc=f"entropies {cfg.part}/{cfg.parts}",
+            disable=not progress,
+        )
         with tempfile.TemporaryDirectory(prefix="blt-entropies-") as staging:
             stager = PartStager("mds", staging, name, cfg.shard_size, with_entropy=True)
             for split, sp in splits.items():
@@ -152,8 +173,15 @@ def merge_parts(out: str) -> dict:
     names = [part_name(i, plan["parts"]) for i in range(plan["parts"])]
     missing = [n for n in names if not root.exists(f"{PARTS}/{n}.json")]
     if missing:
-        raise ValueError(f"{out}: parts not finished yet: {missing[:8]} (run them with --part i/{plan['parts']})")
+        raise ValueError(
+            f"{out}: parts not finished yet: {missing[:8]} (run them with --part i/{plan['parts']})"
+        )
     if root.is_complete():
         return {**root.read_json(MANIFEST), "complete": True}
-    extra = {"kind": "entropies", "columns": ["text", "entropy"], "data": plan["data"], "model": plan["model"]}
+    extra = {
+        "kind": "entropies",
+        "columns": ["text", "entropy"],
+        "data": plan["data"],
+        "model": plan["model"],
+    }
     return {**finalize(root, "mds", names, extra), "complete": True}

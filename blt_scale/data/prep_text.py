@@ -29,9 +29,13 @@ class TextPrepConfig(Config):
     out: str = Field(description="dataset directory (local path or fsspec URI)")
     format: Literal["mds", "wds"] = "mds"
     text_field: str = Field(default="text", description="jsonl key / parquet column of the text")
-    val_fraction: float = Field(default=0.01, ge=0, lt=1, description="documents held out for validation, by hash")
+    val_fraction: float = Field(
+        default=0.01, ge=0, lt=1, description="documents held out for validation, by hash"
+    )
     shard_size: int = Field(default=64 << 20, gt=0, description="uncompressed bytes per shard")
-    part_size: int = Field(default=16 << 20, gt=0, description="input bytes per part (unit of parallelism and resume)")
+    part_size: int = Field(
+        default=16 << 20, gt=0, description="input bytes per part (unit of parallelism and resume)"
+    )
     workers: int = Field(default=1, gt=0)
     skip_bad: bool = Field(default=False, description="count and skip malformed lines / unreadable files")
     overwrite: bool = False
@@ -61,11 +65,15 @@ def check_plan(root: Root, plan: dict) -> None:
         if old != plan:
             keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             if root.is_complete():
-                raise ValueError(f"{root.name(PLAN)}: this directory holds a different finished conversion "
-                                 f"(differs in {keys}); pass --overwrite to replace it")
+                raise ValueError(
+                    f"{root.name(PLAN)}: this directory holds a different finished conversion "
+                    f"(differs in {keys}); pass --overwrite to replace it"
+                )
             root.remove_all()
     elif root.exists() and root.fs.ls(root.path):
-        raise ValueError(f"{root.uri}: exists and is not a blt-scale dataset; pass --overwrite or choose another --out")
+        raise ValueError(
+            f"{root.uri}: exists and is not a blt-scale dataset; pass --overwrite or choose another --out"
+        )
 
 
 _progress: mp.Queue | None = None
@@ -90,8 +98,9 @@ def _convert_part(cfg: TextPrepConfig, name: str, files: list[InputFile], stagin
             _progress.put(tuple(pending))
             pending, last = [0, 0, 0], time.monotonic()
     _progress.put(tuple(pending))
-    return stager.finish(bad_lines=stats.bad_lines, empty_documents=stats.empty_documents,
-                         skipped_inputs=stats.skipped_inputs)
+    return stager.finish(
+        bad_lines=stats.bad_lines, empty_documents=stats.empty_documents, skipped_inputs=stats.skipped_inputs
+    )
 
 
 def convert_text(cfg: TextPrepConfig, progress: bool = True) -> dict:
@@ -110,15 +119,24 @@ def convert_text(cfg: TextPrepConfig, progress: bool = True) -> dict:
     root.write_json(PLAN, plan)
     names = [part_name(i) for i in range(len(parts))]
     todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]
-    bar = tqdm(total=sum(files[j].size for i in todo for j in parts[i]), unit="B", unit_scale=True,
-               desc=f"prep text ({len(todo)}/{len(parts)} parts)", disable=not progress)
+    bar = tqdm(
+        total=sum(files[j].size for i in todo for j in parts[i]),
+        unit="B",
+        unit_scale=True,
+        desc=f"prep text ({len(todo)}/{len(parts)} parts)",
+        disable=not progress,
+    )
     totals = [0, 0]
     with tempfile.TemporaryDirectory(prefix="blt-prep-") as staging:
         ctx = mp.get_context("fork")  # forked workers see memory:// inputs and need no re-import
         progress_q = ctx.Queue()
         _init_worker(progress_q)
         jobs = [(cfg, names[i], [files[j] for j in parts[i]], staging) for i in todo]
-        with ctx.Pool(min(cfg.workers, max(len(jobs), 1)), _init_worker, (progress_q,)) if cfg.workers > 1 else _Inline() as pool:
+        with (
+            ctx.Pool(min(cfg.workers, max(len(jobs), 1)), _init_worker, (progress_q,))
+            if cfg.workers > 1
+            else _Inline() as pool
+        ):
             pending = [pool.apply_async(_convert_part, job) for job in jobs]
             while pending:
                 _drain(progress_q, bar, totals, wait=0.1 if cfg.workers > 1 else 0)

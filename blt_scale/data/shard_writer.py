@@ -23,8 +23,14 @@ class MDSPartWriter:
     def __init__(self, local_dir: str, shard_size: int, with_entropy: bool):
         columns = {"text": "bytes", **({"entropy": "bytes"} if with_entropy else {})}
         self.local_dir = local_dir
-        self.writer = MDSWriter(columns=columns, out=local_dir, compression=COMPRESSION,
-                                hashes=HASHES, size_limit=shard_size, exist_ok=True)
+        self.writer = MDSWriter(
+            columns=columns,
+            out=local_dir,
+            compression=COMPRESSION,
+            hashes=HASHES,
+            size_limit=shard_size,
+            exist_ok=True,
+        )
 
     def write(self, text: bytes, entropy: bytes | None = None) -> None:
         self.writer.write({"text": text} if entropy is None else {"text": text, "entropy": entropy})

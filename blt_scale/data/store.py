@@ -94,5 +94,7 @@ def open_complete(uri: str) -> tuple[Root, dict]:
     if not root.exists():
         raise FileNotFoundError(f"{uri}: no such dataset")
     if not root.is_complete():
-        raise ValueError(f"{uri}: conversion not finished (no {COMPLETE} marker); re-run `blt prep` to complete it")
+        raise ValueError(
+            f"{uri}: conversion not finished (no {COMPLETE} marker); re-run `blt prep` to complete it"
+        )
     return root, root.read_json(MANIFEST)

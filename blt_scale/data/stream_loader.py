@@ -31,7 +31,7 @@ class _Cycles(IterableDataset):
     are computed per batch in the main process: one vectorised call per batch costs far less
     than one per row."""
 
-    def __init__(self, loader: "ShardLoader", order: list[int], states: dict[int, dict]):
+    def __init__(self, loader: ShardLoader, order: list[int], states: dict[int, dict]):
         self.loader, self.order, self.states = loader, order, states
 
     def __iter__(self) -> Iterator[tuple]:
@@ -48,7 +48,9 @@ class _Cycles(IterableDataset):
                     for p in packers:
                         rows.append(p.next_row())
                         states.append(p.snapshot())
-                ids = np.stack([r[0] for r in rows]).astype(np.int16)  # ids < 259: a quarter of the bytes to ship
+                ids = np.stack([r[0] for r in rows]).astype(
+                    np.int16
+                )  # ids < 259: a quarter of the bytes to ship
                 ent = np.stack([r[1] for r in rows]).astype(np.float16) if rows[0][1] is not None else None
                 yield mine, ids, ent, states, cycles
         except (ValueError, FileNotFoundError, OSError) as err:
@@ -65,7 +67,9 @@ def _as_is(item):
 
 
 class ShardLoader:
-    def __init__(self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int):
+    def __init__(
+        self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int
+    ):
         self.patcher, self.micro_batch, self.split = patcher, micro_batch, split
         self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, cfg.workers
         self.row_len = cfg.seq_len + 1
@@ -78,15 +82,23 @@ class ShardLoader:
         if self.with_entropy:
             for s, sp in zip(cfg.sources, splits):
                 if "entropy" not in sp.columns:
-                    raise ValueError(f"{s.uri}: has no entropies, but patcher.mode=entropy; run `blt prep entropies` on it")
+                    raise ValueError(
+                        f"{s.uri}: has no entropies, but patcher.mode=entropy; run `blt prep entropies` on it"
+                    )
         used = [i for i, sp in enumerate(splits) if len(sp)]
         if split == "train" and len(used) < len(splits):
             empty = [self.uris[i] for i in range(len(splits)) if i not in used]
             raise ValueError(f"{empty[0]}: the {split} split has no documents")
         if not used:  # a validation split may be empty in some sources, not in all
-            raise ValueError(f"{self.uris}: no {split} documents in any source (prepare with --val-fraction > 0)")
-        self.sources = [self._source(splits[i], seed, i, f"{self.uris[i]} ({split})", cfg.shuffle_block_shards)
-                        if i in used else None for i in range(len(splits))]
+            raise ValueError(
+                f"{self.uris}: no {split} documents in any source (prepare with --val-fraction > 0)"
+            )
+        self.sources = [
+            self._source(splits[i], seed, i, f"{self.uris[i]} ({split})", cfg.shuffle_block_shards)
+            if i in used
+            else None
+            for i in range(len(splits))
+        ]
         self.shards_total = sum(len(sp.sizes) for sp in splits)
         self.opened: set[tuple[int, int]] = set()  # (source, shard) this rank's streams have read
         self._blocks_seen: dict[tuple[int, int], tuple[int, int]] = {}
@@ -103,17 +115,23 @@ class ShardLoader:
         streams no document of the first epoch, so the first batches could repeat documents."""
         if self.split == "train":
             return Source(split, split.sizes, seed, index, name, block_shards)
-        return Source(split, np.ones(len(split), dtype=np.int64), seed, index, name, block_shards=1, real_shards=False)
+        return Source(
+            split, np.ones(len(split), dtype=np.int64), seed, index, name, block_shards=1, real_shards=False
+        )
 
     def _layout(self) -> None:
         self.my_streams = rank_streams(self.num_streams, self.rank, self.world_size)
         if self.workers and len(self.my_streams) % self.workers:
-            raise ValueError(f"data.workers ({self.workers}) must divide the streams each rank serves "
-                             f"({len(self.my_streams)} = data.streams {self.num_streams} / world size {self.world_size})")
+            raise ValueError(
+                f"data.workers ({self.workers}) must divide the streams each rank serves "
+                f"({len(self.my_streams)} = data.streams {self.num_streams} / world size {self.world_size})"
+            )
 
     def packer(self, stream: int, state: dict) -> StreamPacker:
         sources = [s if s is not None else _Empty() for s in self.sources]
-        return StreamPacker(stream, self.num_streams, sources, self.weights, self.seed, self.row_len, self.with_entropy, state)
+        return StreamPacker(
+            stream, self.num_streams, sources, self.weights, self.seed, self.row_len, self.with_entropy, state
+        )
 
     def _order(self) -> list[int]:
         rows = [self.states[s].get("rows", 0) for s in self.my_streams]
@@ -124,8 +142,13 @@ class ShardLoader:
         """(stream, ids, entropies, state after the row), in cycle order."""
         cycles = _Cycles(self, self._order(), {s: self.states[s] for s in self.my_streams})
         workers = self.workers
-        items = iter(cycles) if not workers else iter(
-            DataLoader(cycles, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=4))
+        items = (
+            iter(cycles)
+            if not workers
+            else iter(
+                DataLoader(cycles, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=4)
+            )
+        )
         while True:
             groups = [next(items) for _ in range(max(workers, 1))]  # one item per worker, in worker order
             for group in groups:
@@ -169,26 +192,43 @@ class ShardLoader:
     def stats(self) -> dict:
         """data_shards_opened (distinct shards this rank's streams read so far), data_shards_total,
         data_cache_bytes (shards in this node's cache now)."""
-        return {"data_shards_opened": len(self.opened), "data_shards_total": self.shards_total,
-                "data_cache_bytes": cache_bytes(self.cache_dir)}
+        return {
+            "data_shards_opened": len(self.opened),
+            "data_shards_total": self.shards_total,
+            "data_cache_bytes": cache_bytes(self.cache_dir),
+        }
 
     def state_dict(self) -> dict:
-        return {"kind": "streams", "num_streams": self.num_streams, "seed": self.seed, "split": self.split,
-                "sources": self.uris, "streams": {str(s): self.states[s] for s in self.my_streams}}
+        return {
+            "kind": "streams",
+            "num_streams": self.num_streams,
+            "seed": self.seed,
+            "split": self.split,
+            "sources": self.uris,
+            "streams": {str(s): self.states[s] for s in self.my_streams},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "streams":
-            raise ValueError(f"loader state of kind {state.get('kind')!r} cannot resume a streaming (MDS) loader")
+            raise ValueError(
+                f"loader state of kind {state.get('kind')!r} cannot resume a streaming (MDS) loader"
+            )
         for key, mine in (("sources", self.uris), ("seed", self.seed), ("split", self.split)):
             if state[key] != mine:
-                raise ValueError(f"loader state was saved with {key}={state[key]!r}, this run has {mine!r}: "
-                                 f"resuming would not be exactly-once")
+                raise ValueError(
+                    f"loader state was saved with {key}={state[key]!r}, this run has {mine!r}: "
+                    f"resuming would not be exactly-once"
+                )
         n = int(state["num_streams"])
         if self.configured_streams not in (None, n):
-            raise ValueError(f"loader state has {n} streams but data.streams={self.configured_streams}; set data.streams={n}")
+            raise ValueError(
+                f"loader state has {n} streams but data.streams={self.configured_streams}; set data.streams={n}"
+            )
         missing = [s for s in range(n) if str(s) not in state["streams"]]
         if missing:
-            raise ValueError(f"loader state lacks streams {missing[:8]}: merge every rank's part with merge_states()")
+            raise ValueError(
+                f"loader state lacks streams {missing[:8]}: merge every rank's part with merge_states()"
+            )
         self.num_streams = n
         self._layout()
         self.states = {s: dict(state["streams"][str(s)]) for s in range(n)}

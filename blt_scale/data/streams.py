@@ -33,8 +33,16 @@ from blt_scale.data.packing import document_ids
 class Source:
     """One dataset split: random access to its documents, and how its shards are dealt."""
 
-    def __init__(self, docs: Sequence, shard_sizes: Sequence[int], seed: int, index: int, name: str, block_shards: int,
-                 real_shards: bool = True):
+    def __init__(
+        self,
+        docs: Sequence,
+        shard_sizes: Sequence[int],
+        seed: int,
+        index: int,
+        name: str,
+        block_shards: int,
+        real_shards: bool = True,
+    ):
         """real_shards=False: the "shards" are single documents (dealt one by one), not files to cache."""
         self.docs, self.seed, self.index, self.name, self.block_shards = docs, seed, index, name, block_shards
         self.real_shards = real_shards
@@ -50,7 +58,8 @@ class Source:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
             self._perms[epoch] = np.random.default_rng([self.seed, self.index, epoch]).permutation(
-                self.shard_ids.astype(np.int32 if len(self.sizes) < 2**31 else np.int64))
+                self.shard_ids.astype(np.int32 if len(self.sizes) < 2**31 else np.int64)
+            )
         return self._perms[epoch]
 
     def stream_shards(self, stream: int, num_streams: int, epoch: int) -> np.ndarray:
@@ -61,13 +70,16 @@ class Source:
 
     def block_shards_of(self, stream: int, num_streams: int, epoch: int, block: int) -> np.ndarray:
         mine = self.stream_shards(stream, num_streams, epoch)
-        return mine[block * self.block_shards:(block + 1) * self.block_shards]
+        return mine[block * self.block_shards : (block + 1) * self.block_shards]
 
     def block_documents(self, stream: int, num_streams: int, epoch: int, block: int) -> np.ndarray:
         """Global document indices of one block, in the seeded order the stream reads them."""
         shards = self.block_shards_of(stream, num_streams, epoch, block)
-        docs = np.concatenate([np.arange(self.starts[s], self.starts[s] + self.sizes[s]) for s in shards]) \
-            if len(shards) else np.zeros(0, dtype=np.int64)
+        docs = (
+            np.concatenate([np.arange(self.starts[s], self.starts[s] + self.sizes[s]) for s in shards])
+            if len(shards)
+            else np.zeros(0, dtype=np.int64)
+        )
         return np.random.default_rng([self.seed, self.index, epoch, stream, block]).permutation(docs)
 
     def epoch_documents(self, stream: int, num_streams: int, epoch: int) -> int:
@@ -79,15 +91,26 @@ def fresh_state(num_sources: int) -> dict:
 
 
 class StreamPacker:
-    def __init__(self, stream: int, num_streams: int, sources: list[Source], weights: np.ndarray,
-                 seed: int, row_len: int, with_entropy: bool, state: dict):
+    def __init__(
+        self,
+        stream: int,
+        num_streams: int,
+        sources: list[Source],
+        weights: np.ndarray,
+        seed: int,
+        row_len: int,
+        with_entropy: bool,
+        state: dict,
+    ):
         self.stream, self.num_streams, self.sources = stream, num_streams, sources
         self.cum_weights = np.cumsum(weights / weights.sum())
         self.seed, self.row_len, self.with_entropy = seed, row_len, with_entropy
         cursors = state["cursors"]
         if cursors and not isinstance(cursors[0], list):
-            raise ValueError("loader state from an older data order (per-source document cursors): it cannot "
-                             "resume this loader exactly; start the data order afresh (a new run_dir)")
+            raise ValueError(
+                "loader state from an older data order (per-source document cursors): it cannot "
+                "resume this loader exactly; start the data order afresh (a new run_dir)"
+            )
         self.state = {**state, "cursors": [list(c) for c in cursors]}
         self._blocks: dict[int, tuple[tuple[int, int], np.ndarray]] = {}  # source -> ((epoch, block), docs)
         self._doc: tuple[np.ndarray, np.ndarray | None] | None = None
@@ -107,7 +130,9 @@ class StreamPacker:
             return ids, None
         ent = np.frombuffer(sample["entropy"], dtype=np.float16)
         if len(ent) != len(ids):
-            raise ValueError(f"{self.sources[source].name}: document {doc} has {len(ent)} entropies for {len(ids)} ids")
+            raise ValueError(
+                f"{self.sources[source].name}: document {doc} has {len(ent)} entropies for {len(ids)} ids"
+            )
         return ids, ent.astype(np.float32)
 
     def _block(self, k: int, epoch: int, block: int) -> np.ndarray:
@@ -115,7 +140,9 @@ class StreamPacker:
         if k not in self._blocks or self._blocks[k][0] != key:
             src = self.sources[k]
             self._blocks[k] = (key, src.block_documents(self.stream, self.num_streams, epoch, block))
-            if src.real_shards and hasattr(src.docs, "hold"):  # a shard cache: keep this block, fetch the next ahead
+            if src.real_shards and hasattr(
+                src.docs, "hold"
+            ):  # a shard cache: keep this block, fetch the next ahead
                 src.docs.hold(self.stream, src.block_shards_of(self.stream, self.num_streams, epoch, block))
                 ahead = src.block_shards_of(self.stream, self.num_streams, epoch, block + 1)
                 if not len(ahead):
@@ -132,7 +159,9 @@ class StreamPacker:
             if offset < len(docs):
                 cursor[2] += 1
                 return int(docs[offset])
-            shards_left = len(self.sources[k].block_shards_of(self.stream, self.num_streams, epoch, block + 1))
+            shards_left = len(
+                self.sources[k].block_shards_of(self.stream, self.num_streams, epoch, block + 1)
+            )
             cursor[:] = [epoch, block + 1, 0] if shards_left else [epoch + 1, 0, 0]
         raise ValueError(f"{self.sources[k].name}: no documents")
 
@@ -155,17 +184,21 @@ class StreamPacker:
             doc_ids, doc_ent = self._doc
             start = self.state["offset"]
             take = min(self.row_len - filled, len(doc_ids) - start)
-            ids[filled:filled + take] = doc_ids[start:start + take]
+            ids[filled : filled + take] = doc_ids[start : start + take]
             if ent is not None:
-                ent[filled:filled + take] = doc_ent[start:start + take]
+                ent[filled : filled + take] = doc_ent[start : start + take]
             filled += take
             self.state["offset"] = start + take
         return ids, ent
 
     def snapshot(self) -> dict:
         st = self.state
-        return {"drawn": st["drawn"], "cursors": [list(c) for c in st["cursors"]],
-                "current": None if st["current"] is None else list(st["current"]), "offset": st["offset"]}
+        return {
+            "drawn": st["drawn"],
+            "cursors": [list(c) for c in st["cursors"]],
+            "current": None if st["current"] is None else list(st["current"]),
+            "offset": st["offset"],
+        }
 
 
 def rank_streams(num_streams: int, rank: int, world_size: int) -> list[int]:

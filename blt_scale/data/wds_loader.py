@@ -35,7 +35,9 @@ def _open_shards(urls: Iterator[dict], expected: dict[str, tuple[int, str]]) -> 
             data = stream.read()
         size, digest = expected[url]
         if len(data) != size:
-            raise ValueError(f"shard {url}: truncated or wrong size ({len(data)} bytes, manifest says {size})")
+            raise ValueError(
+                f"shard {url}: truncated or wrong size ({len(data)} bytes, manifest says {size})"
+            )
         if get_hash("xxh64", data) != digest:
             raise ValueError(f"shard {url}: corrupted (xxh64 hash mismatch with the manifest)")
         yield {**sample, "stream": io.BytesIO(data)}
@@ -48,18 +50,25 @@ def shard_urls(uri: str, split: str) -> dict[str, tuple[int, str]]:
         raise ValueError(f"{uri}: a {manifest['format']} dataset, not webdataset")
     files = manifest["splits"][split].get("files", [])
     if any("xxh64" not in f for f in files):
-        raise ValueError(f"{uri}: prepared without shard checksums; convert it again (`blt prep text ... --overwrite`)")
-    return {root.fs.unstrip_protocol(root.join(posixpath.join(split, f["basename"]))): (f["bytes"], f["xxh64"])
-            for f in files if f["samples"]}
+        raise ValueError(
+            f"{uri}: prepared without shard checksums; convert it again (`blt prep text ... --overwrite`)"
+        )
+    return {
+        root.fs.unstrip_protocol(root.join(posixpath.join(split, f["basename"]))): (f["bytes"], f["xxh64"])
+        for f in files
+        if f["samples"]
+    }
 
 
 class _WdsRows(IterableDataset):
-    def __init__(self, loader: "WdsLoader"):
+    def __init__(self, loader: WdsLoader):
         self.ld = loader
 
     def _documents(self, urls: list[str], worker: int) -> Iterator[bytes]:
         ld = self.ld
-        shards = wds.ResampledShards(urls, seed=ld.seed, deterministic=True, worker_seed=lambda: ld.rank * 1000 + worker)
+        shards = wds.ResampledShards(
+            urls, seed=ld.seed, deterministic=True, worker_seed=lambda: ld.rank * 1000 + worker
+        )
         for sample in group_by_keys(tar_file_expander(_open_shards(iter(shards), self.ld.expected))):
             yield sample["bin"]
 
@@ -74,14 +83,18 @@ class _WdsRows(IterableDataset):
         while True:
             while len(buffer) < ld.row_len:
                 buffer = np.concatenate([buffer, document_ids(next(docs[rng.choice(len(docs), p=p)]))])
-            ids, buffer = buffer[: ld.row_len], buffer[ld.row_len:]
+            ids, buffer = buffer[: ld.row_len], buffer[ld.row_len :]
             yield ids, patch_lengths(torch.from_numpy(ids[None, :-1]), ld.patcher)[0].numpy()
 
 
 class WdsLoader:
-    def __init__(self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int):
+    def __init__(
+        self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int
+    ):
         if patcher.mode == "entropy":
-            raise ValueError("patcher.mode=entropy needs MDS entropy shards (`blt prep entropies`); webdataset sources have none")
+            raise ValueError(
+                "patcher.mode=entropy needs MDS entropy shards (`blt prep entropies`); webdataset sources have none"
+            )
         self.patcher, self.micro_batch, self.rank, self.seed = patcher, micro_batch, rank, seed
         self.row_len, self.workers = cfg.seq_len + 1, cfg.workers
         checked = [shard_urls(s.uri, split) for s in cfg.sources]
@@ -95,7 +108,9 @@ class WdsLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rows = _WdsRows(self)
-        items = iter(DataLoader(rows, batch_size=None, num_workers=self.workers)) if self.workers else iter(rows)
+        items = (
+            iter(DataLoader(rows, batch_size=None, num_workers=self.workers)) if self.workers else iter(rows)
+        )
         while True:
             batch = [next(items) for _ in range(self.micro_batch)]
             self.rows += len(batch)
@@ -108,5 +123,7 @@ class WdsLoader:
         return {"kind": "wds", "exact": False, "rows": self.rows}
 
     def load_state_dict(self, state: dict) -> None:
-        raise ValueError("webdataset sources are read resampled and cannot resume exactly-once "
-                         "(no cursor to restore); convert them with `blt prep text --format mds` to resume")
+        raise ValueError(
+            "webdataset sources are read resampled and cannot resume exactly-once "
+            "(no cursor to restore); convert them with `blt prep text --format mds` to resume"
+        )

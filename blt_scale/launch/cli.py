@@ -19,20 +19,41 @@ def placement_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--time", default=None, help="time limit per allocation: minutes or HH:MM:SS")
     for name in ("partition", "account", "qos", "constraint", "exclude", "job-name"):
         p.add_argument(f"--{name}", default=None)
-    p.add_argument("--signal-delay", type=int, default=None, metavar="S", help="SIGUSR2 this many seconds before the limit")
+    p.add_argument(
+        "--signal-delay",
+        type=int,
+        default=None,
+        metavar="S",
+        help="SIGUSR2 this many seconds before the limit",
+    )
     p.add_argument("--max-requeues", type=int, default=None, help="requeues after time-limit stops, per job")
-    p.add_argument("--setup", action="append", default=None, metavar="LINE", help="shell line run before srun (repeatable)")
+    p.add_argument(
+        "--setup",
+        action="append",
+        default=None,
+        metavar="LINE",
+        help="shell line run before srun (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting")
 
 
 def placement_changes(args: argparse.Namespace) -> dict:
     values = {
-        "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "tasks_per_node": args.tasks_per_node,
-        "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem,
+        "nodes": args.nodes,
+        "gpus_per_node": args.gpus_per_node,
+        "tasks_per_node": args.tasks_per_node,
+        "cpus_per_task": args.cpus_per_task,
+        "mem_gb": args.mem,
         "time_min": parse_time(args.time) if args.time is not None else None,
-        "partition": args.partition, "account": args.account, "qos": args.qos, "constraint": args.constraint,
-        "exclude": args.exclude, "job_name": args.job_name, "signal_delay_s": args.signal_delay,
-        "max_requeues": args.max_requeues, "setup": args.setup,
+        "partition": args.partition,
+        "account": args.account,
+        "qos": args.qos,
+        "constraint": args.constraint,
+        "exclude": args.exclude,
+        "job_name": args.job_name,
+        "signal_delay_s": args.signal_delay,
+        "max_requeues": args.max_requeues,
+        "setup": args.setup,
     }
     changes = {k: v for k, v in values.items() if v is not None}
     # Choosing one way to count ranks replaces the other.
@@ -46,14 +67,21 @@ def placement_changes(args: argparse.Namespace) -> dict:
 def register(sub) -> None:
     from blt_scale.cli import add_recipe_args
 
-    p = sub.add_parser("submit", help="submit a training run to SLURM (submitit); prints the job id and run_dir")
+    p = sub.add_parser(
+        "submit", help="submit a training run to SLURM (submitit); prints the job id and run_dir"
+    )
     add_recipe_args(p)
     placement_args(p, required=True)
-    p.add_argument("--prepare-only", action="store_true",
-                   help="write the run directory and print the `sbatch slurm/train.sbatch` line instead of submitting")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the run directory and print the `sbatch slurm/train.sbatch` line instead of submitting",
+    )
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("resume", help="resubmit a stopped or failed SLURM run, on the same or another number of nodes")
+    p = sub.add_parser(
+        "resume", help="resubmit a stopped or failed SLURM run, on the same or another number of nodes"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     placement_args(p, required=False)
     p.set_defaults(func=cmd_resume)

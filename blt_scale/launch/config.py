@@ -27,13 +27,19 @@ class LaunchConfig(Config):
         default=120, gt=0, description="SIGUSR2 this long before the time limit, so the trainer can save"
     )
     max_requeues: int = Field(
-        default=10, ge=0, description="requeues after a time-limit stop, per job; more fails the job (resume by hand)"
+        default=10,
+        ge=0,
+        description="requeues after a time-limit stop, per job; more fails the job (resume by hand)",
     )
-    setup: list[str] = Field(default_factory=list, description="shell lines run before srun (module load ...)")
-    sbatch: dict[str, str] = Field(default_factory=dict, description="further sbatch options, e.g. {mail-type: END}")
+    setup: list[str] = Field(
+        default_factory=list, description="shell lines run before srun (module load ...)"
+    )
+    sbatch: dict[str, str] = Field(
+        default_factory=dict, description="further sbatch options, e.g. {mail-type: END}"
+    )
 
     @model_validator(mode="after")
-    def _one_task_count(self) -> "LaunchConfig":
+    def _one_task_count(self) -> LaunchConfig:
         if self.tasks_per_node and self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
             raise ValueError(
                 f"tasks_per_node ({self.tasks_per_node}) and gpus_per_node ({self.gpus_per_node}) disagree: "

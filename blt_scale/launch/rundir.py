@@ -1,12 +1,12 @@
 """The run directory of a SLURM run (DESIGN.md), as the launcher writes it:
 
-    config.yaml       the resolved recipe (the trainer rewrites it with the same content)
-    job_config.yaml   the recipe the job runs, frozen at submission (the trainer never writes it)
-    launch.yaml       the LaunchConfig of the last submission (`blt resume` starts from it)
-    code/             the package and recipes as they were at submission; jobs import from here,
-                      so edits to the checkout after submitting do not change a queued job
-    logs/             submitit's folder: sbatch script, pickles, one log per task (append mode)
-    jobs.jsonl        one row per event: submit, start (with restart count), exit
+config.yaml       the resolved recipe (the trainer rewrites it with the same content)
+job_config.yaml   the recipe the job runs, frozen at submission (the trainer never writes it)
+launch.yaml       the LaunchConfig of the last submission (`blt resume` starts from it)
+code/             the package and recipes as they were at submission; jobs import from here,
+                  so edits to the checkout after submitting do not change a queued job
+logs/             submitit's folder: sbatch script, pickles, one log per task (append mode)
+jobs.jsonl        one row per event: submit, start (with restart count), exit
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def check_run_dir(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir).resolve()
     for name in (JOB_CONFIG, LAUNCH):
         if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} is missing: {run_dir} is not a run directory made by `blt submit`")
+            raise FileNotFoundError(
+                f"{run_dir / name} is missing: {run_dir} is not a run directory made by `blt submit`"
+            )
     if not (run_dir / CODE).is_dir():
         raise FileNotFoundError(f"{run_dir / CODE} is missing: the code snapshot of this run is gone")
     return run_dir

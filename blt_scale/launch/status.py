@@ -20,7 +20,10 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     try:
         out = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError):
         return {}
@@ -37,7 +40,9 @@ def run_status(run_dir: str | Path) -> dict:
 
     run_dir = Path(run_dir).resolve()
     if not (run_dir / rundir.JOBS).exists() and not (run_dir / rundir.LAUNCH).exists():
-        raise FileNotFoundError(f"{run_dir}: no {rundir.JOBS} or {rundir.LAUNCH}; not a run submitted with `blt submit`")
+        raise FileNotFoundError(
+            f"{run_dir}: no {rundir.JOBS} or {rundir.LAUNCH}; not a run submitted with `blt submit`"
+        )
     rows = rundir.history(run_dir)
     order: list[str] = []
     for r in rows:
@@ -49,16 +54,23 @@ def run_status(run_dir: str | Path) -> dict:
         mine = [r for r in rows if r.get("job") == job]
         starts = [r for r in mine if r["event"] == "start"]
         exits = [r for r in mine if r["event"] == "exit"]
-        jobs.append({
-            "job": job,
-            "submitted_as": next((r["event"] for r in mine if r["event"] in ("submit", "resume")), "sbatch"),
-            "allocations": len(starts),
-            "nodes": starts[-1]["nodes"] if starts else None,
-            "world": starts[-1]["world"] if starts else None,
-            "exits": [{k: e[k] for k in ("status", "code", "step", "requeue", "reason") if k in e} for e in exits],
-            "state": _state(exits, slurm.get(job)),
-            "slurm_state": slurm.get(job),
-        })
+        jobs.append(
+            {
+                "job": job,
+                "submitted_as": next(
+                    (r["event"] for r in mine if r["event"] in ("submit", "resume")), "sbatch"
+                ),
+                "allocations": len(starts),
+                "nodes": starts[-1]["nodes"] if starts else None,
+                "world": starts[-1]["world"] if starts else None,
+                "exits": [
+                    {k: e[k] for k in ("status", "code", "step", "requeue", "reason") if k in e}
+                    for e in exits
+                ],
+                "state": _state(exits, slurm.get(job)),
+                "slurm_state": slurm.get(job),
+            }
+        )
     metrics = [m for m in read_metrics(run_dir) if "split" not in m]
     last = {k: metrics[-1][k] for k in METRIC_KEYS if k in metrics[-1]} if metrics else None
     return {
@@ -73,7 +85,15 @@ def run_status(run_dir: str | Path) -> dict:
 def _state(exits: list[dict], slurm: str | None) -> str:
     """One word for a job: what the run directory says happened last, unless SLURM knows it is
     still pending or running (a requeued job's last exit is a stop)."""
-    if slurm in ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING"):
+    if slurm in (
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "CONFIGURING",
+        "COMPLETING",
+    ):
         return slurm.lower()
     if exits:
         last = exits[-1]
@@ -84,13 +104,22 @@ def _state(exits: list[dict], slurm: str | None) -> str:
 
 
 def format_status(s: dict) -> str:
-    lines = [f"run_dir {s['run_dir']}", f"state {s['state']}", f"last_complete_step {s['last_complete_step']}"]
+    lines = [
+        f"run_dir {s['run_dir']}",
+        f"state {s['state']}",
+        f"last_complete_step {s['last_complete_step']}",
+    ]
     if s["last_metrics"]:
-        lines.append("last_metrics " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in s["last_metrics"].items()))
+        lines.append(
+            "last_metrics "
+            + " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["last_metrics"].items()
+            )
+        )
     for j in s["jobs"]:
         exits = ", ".join(
-            f"{e['status']}@{e.get('step', '?')}" + (f"(requeue:{e['requeue']})" if e.get("requeue") else "")
+            f"{e['status']}@{e.get('step', '?')}"
+            + (f"(requeue:{e['requeue']})" if e.get("requeue") else "")
             + (f"(code {e['code']}: {e['reason']})" if e.get("reason") else "")
             for e in j["exits"]
         )

@@ -41,9 +41,13 @@ def sbatch_parameters(launch: LaunchConfig, code: Path, array_parallelism: int |
         "additional_parameters": {"requeue": True, **launch.sbatch},
     }
     optional = {
-        "gpus_per_node": launch.gpus_per_node, "cpus_per_task": launch.cpus_per_task,
-        "partition": launch.partition, "account": launch.account, "qos": launch.qos,
-        "constraint": launch.constraint, "exclude": launch.exclude,
+        "gpus_per_node": launch.gpus_per_node,
+        "cpus_per_task": launch.cpus_per_task,
+        "partition": launch.partition,
+        "account": launch.account,
+        "qos": launch.qos,
+        "constraint": launch.constraint,
+        "exclude": launch.exclude,
         "mem": f"{int(launch.mem_gb * 1024)}MB" if launch.mem_gb else None,
     }
     params |= {k: v for k, v in optional.items() if v is not None}
@@ -84,8 +88,13 @@ def submit(cfg, launch: LaunchConfig, dry_run: bool = False, prepare_only: bool 
 def plain_sbatch_command(run_dir: Path, launch: LaunchConfig) -> str:
     """The `sbatch slurm/train.sbatch` line that runs a prepared run directory as `blt submit` would."""
     template = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
-    options = [f"--nodes={launch.nodes}", f"--ntasks-per-node={launch.ranks_per_node}", f"--time={launch.time_min}",
-               f"--signal=USR2@{launch.signal_delay_s}", f"--output={run_dir / rundir.LOGS}/%j_sbatch.out"]
+    options = [
+        f"--nodes={launch.nodes}",
+        f"--ntasks-per-node={launch.ranks_per_node}",
+        f"--time={launch.time_min}",
+        f"--signal=USR2@{launch.signal_delay_s}",
+        f"--output={run_dir / rundir.LOGS}/%j_sbatch.out",
+    ]
     if launch.gpus_per_node:
         options.append(f"--gpus-per-node={launch.gpus_per_node}")
     for key in ("partition", "account", "qos", "constraint", "exclude", "cpus_per_task"):
@@ -116,13 +125,24 @@ def _submit_prepared(run_dir: Path, launch: LaunchConfig, dry_run: bool, event: 
     if dry_run:
         return sbatch_script(folder, launch, code), run_dir
     job = _executor(folder, launch, code).submit(TrainTask(run_dir))
-    rundir.record(run_dir, event, job=str(job.job_id), nodes=launch.nodes, ranks_per_node=launch.ranks_per_node,
-                  argv=sys.argv[1:])
+    rundir.record(
+        run_dir,
+        event,
+        job=str(job.job_id),
+        nodes=launch.nodes,
+        ranks_per_node=launch.ranks_per_node,
+        argv=sys.argv[1:],
+    )
     return job, run_dir
 
 
-def submit_array(fns: Sequence[Callable[[], object]], launch: LaunchConfig, folder: str | Path,
-                 parallelism: int, code: Path | None = None) -> list:
+def submit_array(
+    fns: Sequence[Callable[[], object]],
+    launch: LaunchConfig,
+    folder: str | Path,
+    parallelism: int,
+    code: Path | None = None,
+) -> list:
     """One SLURM job array with a task per callable, at most `parallelism` running at once.
     `code` is a snapshot the jobs import from (default: a new one in folder/code)."""
     if not fns:
@@ -149,6 +169,13 @@ def submit_runs(cfgs: Sequence, launch: LaunchConfig, folder: str | Path, parall
         link = run_dir / rundir.LOGS / "array"  # the array's logs are shared, in folder/logs
         if not link.exists():
             link.symlink_to(folder / rundir.LOGS, target_is_directory=True)
-        rundir.record(run_dir, "submit", job=str(job.job_id), nodes=launch.nodes,
-                      ranks_per_node=launch.ranks_per_node, array=str(folder), argv=sys.argv[1:])
+        rundir.record(
+            run_dir,
+            "submit",
+            job=str(job.job_id),
+            nodes=launch.nodes,
+            ranks_per_node=launch.ranks_per_node,
+            array=str(folder),
+            argv=sys.argv[1:],
+        )
     return jobs

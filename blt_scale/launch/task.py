@@ -47,20 +47,35 @@ class TrainTask:
         main = env.global_rank == 0
         job_id = str(env.job_id)
         if main:
-            restart = sum(1 for r in rundir.history(run_dir) if r["event"] == "start" and r.get("job") == job_id)
-            rundir.record(run_dir, "start", job=job_id, restart=restart, nodes=list(env.hostnames), world=env.num_tasks,
-                          code=str(Path(rundir.__file__).resolve().parents[1]))
+            restart = sum(
+                1 for r in rundir.history(run_dir) if r["event"] == "start" and r.get("job") == job_id
+            )
+            rundir.record(
+                run_dir,
+                "start",
+                job=job_id,
+                restart=restart,
+                nodes=list(env.hostnames),
+                world=env.num_tasks,
+                code=str(Path(rundir.__file__).resolve().parents[1]),
+            )
         code, signals = self._run_trainer(run_dir)
         if code == EXIT_OK:
             if main:
-                rundir.record(run_dir, "exit", job=job_id, status="completed", code=code, step=last_step(run_dir))
+                rundir.record(
+                    run_dir, "exit", job=job_id, status="completed", code=code, step=last_step(run_dir)
+                )
             return {"run_dir": self.run_dir, "step": last_step(run_dir)} if main else None
         if code == EXIT_STOPPED:
             return self._stopped(run_dir, job_id, main, signals)
         what = MEANING.get(code, "failed")
         if main:
-            rundir.record(run_dir, "exit", job=job_id, status="failed", code=code, reason=what, step=last_step(run_dir))
-        raise RuntimeError(f"trainer exited with code {code} ({what}); not requeued: see {run_dir / rundir.LOGS}")
+            rundir.record(
+                run_dir, "exit", job=job_id, status="failed", code=code, reason=what, step=last_step(run_dir)
+            )
+        raise RuntimeError(
+            f"trainer exited with code {code} ({what}); not requeued: see {run_dir / rundir.LOGS}"
+        )
 
     def checkpoint(self):
         """submitit calls this only for a SIGUSR2 that arrives before the trainer starts: there
@@ -70,7 +85,14 @@ class TrainTask:
         return submitit.helpers.DelayedSubmission(self)
 
     def _run_trainer(self, run_dir: Path) -> tuple[int, list[int]]:
-        cmd = [self.python, "-u", "-m", "blt_scale.train", str(run_dir / rundir.JOB_CONFIG), f"run_dir={run_dir}"]
+        cmd = [
+            self.python,
+            "-u",
+            "-m",
+            "blt_scale.train",
+            str(run_dir / rundir.JOB_CONFIG),
+            f"run_dir={run_dir}",
+        ]
         received: list[int] = []
 
         # SLURM signals every process of the step, but a trainer still importing has no handler
@@ -100,19 +122,27 @@ class TrainTask:
             raise SystemExit(EXIT_STOPPED)
         step = last_step(run_dir)
         if signal.SIGTERM in signals or signal.SIGUSR2 not in signals:
-            rundir.record(run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="slurm")
+            rundir.record(
+                run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="slurm"
+            )
             raise SystemExit(EXIT_STOPPED)
         from blt_scale.launch.rundir import load_launch
 
         budget = load_launch(run_dir).max_requeues
-        used = sum(1 for r in rundir.history(run_dir) if r.get("job") == job_id and r.get("requeue") == "self")
+        used = sum(
+            1 for r in rundir.history(run_dir) if r.get("job") == job_id and r.get("requeue") == "self"
+        )
         if used >= budget:
-            rundir.record(run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="none")
+            rundir.record(
+                run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="none"
+            )
             raise RuntimeError(
                 f"stopped at step {step} after {used} requeues (max_requeues={budget} in {run_dir / rundir.LAUNCH}); "
                 f"`blt resume {run_dir}` continues"
             )
-        rundir.record(run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="self")
+        rundir.record(
+            run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="self"
+        )
         subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
         raise SystemExit(EXIT_STOPPED)
 

@@ -95,7 +95,9 @@ class ClosedPatches(_Memo):
 Pattern = Full | Causal | OwnPatch | ClosedPatches
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, dropout: float = 0.0) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, dropout: float = 0.0
+) -> torch.Tensor:
     """q [B, H, Tq, Dh], k/v [B, H, Tk, Dh] -> [B, H, Tq, Dh] under `pattern`."""
     if isinstance(pattern, Full):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
@@ -115,7 +117,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, 
 
 
 # -- dense reference -------------------------------------------------------------------------------
-def causal_mask(length: int, window: int | None, doc: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+def causal_mask(
+    length: int, window: int | None, doc: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
     """[B or 1, 1, T, T]: key s visible to query t."""
     pos = torch.arange(length, device=device)
     allowed = pos[:, None] >= pos[None, :]
@@ -127,7 +131,9 @@ def causal_mask(length: int, window: int | None, doc: torch.Tensor | None, devic
     return allowed
 
 
-def closed_visible(closed: torch.Tensor, group: torch.Tensor, window: int | None, doc_q, slot_doc) -> torch.Tensor:
+def closed_visible(
+    closed: torch.Tensor, group: torch.Tensor, window: int | None, doc_q, slot_doc
+) -> torch.Tensor:
     """Broadcasting core of the ClosedPatches rule (also incremental decoding's): closed/doc_q index
     bytes, group/slot_doc groups."""
     seen = (group >= 1) & (group <= closed)
@@ -186,8 +192,11 @@ def _chunked_causal(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
         mask = mask & (doc[..., :, None] == doc_k[..., None, :])
     mask = mask.expand(B, n, C, 2 * C).reshape(B * n, 1, C, 2 * C)
     out = F.scaled_dot_product_attention(
-        qb.reshape(B * n, H, C, D), kb.reshape(B * n, H, 2 * C, D), vb.reshape(B * n, H, 2 * C, D),
-        attn_mask=mask, dropout_p=dropout,
+        qb.reshape(B * n, H, C, D),
+        kb.reshape(B * n, H, 2 * C, D),
+        vb.reshape(B * n, H, 2 * C, D),
+        attn_mask=mask,
+        dropout_p=dropout,
     )
     return out.view(B, n, H, C, D).transpose(1, 2).reshape(B, H, n * C, D)[:, :, :T]
 
@@ -207,8 +216,11 @@ def _causal_by_blocks(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
         q0, q1 = i * C, min((i + 1) * C, T)
         qpos, kpos = pos[q0:q1, None], pos[None, lo:q1]
         mask = (kpos <= qpos)[None, None] & (p.doc[:, None, q0:q1, None] == p.doc[:, None, None, lo:q1])
-        outs.append(F.scaled_dot_product_attention(
-            q[:, :, q0:q1], k[:, :, lo:q1], v[:, :, lo:q1], attn_mask=mask, dropout_p=dropout))
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, q0:q1], k[:, :, lo:q1], v[:, :, lo:q1], attn_mask=mask, dropout_p=dropout
+            )
+        )
     return torch.cat(outs, dim=2)
 
 
@@ -230,10 +242,13 @@ def _own_patch(q, k, v, p: OwnPatch, dropout: float) -> torch.Tensor:
     qg = q.view(B, H, p.patches, kq, D)
     idx = p.patch_ids[:, None, :, None].expand(B, H, T, kq)
     q_of_byte = qg.gather(2, idx[..., None].expand(B, H, T, kq, D))  # [B, H, T, k, D]
-    scores = (q_of_byte * k[:, :, :, None, :]).sum(-1) * D ** -0.5  # [B, H, T, k]
-    weights = F.dropout(_segment_softmax(scores.float(), idx, p.patches, dim=2), dropout, training=dropout > 0)
+    scores = (q_of_byte * k[:, :, :, None, :]).sum(-1) * D**-0.5  # [B, H, T, k]
+    weights = F.dropout(
+        _segment_softmax(scores.float(), idx, p.patches, dim=2), dropout, training=dropout > 0
+    )
     out = q.new_zeros(B, H, p.patches, kq, D).scatter_add(
-        2, idx[..., None].expand(B, H, T, kq, D), weights.to(v.dtype)[..., None] * v[:, :, :, None, :])
+        2, idx[..., None].expand(B, H, T, kq, D), weights.to(v.dtype)[..., None] * v[:, :, :, None, :]
+    )
     return out.view(B, H, Q, D)
 
 
@@ -243,14 +258,18 @@ def _closed_patches(q, k, v, p: ClosedPatches, dropout: float) -> torch.Tensor:
     B, H, T, D = q.shape
     # Group 0, then the window's groups closed - window + 1 .. closed (invalid ones masked below).
     offsets = torch.arange(p.window - 1, -1, -1, device=q.device)
-    group = torch.cat([torch.zeros_like(p.closed)[..., None], p.closed[..., None] - offsets], dim=-1)  # [B, T, W+1]
+    group = torch.cat(
+        [torch.zeros_like(p.closed)[..., None], p.closed[..., None] - offsets], dim=-1
+    )  # [B, T, W+1]
     doc_q = p.doc[..., None] if p.doc is not None else None
-    slot_doc = p.slot_doc.gather(1, group.clamp(min=0).flatten(1)).view_as(group) if p.slot_doc is not None else None
+    slot_doc = (
+        p.slot_doc.gather(1, group.clamp(min=0).flatten(1)).view_as(group) if p.slot_doc is not None else None
+    )
     seen = closed_visible(p.closed[..., None], group, p.window, doc_q, slot_doc)
     seen[..., 1:] &= group[..., 1:] >= 1  # window groups below 1 would duplicate the start slot
     slot = (group.clamp(min=0)[..., None] * p.k + torch.arange(p.k, device=q.device)).flatten(2)  # [B, T, S]
     seen = seen.repeat_interleave(p.k, dim=-1)
-    scores = (q[:, :, :, None, :] * _gather_slots(k, slot)).sum(-1) * D ** -0.5  # [B, H, T, S]
+    scores = (q[:, :, :, None, :] * _gather_slots(k, slot)).sum(-1) * D**-0.5  # [B, H, T, S]
     scores = scores.float().masked_fill(~seen[:, None], float("-inf"))
     weights = F.dropout(torch.softmax(scores, dim=-1), dropout, training=dropout > 0).to(v.dtype)
     return (weights[..., None] * _gather_slots(v, slot)).sum(-2)
@@ -270,7 +289,7 @@ def _closed_by_blocks(q, k, v, p: ClosedPatches, dropout: float) -> torch.Tensor
     C = 4 * MIN_BLOCK
     slot_group = torch.arange(p.groups, device=q.device).repeat_interleave(p.k)
     slot_doc = p.slot_doc.repeat_interleave(p.k, dim=1) if p.slot_doc is not None else None
-    latest = p.closed[:, C - 1::C].max(dim=0).values.tolist() + [int(p.closed[:, -1].max())]
+    latest = p.closed[:, C - 1 :: C].max(dim=0).values.tolist() + [int(p.closed[:, -1].max())]
     outs = []
     for i in range(math.ceil(T / C)):
         q0, q1 = i * C, min((i + 1) * C, T)
@@ -278,8 +297,11 @@ def _closed_by_blocks(q, k, v, p: ClosedPatches, dropout: float) -> torch.Tensor
         doc_q = p.doc[:, q0:q1, None] if p.doc is not None else None
         sd = slot_doc[:, None, :s1] if slot_doc is not None else None
         mask = closed_visible(p.closed[:, q0:q1, None], slot_group[None, None, :s1], p.window, doc_q, sd)
-        outs.append(F.scaled_dot_product_attention(
-            q[:, :, q0:q1], k[:, :, :s1], v[:, :, :s1], attn_mask=mask[:, None], dropout_p=dropout))
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, q0:q1], k[:, :, :s1], v[:, :, :s1], attn_mask=mask[:, None], dropout_p=dropout
+            )
+        )
     return torch.cat(outs, dim=2)
 
 
@@ -304,12 +326,14 @@ def _mask_mod(pattern: Pattern):
             if doc is not None:
                 ok = ok & (doc[b, qi] == doc[b, ki])
             return ok
+
         return causal
     if isinstance(pattern, OwnPatch):
         pid, kq = pattern.patch_ids, pattern.k
 
         def own(b, h, qi, ki):
             return pid[b, ki] == qi // kq
+
         return own
     p = pattern
 
@@ -322,6 +346,7 @@ def _mask_mod(pattern: Pattern):
         if p.slot_doc is not None:
             ok = ok & (p.slot_doc[b, g] == p.doc[b, qi])
         return ok | (g == 0)
+
     return closed
 
 
@@ -329,8 +354,12 @@ def _flex(q, k, v, pattern: Pattern) -> torch.Tensor:
     from torch.nn.attention.flex_attention import create_block_mask
 
     if q.device.type != "cuda" and torch.is_grad_enabled() and q.requires_grad:
-        raise ValueError("model.attention=flex trains only on CUDA (torch has no flex backward on CPU): "
-                         "use model.attention=auto or chunked")
+        raise ValueError(
+            "model.attention=flex trains only on CUDA (torch has no flex backward on CPU): "
+            "use model.attention=auto or chunked"
+        )
     B, _, Tq, _ = q.shape
-    block = pattern.memo("flex", lambda: create_block_mask(_mask_mod(pattern), B, None, Tq, k.shape[2], device=q.device))
+    block = pattern.memo(
+        "flex", lambda: create_block_mask(_mask_mod(pattern), B, None, Tq, k.shape[2], device=q.device)
+    )
     return _flex_kernel(q.device.type)(q, k, v, block_mask=block)

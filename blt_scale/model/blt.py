@@ -50,15 +50,18 @@ class BLTConfig(Config):
     patch_queries: int = Field(default=2, gt=0, description="k: queries (and latent slots) per patch")
     ngram: NgramConfig = NgramConfig()
     doc_mask: bool = False
-    attention: Backend = Field(default="auto", description="attention backend: auto | flex | chunked | dense (attention.py)")
+    attention: Backend = Field(
+        default="auto", description="attention backend: auto | flex | chunked | dense (attention.py)"
+    )
     decoder_cross_window: int | None = Field(
-        default=1, gt=0,
+        default=1,
+        gt=0,
         description="latest complete patches whose latents a byte's decoder cross-attention sees (besides the "
-                    "start slot); 1 as in the paper, None = all",
+        "start slot); 1 as in the paper, None = all",
     )
 
     @model_validator(mode="after")
-    def _local_widths_match(self) -> "BLTConfig":
+    def _local_widths_match(self) -> BLTConfig:
         if self.encoder.dim != self.decoder.dim:
             raise ValueError(
                 f"encoder.dim ({self.encoder.dim}) must equal decoder.dim ({self.decoder.dim}): "
@@ -142,8 +145,9 @@ class BLT(nn.Module):
         slots = torch.cat([self.start_latent.expand(B, 1, -1).to(g.dtype), g[:, :-1]], dim=1)
         kv = self.from_global(slots).view(B, P * k, d)
         slot_doc = None if patch_doc is None else torch.cat([doc[:, :1], patch_doc[:, :-1]], dim=1)
-        closed = ClosedPatches(closed_patches(patch_lengths, T), P, k, self.cfg.decoder_cross_window, doc, slot_doc,
-                               backend)
+        closed = ClosedPatches(
+            closed_patches(patch_lengths, T), P, k, self.cfg.decoder_cross_window, doc, slot_doc, backend
+        )
         dec_pattern = Causal(T, self.cfg.decoder.window, doc, backend)
         cross = iter(self.decoder_cross)
         for i, layer in enumerate(self.decoder):

@@ -33,11 +33,13 @@ class BrainBLTConfig(BLTConfig, BrainTraining):
     fusion: FusionConfig = FusionConfig()
 
     @model_validator(mode="after")
-    def _fusion_layers_exist(self) -> "BrainBLTConfig":
+    def _fusion_layers_exist(self) -> BrainBLTConfig:
         bad = [i for i in self.fusion.layers if not 0 <= i < self.global_.layers]
         if bad or len(set(self.fusion.layers)) != len(self.fusion.layers):
-            raise ValueError(f"fusion.layers {self.fusion.layers}: each must be a distinct latent layer index "
-                             f"in 0..{self.global_.layers - 1}")
+            raise ValueError(
+                f"fusion.layers {self.fusion.layers}: each must be a distinct latent layer index "
+                f"in 0..{self.global_.layers - 1}"
+            )
         return self
 
 
@@ -62,6 +64,7 @@ class BrainBLT(BLT):
         def hook(module, args, output):
             # Looked up at call time: activation checkpointing may have wrapped the module since.
             return self.fusion[slot](output, self._features.to(output.dtype))
+
         return hook
 
     def _fuse_start_hook(self, module, args):

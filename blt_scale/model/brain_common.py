@@ -36,7 +36,9 @@ class BrainTraining(Config):
     distill: DistillConfig | None = None
 
 
-def kl_sum(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def kl_sum(
+    student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Sum over non-PAD positions of T^2 * KL(softmax(teacher/T) || softmax(student/T)), in nats."""
     keep = (targets != PAD).flatten()
     s = F.log_softmax(student.flatten(0, 1)[keep].float() / temperature, dim=-1)

@@ -21,18 +21,25 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from blt_scale.config import Config
 from blt_scale.model.attention import Full
 from blt_scale.model.layers import Block, RMSNorm, TransformerConfig, init_weights
 
 
 class BrainEncoderConfig(TransformerConfig):
     channels: int = Field(gt=0, description="sensors in the recipe's channel layout (C of the batch)")
-    samples: int = Field(gt=0, description="time samples per window (T of the batch); used for FLOP accounting")
-    subjects: int = Field(default=1, gt=0, description="rows of the per-subject layer; subject ids must be below it")
-    spatial_channels: int = Field(default=32, gt=0, description="S: virtual channels of the spatial attention")
+    samples: int = Field(
+        gt=0, description="time samples per window (T of the batch); used for FLOP accounting"
+    )
+    subjects: int = Field(
+        default=1, gt=0, description="rows of the per-subject layer; subject ids must be below it"
+    )
+    spatial_channels: int = Field(
+        default=32, gt=0, description="S: virtual channels of the spatial attention"
+    )
     fourier_freqs: int = Field(default=4, gt=0, description="frequencies per axis of the position features")
-    position_scale: float = Field(default=0.1, gt=0, description="metres mapped to 1 before the Fourier features")
+    position_scale: float = Field(
+        default=0.1, gt=0, description="metres mapped to 1 before the Fourier features"
+    )
     stride: int = Field(default=8, gt=0, description="samples per encoder token")
 
     @property
@@ -57,7 +64,9 @@ class SpatialAttention(nn.Module):
         self.score = nn.Linear(cfg.fourier_dim, cfg.spatial_channels, bias=False)
 
     def forward(self, signal: torch.Tensor, channel_mask: torch.Tensor, ch_pos: torch.Tensor) -> torch.Tensor:
-        feats = fourier_features(ch_pos, self.cfg.fourier_freqs, self.cfg.position_scale).to(self.score.weight.dtype)
+        feats = fourier_features(ch_pos, self.cfg.fourier_freqs, self.cfg.position_scale).to(
+            self.score.weight.dtype
+        )
         scores = self.score(feats).transpose(1, 2).float()  # [B, S, C]
         scores = scores.masked_fill(~channel_mask[:, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)
@@ -98,7 +107,9 @@ class BrainEncoder(nn.Module):
         if not bool(channel_mask.any(dim=1).all()):
             raise ValueError("a brain sample has no real channel (channel_mask all False)")
         if int(subject.max()) >= self.cfg.subjects or int(subject.min()) < 0:
-            raise ValueError(f"subject id {int(subject.max())} outside model.brain.subjects={self.cfg.subjects}")
+            raise ValueError(
+                f"subject id {int(subject.max())} outside model.brain.subjects={self.cfg.subjects}"
+            )
 
     def embed(self, signal, channel_mask, ch_pos, subject) -> torch.Tensor:
         """Tokens before the transformer: [B, N, dim]."""

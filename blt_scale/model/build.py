@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,9 @@ from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
 from blt_scale.model.meg_to_text import MegToText, MegToTextConfig
 from blt_scale.model.vocab import PAD
 
-ModelConfig = Annotated[Union[BLTConfig, ByteLMConfig, BrainBLTConfig, MegToTextConfig], Field(discriminator="kind")]
+ModelConfig = Annotated[
+    BLTConfig | ByteLMConfig | BrainBLTConfig | MegToTextConfig, Field(discriminator="kind")
+]
 MODELS = {"blt": BLT, "byte_lm": ByteLM, "brain_blt": BrainBLT, "meg_to_text": MegToText}
 TEXT_KINDS = ("blt", "byte_lm")
 

@@ -18,7 +18,9 @@ from blt_scale.model.vocab import EOS, VOCAB_SIZE
 class ByteLMConfig(TransformerConfig):
     kind: Literal["byte_lm"] = "byte_lm"
     doc_mask: bool = False  # attention stops at EOS: bytes never attend into the previous document
-    attention: Backend = Field(default="auto", description="attention backend: auto | flex | chunked | dense (attention.py)")
+    attention: Backend = Field(
+        default="auto", description="attention backend: auto | flex | chunked | dense (attention.py)"
+    )
 
 
 def document_ids(ids: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ from blt_scale.model.blt import BLTConfig
 from blt_scale.model.brain_blt import BrainBLTConfig
 from blt_scale.model.brain_encoder import BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLMConfig
-from blt_scale.model.meg_to_text import MegToTextConfig
 from blt_scale.model.layers import TransformerConfig
+from blt_scale.model.meg_to_text import MegToTextConfig
 from blt_scale.model.vocab import VOCAB_SIZE
 
 
@@ -121,7 +121,11 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
         "encoder_cross_attn": n_enc_x * 4.0 * d * k,
         "latent": _stack_attention(lat, P) * P / T,
         # a byte sees the start slot and up to decoder_cross_window complete patches, k slots each
-        "decoder_cross_attn": n_dec_x * 4.0 * d * k * mean_visible_keys(P, _plus_one(cfg.decoder_cross_window)),
+        "decoder_cross_attn": n_dec_x
+        * 4.0
+        * d
+        * k
+        * mean_visible_keys(P, _plus_one(cfg.decoder_cross_window)),
         "local_decoder": _stack_attention(dec, T),
     }
     return FlopReport(params, linear, attention, seq_len, patch_bytes)
@@ -131,9 +135,22 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
 def brain_encoder_parts(b: BrainEncoderConfig) -> tuple[int, float, float]:
     """(params, linear FLOPs, attention FLOPs) of the brain encoder per window of b.samples."""
     S, E, C, T, N = b.spatial_channels, b.dim, b.channels, float(b.samples), float(b.tokens())
-    params = b.fourier_dim * S + b.subjects * S * S + (S * b.stride * E + E) + E * E + b.layers * _block_params(b) + E
-    linear = (2.0 * b.fourier_dim * S * C + 2.0 * S * C * T + 2.0 * S * S * T  # spatial weights, mix, subject
-              + 2.0 * S * b.stride * E * N + 2.0 * E * E * N + N * b.layers * _block_linear(b))
+    params = (
+        b.fourier_dim * S
+        + b.subjects * S * S
+        + (S * b.stride * E + E)
+        + E * E
+        + b.layers * _block_params(b)
+        + E
+    )
+    linear = (
+        2.0 * b.fourier_dim * S * C
+        + 2.0 * S * C * T
+        + 2.0 * S * S * T  # spatial weights, mix, subject
+        + 2.0 * S * b.stride * E * N
+        + 2.0 * E * E * N
+        + N * b.layers * _block_linear(b)
+    )
     attention = b.layers * 4.0 * E * N * N  # bidirectional: every token sees all N
     return params, linear, attention
 
@@ -145,8 +162,10 @@ def brain_blt_flops(cfg: BrainBLTConfig, seq_len: int, patch_bytes: float) -> Fl
     enc_params, enc_linear, enc_attention = brain_encoder_parts(cfg.brain)
     # n fused latent layers over P patches, plus one for the decoder's start slot (1 query).
     report.params |= {"brain_encoder": enc_params, "fusion": (n + 1) * (2 * D * D + 2 * E * D + D + E + D)}
-    report.linear |= {"brain_encoder": enc_linear / T,
-                      "fusion": (n * (4.0 * D * D * P + 4.0 * E * D * N) + 4.0 * D * D + 4.0 * E * D * N) / T}
+    report.linear |= {
+        "brain_encoder": enc_linear / T,
+        "fusion": (n * (4.0 * D * D * P + 4.0 * E * D * N) + 4.0 * D * D + 4.0 * E * D * N) / T,
+    }
     report.attention |= {"brain_encoder": enc_attention / T, "fusion": (n * P + 1) * 4.0 * D * N / T}
     return report
 
@@ -155,8 +174,19 @@ def _lora_params(cfg: MegToTextConfig) -> int:
     if cfg.lora is None:
         return 0
     d, f = cfg.decoder.dim, cfg.decoder.ffn_dim
-    per_layer = {"wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d), "w1": (d, f), "w3": (d, f), "w2": (f, d)}
-    total = sum(cfg.lora.rank * sum(per_layer[t]) for t in cfg.lora.targets if t in per_layer) * cfg.decoder.layers
+    per_layer = {
+        "wq": (d, d),
+        "wk": (d, d),
+        "wv": (d, d),
+        "wo": (d, d),
+        "w1": (d, f),
+        "w3": (d, f),
+        "w2": (f, d),
+    }
+    total = (
+        sum(cfg.lora.rank * sum(per_layer[t]) for t in cfg.lora.targets if t in per_layer)
+        * cfg.decoder.layers
+    )
     return total + (cfg.lora.rank * (d + VOCAB_SIZE) if "output" in cfg.lora.targets else 0)
 
 

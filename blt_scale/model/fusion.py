@@ -18,7 +18,9 @@ from blt_scale.model.layers import CrossAttentionBlock
 
 
 class FusionConfig(Config):
-    layers: list[int] = Field(default=[0], description="latent layers after which patches attend the brain features")
+    layers: list[int] = Field(
+        default=[0], description="latent layers after which patches attend the brain features"
+    )
     heads: int = Field(default=4, gt=0)
 
 

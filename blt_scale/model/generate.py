@@ -56,7 +56,7 @@ class _Stops:
         return self._flush(len(self.text) - hold), False
 
     def _flush(self, upto: int) -> bytes:
-        out = self.text[self.emitted:upto]
+        out = self.text[self.emitted : upto]
         self.emitted = max(self.emitted, upto)
         return out
 
@@ -93,7 +93,7 @@ def generate_batch(
     ids = torch.full((B, width), PAD, dtype=torch.long)
     real = torch.zeros(B, width, dtype=torch.bool)
     for r, p in enumerate(prompts):
-        ids[r, width - p.numel():], real[r, width - p.numel():] = p, True
+        ids[r, width - p.numel() :], real[r, width - p.numel() :] = p, True
 
     stepper = make_stepper(model, B, patcher, entropy_model) if cache else None
 
@@ -126,14 +126,22 @@ def generate_batch(
                 on_bytes(r, shown)
         if bool(done.all()):
             break
-        history = [torch.cat([h, nxt[r:r + 1]]) for r, h in enumerate(history)]
+        history = [torch.cat([h, nxt[r : r + 1]]) for r, h in enumerate(history)]
         logits = next_logits(nxt[:, None], torch.ones(B, 1, dtype=torch.bool), history)
     decode_s = (time.perf_counter() - start) / steps
 
     results = []
     for r in range(B):
         text = stops_of[r].text
-        results.append(Generation(_cut(out[r], len(text)), text, prefill_s, decode_s, _patches(stepper, r, history[r], patcher, entropy_model, model)))
+        results.append(
+            Generation(
+                _cut(out[r], len(text)),
+                text,
+                prefill_s,
+                decode_s,
+                _patches(stepper, r, history[r], patcher, entropy_model, model),
+            )
+        )
     return results
 
 
@@ -181,7 +189,17 @@ def generate(
     """Prompt [1, T] -> prompt plus up to max_new_bytes generated ids. temperature 0 is greedy."""
     if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
         raise ValueError(f"prompt_ids must have shape [1, T], got {list(prompt_ids.shape)}")
-    gen = generate_batch(model, [prompt_ids[0]], max_new_bytes, patcher_cfg, temperature=temperature, top_k=top_k,
-                         top_p=top_p, generator=generator, entropy_model=entropy_model, cache=cache,
-                         stop_at_eos=stop_at_eos)[0]
+    gen = generate_batch(
+        model,
+        [prompt_ids[0]],
+        max_new_bytes,
+        patcher_cfg,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        entropy_model=entropy_model,
+        cache=cache,
+        stop_at_eos=stop_at_eos,
+    )[0]
     return torch.cat([prompt_ids, torch.tensor([gen.ids], dtype=prompt_ids.dtype)], dim=1)

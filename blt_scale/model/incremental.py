@@ -40,7 +40,9 @@ class ByteClock:
         steps = real.long()
         pos = self.pos[:, None] + steps.cumsum(1) - steps
         eos = (ids == EOS) & real
-        doc = self.doc[:, None] + eos.long().cumsum(1) - eos.long() if self.doc_mask else torch.zeros_like(ids)
+        doc = (
+            self.doc[:, None] + eos.long().cumsum(1) - eos.long() if self.doc_mask else torch.zeros_like(ids)
+        )
         self.pos += steps.sum(1)
         self.doc += eos.long().sum(1)
         return pos.masked_fill(~real, 0), doc.masked_fill(~real, PAD_DOC)
@@ -107,7 +109,9 @@ def _cross_kv(block: CrossAttentionBlock, slots: torch.Tensor) -> tuple[torch.Te
     return a._split(a.wk(kv))[0], a._split(a.wv(kv))[0]
 
 
-def _cross_step(block: CrossAttentionBlock, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+def _cross_step(
+    block: CrossAttentionBlock, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
+) -> torch.Tensor:
     """x [n, d] attending projected slots k/v [H, S, Dh] under mask [n, S]."""
     a = block.attn
     q = a._split(a.wq(block.q_norm(x))[None])
@@ -157,7 +161,7 @@ class BLTStepper:
     def _embed(self, ids, real, doc):
         seg = doc if self.cfg.doc_mask else torch.where(real, 0, PAD_DOC)
         ctx_ids, ctx_seg = torch.cat([self.hist_ids, ids], 1), torch.cat([self.hist_seg, seg], 1)
-        grams = self.model.ngram(ctx_ids, ctx_seg)[:, -ids.shape[1]:]
+        grams = self.model.ngram(ctx_ids, ctx_seg)[:, -ids.shape[1] :]
         keep = max(ctx_ids.shape[1] - self.context, 0)
         self.hist_ids, self.hist_seg = ctx_ids[:, keep:], ctx_seg[:, keep:]
         return self.model.embed(ids) + grams
@@ -186,7 +190,9 @@ class BLTStepper:
         row.patches += 1
         row.open = []
 
-    def _decoder_cross(self, block_index: int, h: torch.Tensor, closed: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    def _decoder_cross(
+        self, block_index: int, h: torch.Tensor, closed: torch.Tensor, doc: torch.Tensor
+    ) -> torch.Tensor:
         """Each row's new bytes attend the start slot and their latest complete patches."""
         m, cfg, k = self.model, self.cfg, self.cfg.patch_queries
         block, window = m.decoder_cross[block_index], cfg.decoder_cross_window
@@ -198,8 +204,13 @@ class BLTStepper:
             kk = torch.cat([row.slot_k[block_index][g] for g in groups.tolist()], dim=1)
             vv = torch.cat([row.slot_v[block_index][g] for g in groups.tolist()], dim=1)
             gdoc = torch.tensor([row.slot_doc[g] for g in groups.tolist()], device=self.device)
-            seen = closed_visible(c[:, None], groups[None], window, doc[r][:, None] if cfg.doc_mask else None,
-                                  gdoc[None] if cfg.doc_mask else None)
+            seen = closed_visible(
+                c[:, None],
+                groups[None],
+                window,
+                doc[r][:, None] if cfg.doc_mask else None,
+                gdoc[None] if cfg.doc_mask else None,
+            )
             out.append(_cross_step(block, h[r], kk, vv, seen.repeat_interleave(k, dim=1)))
         return torch.stack(out)
 
@@ -222,7 +233,9 @@ class BLTStepper:
         closed = torch.zeros(B, n, dtype=torch.long)
         real_cpu, doc_cpu = real.cpu(), doc.cpu()  # read byte by byte: one transfer
         for t in range(n):
-            ends = self.tracker.closes(ids[:, t], real[:, t], None if entropies is None else entropies[:, t]).cpu()
+            ends = self.tracker.closes(
+                ids[:, t], real[:, t], None if entropies is None else entropies[:, t]
+            ).cpu()
             for r, row in enumerate(self.rows):
                 if not real_cpu[r, t]:
                     continue

@@ -34,10 +34,16 @@ class KVCache:
         new, n = [k, v, pos, doc, real], k.shape[2]
         self.padded = self.padded or not bool(real.all())
         if self.buffers is None or self.end + n > self.buffers[0].shape[2]:
-            live = self.entries() if self.buffers is not None else [x[..., :0] if x.dim() == 2 else x[:, :, :0] for x in new]
+            live = (
+                self.entries()
+                if self.buffers is not None
+                else [x[..., :0] if x.dim() == 2 else x[:, :, :0] for x in new]
+            )
             cap = max(2 * (live[0].shape[2] + n), 64)
-            self.buffers = [x.new_empty(*x.shape[:-2], cap, x.shape[-1]) if x.dim() == 4 else x.new_empty(x.shape[0], cap)
-                            for x in new]
+            self.buffers = [
+                x.new_empty(*x.shape[:-2], cap, x.shape[-1]) if x.dim() == 4 else x.new_empty(x.shape[0], cap)
+                for x in new
+            ]
             self.start, self.end = 0, 0
             self._write(live)
         self._write(new)
@@ -47,13 +53,16 @@ class KVCache:
         n = parts[0].shape[2]
         for buf, x in zip(self.buffers, parts):
             if buf.dim() == 4:
-                buf[:, :, self.end:self.end + n] = x
+                buf[:, :, self.end : self.end + n] = x
             else:
-                buf[:, self.end:self.end + n] = x
+                buf[:, self.end : self.end + n] = x
         self.end += n
 
     def entries(self) -> list[torch.Tensor]:
-        return [b[:, :, self.start:self.end] if b.dim() == 4 else b[:, self.start:self.end] for b in self.buffers]
+        return [
+            b[:, :, self.start : self.end] if b.dim() == 4 else b[:, self.start : self.end]
+            for b in self.buffers
+        ]
 
     def forget_old(self) -> None:
         """Drop entries the next query (one position on) cannot see: rows advance in lockstep, so
@@ -71,7 +80,9 @@ def visible(q_pos, q_doc, q_real, k_pos, k_doc, k_real, window: int | None) -> t
         ok &= diff < window
     # A padding query sees itself only, so its (unused) output is never NaN.
     n, m = q_pos.shape[1], k_pos.shape[1]
-    itself = torch.arange(m, device=q_pos.device)[None, :] == torch.arange(m - n, m, device=q_pos.device)[:, None]
+    itself = (
+        torch.arange(m, device=q_pos.device)[None, :] == torch.arange(m - n, m, device=q_pos.device)[:, None]
+    )
     return (ok & q_real[:, :, None]) | (itself[None] & ~q_real[:, :, None])
 
 

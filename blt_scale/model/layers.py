@@ -20,11 +20,15 @@ class TransformerConfig(Config):
     dim: int = Field(gt=0)
     layers: int = Field(ge=0)
     heads: int = Field(gt=0)
-    ffn_mult: float = Field(default=8 / 3, gt=0, description="SwiGLU hidden size = ffn_mult * dim, rounded up to 64")
+    ffn_mult: float = Field(
+        default=8 / 3, gt=0, description="SwiGLU hidden size = ffn_mult * dim, rounded up to 64"
+    )
     window: int | None = Field(default=None, gt=0, description="sliding-window size; None = full causal")
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    dropout: float = Field(default=0.0, ge=0, lt=1, description="attention-probability and residual dropout while training")
+    dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="attention-probability and residual dropout while training"
+    )
 
     @property
     def head_dim(self) -> int:
@@ -65,7 +69,12 @@ class Attention(nn.Module):
     """Multi-head attention. Self-attention when `kv` is None; cross-attention otherwise."""
 
     def __init__(
-        self, dim: int, heads: int, kv_dim: int | None = None, rope_theta: float | None = 10000.0, dropout: float = 0.0
+        self,
+        dim: int,
+        heads: int,
+        kv_dim: int | None = None,
+        rope_theta: float | None = 10000.0,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.heads = heads

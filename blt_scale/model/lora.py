@@ -21,20 +21,30 @@ class LoRAConfig(Config):
     rank: int = Field(default=8, gt=0)
     alpha: float = Field(default=16.0, gt=0)
     targets: list[str] = Field(
-        default=["wq", "wk", "wv", "wo", "w1", "w2", "w3"], description="names of the nn.Linear layers to adapt"
+        default=["wq", "wk", "wv", "wo", "w1", "w2", "w3"],
+        description="names of the nn.Linear layers to adapt",
     )
 
 
 class LoRALinear(nn.Linear):
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__(base.in_features, base.out_features, bias=base.bias is not None,
-                         device=base.weight.device, dtype=base.weight.dtype)
+        super().__init__(
+            base.in_features,
+            base.out_features,
+            bias=base.bias is not None,
+            device=base.weight.device,
+            dtype=base.weight.dtype,
+        )
         self.weight = base.weight
         if base.bias is not None:
             self.bias = base.bias
         self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype))
+        self.lora_a = nn.Parameter(
+            torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype)
+        )
+        self.lora_b = nn.Parameter(
+            torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype)
+        )
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +53,12 @@ class LoRALinear(nn.Linear):
 
 def apply_lora(module: nn.Module, cfg: LoRAConfig) -> int:
     """Replace every nn.Linear named in cfg.targets inside `module` by a LoRALinear; returns how many."""
-    targets = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
-               if name in cfg.targets and type(child) is nn.Linear]
+    targets = [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if name in cfg.targets and type(child) is nn.Linear
+    ]
     for parent, name, child in targets:
         setattr(parent, name, LoRALinear(child, cfg.rank, cfg.alpha))
     return len(targets)
@@ -56,8 +70,10 @@ def freeze(model: nn.Module, prefixes: list[str]) -> int:
     names = set(dict(model.named_modules())) | set(dict(model.named_parameters()))
     for prefix in prefixes:
         if prefix not in names:
-            raise ValueError(f"model.freeze: {prefix!r} is not a submodule or parameter; top-level ones: "
-                             f"{', '.join(n for n, _ in model.named_children())}")
+            raise ValueError(
+                f"model.freeze: {prefix!r} is not a submodule or parameter; top-level ones: "
+                f"{', '.join(n for n, _ in model.named_children())}"
+            )
     frozen = 0
     for name, param in model.named_parameters():
         if any(name == p or name.startswith(p + ".") for p in prefixes) and ".lora_" not in name:

@@ -20,10 +20,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from blt_scale.model.attention import Causal
 from blt_scale.model.brain_common import BrainTraining
 from blt_scale.model.brain_encoder import BrainEncoder, BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
-from blt_scale.model.attention import Causal
 from blt_scale.model.layers import init_weights
 from blt_scale.model.lora import LoRAConfig, apply_lora, freeze
 from blt_scale.model.rvq import ResidualVQ, RVQConfig
@@ -36,8 +36,12 @@ class MegToTextConfig(BrainTraining):
     rvq: RVQConfig = RVQConfig()
     decoder: ByteLMConfig
     lora: LoRAConfig | None = Field(default=None, description="adapters on the decoder's linear layers")
-    mask_ratio: float = Field(default=0.5, gt=0, lt=1, description="phase mae: fraction of encoder tokens masked")
-    quantize: bool = Field(default=True, description="phase lm: prefix from the quantised features (False: from h)")
+    mask_ratio: float = Field(
+        default=0.5, gt=0, lt=1, description="phase mae: fraction of encoder tokens masked"
+    )
+    quantize: bool = Field(
+        default=True, description="phase lm: prefix from the quantised features (False: from h)"
+    )
 
 
 class MegToText(nn.Module):
@@ -81,11 +85,17 @@ class MegToText(nn.Module):
         q, codes, commitment = self.rvq(self.rvq_in(h))
         return self.rvq_out(q), codes, commitment
 
-    def rvq_loss(self, signal, channel_mask, ch_pos, subject) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rvq_loss(
+        self, signal, channel_mask, ch_pos, subject
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sum of squared reconstruction errors of the encoder features, their number, commitment)."""
         h = self.brain(signal, channel_mask, ch_pos, subject).detach()
         rebuilt, _, commitment = self.quantise(h)
-        return (rebuilt.float() - h.float()).pow(2).sum(), torch.tensor(h.numel(), device=h.device), commitment
+        return (
+            (rebuilt.float() - h.float()).pow(2).sum(),
+            torch.tensor(h.numel(), device=h.device),
+            commitment,
+        )
 
     def prefix(self, signal, channel_mask, ch_pos, subject) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.brain(signal, channel_mask, ch_pos, subject)
@@ -101,7 +111,7 @@ class MegToText(nn.Module):
         pattern = Causal(h.shape[1], dec.cfg.window, None, dec.cfg.attention)
         for layer in dec.layers:
             h = layer(h, pattern)
-        return dec.output(dec.norm(h[:, prefix.shape[1]:]))
+        return dec.output(dec.norm(h[:, prefix.shape[1] :]))
 
     def forward(self, ids, patch_lengths, signal, channel_mask, ch_pos, subject) -> dict[str, torch.Tensor]:
         """Phase mae: {sum, count}; rvq: {sum, count, aux}; lm: {logits, aux}. patch_lengths is

@@ -42,7 +42,7 @@ class PatcherConfig(Config):
     entropy_model: str | None = Field(
         default=None,
         description="mode entropy: the entropy model's export directory (`blt export`), which `blt generate` runs "
-                    "beside the BLT (training reads entropies from the shards)",
+        "beside the BLT (training reads entropies from the shards)",
     )
 
 
@@ -54,13 +54,17 @@ def _space_like(ids: torch.Tensor) -> torch.Tensor:
     return ~word  # specials (b < 0) are space-like
 
 
-def patch_starts(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor | None = None) -> torch.Tensor:
+def patch_starts(
+    ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean [B, T]: True where a patch starts."""
     B, T = ids.shape
     starts = torch.zeros(B, T, dtype=torch.bool, device=ids.device)
     if cfg.mode == "entropy":
         if entropies is None:
-            raise ValueError("patcher.mode=entropy needs per-byte entropies (an entropy model or entropy shards)")
+            raise ValueError(
+                "patcher.mode=entropy needs per-byte entropies (an entropy model or entropy shards)"
+            )
         h = entropies.float()
         rise = torch.zeros_like(h)
         rise[:, 1:] = h[:, 1:] - h[:, :-1]
@@ -96,7 +100,9 @@ def lengths_from_starts(starts: torch.Tensor) -> torch.Tensor:
     return lengths.scatter_add_(1, patch_ids, torch.ones_like(patch_ids))
 
 
-def patch_lengths(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor | None = None) -> torch.Tensor:
+def patch_lengths(
+    ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor | None = None
+) -> torch.Tensor:
     return lengths_from_starts(patch_starts(ids, cfg, entropies))
 
 

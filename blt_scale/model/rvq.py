@@ -27,7 +27,9 @@ class RVQConfig(Config):
     dim: int = Field(default=32, gt=0, description="width of the quantised vectors")
     commitment: float = Field(default=0.25, ge=0, description="beta of the commitment loss")
     decay: float = Field(default=0.99, ge=0, lt=1, description="EMA decay of the codebook statistics")
-    dead_threshold: float = Field(default=0.05, ge=0, description="restart codes whose EMA usage (vectors/step) is below this")
+    dead_threshold: float = Field(
+        default=0.05, ge=0, description="restart codes whose EMA usage (vectors/step) is below this"
+    )
 
 
 class LocalSync:

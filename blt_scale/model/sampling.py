@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+def sampling_probs(
+    logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """[B, V] probabilities a sampler with these settings draws from (temperature > 0)."""
     logits = logits.float() / temperature
     if top_k is not None:
@@ -23,7 +25,10 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
 
 
 def choose(
-    logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """[B] next ids: argmax at temperature 0, else a draw from sampling_probs."""

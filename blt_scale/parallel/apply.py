@@ -57,7 +57,9 @@ def build_mesh(device: torch.device, world_size: int, replicate: int) -> DeviceM
         raise ValueError(f"parallel.replicate={replicate} must divide the world size {world_size}")
     if replicate == 1:
         return init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
-    return init_device_mesh(device.type, (replicate, world_size // replicate), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(
+        device.type, (replicate, world_size // replicate), mesh_dim_names=("replicate", "shard")
+    )
 
 
 def apply_fsdp(model: nn.Module, cfg: ParallelConfig, mesh: DeviceMesh, device: torch.device) -> nn.Module:

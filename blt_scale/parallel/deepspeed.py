@@ -26,7 +26,12 @@ from torch import nn
 
 from blt_scale.config import ConfigError
 from blt_scale.parallel.apply import apply_activation_checkpointing
-from blt_scale.parallel.ds_checkpoint import DS_TAG, UNIVERSAL_TAG, convert_to_universal, is_deepspeed_checkpoint
+from blt_scale.parallel.ds_checkpoint import (
+    DS_TAG,
+    UNIVERSAL_TAG,
+    convert_to_universal,
+    is_deepspeed_checkpoint,
+)
 from blt_scale.parallel.ds_config import deepspeed_config, fit_buckets
 from blt_scale.parallel.strategy import Strategy, all_reduce, tensor_bytes
 from blt_scale.train.checkpoint import read_train_state
@@ -39,16 +44,22 @@ class DeepSpeedStrategy(Strategy):
     def __init__(self, cfg, env, device):
         super().__init__(cfg, env, device)
         if cfg.zero_stage == 0:
-            raise ConfigError("parallel.zero_stage=0 with parallel.strategy=deepspeed: use ZeRO stage 1, 2 or 3 "
-                              "(or parallel.strategy=fsdp)")
+            raise ConfigError(
+                "parallel.zero_stage=0 with parallel.strategy=deepspeed: use ZeRO stage 1, 2 or 3 "
+                "(or parallel.strategy=fsdp)"
+            )
         self.engine = None
         self.ds_config: dict | None = None
 
     def configure(self, run_cfg) -> None:
         if run_cfg.checkpoint.async_save:
-            raise ConfigError("checkpoint.async_save=true is not supported with parallel.strategy=deepspeed "
-                              "(the engine writes its checkpoint synchronously); set checkpoint.async_save=false")
-        self.ds_config = deepspeed_config(run_cfg, self.env.world_size, accelerator=self.device.type == "cuda")
+            raise ConfigError(
+                "checkpoint.async_save=true is not supported with parallel.strategy=deepspeed "
+                "(the engine writes its checkpoint synchronously); set checkpoint.async_save=false"
+            )
+        self.ds_config = deepspeed_config(
+            run_cfg, self.env.world_size, accelerator=self.device.type == "cuda"
+        )
 
     def setup(self, model: nn.Module, optim_cfg) -> tuple[nn.Module, torch.optim.Optimizer]:
         import deepspeed
@@ -98,7 +109,9 @@ class DeepSpeedStrategy(Strategy):
     def optimizer_state_bytes(self, optimizer) -> int:
         # The state is keyed by the engine's flat fp32 master partitions, which are copies (not
         # the module's parameters): they count as optimizer state.
-        return sum(tensor_bytes(p) + sum(tensor_bytes(v) for v in s.values()) for p, s in optimizer.state.items())
+        return sum(
+            tensor_bytes(p) + sum(tensor_bytes(v) for v in s.values()) for p, s in optimizer.state.items()
+        )
 
     def local_state_bytes(self, model, optimizer) -> int:
         # ZeRO-3 keeps only this rank's partition (`ds_tensor`) of each parameter between uses.
@@ -113,8 +126,10 @@ class DeepSpeedStrategy(Strategy):
         """Same world size: the engine's own files. Another one: its universal conversion (made
         once, by rank 0, and kept in the checkpoint directory)."""
         if not is_deepspeed_checkpoint(path):
-            raise FileNotFoundError(f"{path}: written by another strategy (no {DS_TAG}/ directory); resume it with the "
-                                    "parallel.strategy that wrote it, or start a new run_dir")
+            raise FileNotFoundError(
+                f"{path}: written by another strategy (no {DS_TAG}/ directory); resume it with the "
+                "parallel.strategy that wrote it, or start a new run_dir"
+            )
         saved = read_train_state(path).get("world_size")
         tag = DS_TAG
         if saved != self.env.world_size:

@@ -39,12 +39,26 @@ def convert_to_universal(step: str | Path) -> Path:
         raise FileNotFoundError(f"{step}: not a DeepSpeed checkpoint (no {DS_TAG}/ directory)")
     shutil.rmtree(tmp, ignore_errors=True)
     # Stages 1/2 lack parts of the state the converter expects: --inject_missing_state adds them.
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(step / DS_TAG),
-           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(step / DS_TAG),
+        "--output_folder",
+        str(tmp),
+        "--inject_missing_state",
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         lines = (res.stderr or res.stdout).strip().splitlines()
-        raise RuntimeError(f"{step}: converting {DS_TAG}/ to DeepSpeed's universal format failed: {lines[-1] if lines else res.returncode}")
+        raise RuntimeError(
+            f"{step}: converting {DS_TAG}/ to DeepSpeed's universal format failed: {lines[-1] if lines else res.returncode}"
+        )
     (step / "latest_universal").unlink(missing_ok=True)  # names the temporary folder; we load by tag
     os.replace(tmp, out)
     return out
@@ -61,8 +75,14 @@ def consolidated_state_dict(step: str | Path) -> dict[str, torch.Tensor]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("convert-ds", help="convert a DeepSpeed checkpoint to the universal format (any world size)")
-    p.add_argument("path", metavar="RUN_DIR|CKPT", help="a run directory (its latest complete checkpoint) or a step_N dir")
+    p = sub.add_parser(
+        "convert-ds", help="convert a DeepSpeed checkpoint to the universal format (any world size)"
+    )
+    p.add_argument(
+        "path",
+        metavar="RUN_DIR|CKPT",
+        help="a run directory (its latest complete checkpoint) or a step_N dir",
+    )
     p.set_defaults(func=cmd_convert)
 
 

@@ -45,9 +45,18 @@ def generated_entries(cfg, world_size: int) -> list[tuple[str, Any, str, Any]]:
         ("fp16.enabled", False, "parallel.mixed_precision", p.mixed_precision),
         # Non-finite steps are skipped (train.max_bad_steps counts them): DeepSpeed must detect them.
         ("bf16.check_grad_overflow", True, "train.max_bad_steps", t.max_bad_steps),
-        ("zero_optimization.offload_optimizer.device", "cpu" if p.offload_optimizer else "none",
-         "parallel.offload_optimizer", p.offload_optimizer),
-        ("zero_optimization.offload_param.device", "cpu" if p.offload_param else "none", "parallel.offload_param", p.offload_param),
+        (
+            "zero_optimization.offload_optimizer.device",
+            "cpu" if p.offload_optimizer else "none",
+            "parallel.offload_optimizer",
+            p.offload_optimizer,
+        ),
+        (
+            "zero_optimization.offload_param.device",
+            "cpu" if p.offload_param else "none",
+            "parallel.offload_param",
+            p.offload_param,
+        ),
     ]
 
 
@@ -106,7 +115,11 @@ def deepspeed_config(cfg, world_size: int, accelerator: bool = False) -> dict:
 # DeepSpeed's communication buffers default to sizes tuned for billion-parameter GPU models
 # (5e8 elements: 2 GB per fp32 bucket, allocated and freed every step). Capped at the model's size
 # unless a raw key sets them, small models do not pay for them.
-BUCKETS = {"reduce_bucket_size": 500_000_000, "allgather_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
+BUCKETS = {
+    "reduce_bucket_size": 500_000_000,
+    "allgather_bucket_size": 500_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000,
+}
 
 
 def fit_buckets(config: dict, numel: int) -> dict:

@@ -47,15 +47,20 @@ def read_env(environ: dict | None = None) -> DistEnv:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(
-            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env.get("LOCAL_RANK", 0)),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", 0)),
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 0)),
             source="torchrun",
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
         job = int(env.get("SLURM_JOB_ID", "0") or 0)
         return DistEnv(
-            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]), local_rank=int(env.get("SLURM_LOCALID", 0)),
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(env["SLURM_NTASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
             master_addr=env.get("MASTER_ADDR") or first_slurm_host(nodelist),
             # A port derived from the job id lets two jobs share a node without colliding.
             master_port=int(env.get("MASTER_PORT") or SLURM_DEFAULT_PORT + job % 10000),
@@ -95,7 +100,10 @@ def init_distributed(env: DistEnv, device: torch.device, needed: bool) -> bool:
     port = env.master_port or free_port()  # a lone process needs no agreed port
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend, init_method=f"tcp://{env.master_addr}:{port}", rank=env.rank, world_size=env.world_size,
+        backend,
+        init_method=f"tcp://{env.master_addr}:{port}",
+        rank=env.rank,
+        world_size=env.world_size,
         timeout=timedelta(minutes=30),
     )
     return True

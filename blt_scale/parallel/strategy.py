@@ -69,7 +69,9 @@ class Strategy:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or math.inf)
         return (norm.full_tensor() if isinstance(norm, DTensor) else norm).detach().float().cpu()
 
-    def optimizer_step(self, model: nn.Module, optimizer, max_norm: float | None, loss_finite: bool) -> tuple[torch.Tensor, bool]:
+    def optimizer_step(
+        self, model: nn.Module, optimizer, max_norm: float | None, loss_finite: bool
+    ) -> tuple[torch.Tensor, bool]:
         """Clip, step unless the loss or the gradient norm is not finite, clear the gradients.
         Returns (global gradient norm, whether the update was applied)."""
         grad_norm = self.clip_grad_norm(model, max_norm)
@@ -100,8 +102,10 @@ class Strategy:
     def load(self, model, optimizer, path: Path) -> None:
         """Load a checkpoint written at any world size: DCP reshards to this one."""
         if is_deepspeed_checkpoint(path):
-            raise FileNotFoundError(f"{path}: a DeepSpeed checkpoint; resume it with parallel.strategy=deepspeed "
-                                    "(or `blt export` its weights)")
+            raise FileNotFoundError(
+                f"{path}: a DeepSpeed checkpoint; resume it with parallel.strategy=deepspeed "
+                "(or `blt export` its weights)"
+            )
         msd, osd = get_state_dict(model, optimizer)
         state = {"model": msd, "optim": osd}
         dcp.load(state, checkpoint_id=str(path))
@@ -136,7 +140,9 @@ def _deepspeed(cfg: ParallelConfig, env: DistEnv, device: torch.device) -> Strat
 
 
 STRATEGIES: dict[str, Callable[[ParallelConfig, DistEnv, torch.device], Strategy]] = {
-    "none": Strategy, "fsdp": FSDPStrategy, "deepspeed": _deepspeed,
+    "none": Strategy,
+    "fsdp": FSDPStrategy,
+    "deepspeed": _deepspeed,
 }
 
 

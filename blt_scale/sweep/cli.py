@@ -19,7 +19,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="FLOP-matched scaling sweep: plan, train (locally or as a SLURM array), fit, plot")
+    p = sub.add_parser(
+        "sweep", help="FLOP-matched scaling sweep: plan, train (locally or as a SLURM array), fit, plot"
+    )
     p.add_argument("sweep", help="sweep recipe, e.g. recipes/sweeps/cpu_isoflop.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of the sweep recipe")
     p.add_argument("--local", action="store_true", help="train the runs one after another on this machine")

@@ -29,7 +29,9 @@ class PowerLaw:
         return self.coefficient * compute**self.exponent
 
 
-def fit_isoflop(budget: float, params: list[float], bpb: list[float], flops_per_byte: list[float]) -> IsoFlopFit:
+def fit_isoflop(
+    budget: float, params: list[float], bpb: list[float], flops_per_byte: list[float]
+) -> IsoFlopFit:
     if len(params) < 3:
         raise ValueError(f"an IsoFLOP fit at budget {budget:.3g} needs >= 3 model sizes, got {len(params)}")
     x = np.log(np.asarray(params, dtype=float))

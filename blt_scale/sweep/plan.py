@@ -26,17 +26,26 @@ from blt_scale.recipe import RunConfig, load_recipe
 
 class VariantConfig(Config):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    recipe: str = Field(description="base recipe: a path (relative to the sweep file) or a name under recipes/")
+    recipe: str = Field(
+        description="base recipe: a path (relative to the sweep file) or a name under recipes/"
+    )
     overrides: list[str] = []
     patch_bytes: float | None = Field(
-        default=None, gt=0, description="entropy patchers: calibrate the threshold to this mean patch size on the "
-                                        "variant's first data source before planning (`blt calibrate`)")
+        default=None,
+        gt=0,
+        description="entropy patchers: calibrate the threshold to this mean patch size on the "
+        "variant's first data source before planning (`blt calibrate`)",
+    )
 
 
 class SizeConfig(Config):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     width: float = Field(default=1.0, gt=0, description="multiplies the dim of every transformer")
-    depth: float = Field(default=1.0, gt=0, description="multiplies the layers of the latent (BLT) or only (byte LM) transformer")
+    depth: float = Field(
+        default=1.0,
+        gt=0,
+        description="multiplies the layers of the latent (BLT) or only (byte LM) transformer",
+    )
 
 
 class SweepConfig(Config):
@@ -45,16 +54,22 @@ class SweepConfig(Config):
     variants: list[VariantConfig] = Field(min_length=1)
     budgets: list[float] = Field(min_length=1, description="training FLOPs per run")
     sizes: list[SizeConfig] = [SizeConfig(name="base")]
-    patch_sample_batches: int = Field(default=8, gt=0, description="steps of data for the first patch-size estimate")
-    budget_tolerance: float = Field(default=0.01, gt=0, description="max relative gap of planned FLOPs to budget")
-    inference_tolerance: float = Field(default=0.05, gt=0, description="fixed_inference: max relative FLOPs/byte gap")
+    patch_sample_batches: int = Field(
+        default=8, gt=0, description="steps of data for the first patch-size estimate"
+    )
+    budget_tolerance: float = Field(
+        default=0.01, gt=0, description="max relative gap of planned FLOPs to budget"
+    )
+    inference_tolerance: float = Field(
+        default=0.05, gt=0, description="fixed_inference: max relative FLOPs/byte gap"
+    )
     max_parallel: int = Field(default=4, gt=0, description="SLURM array: runs at once")
     launch: LaunchConfig = Field(default_factory=LaunchConfig, description="SLURM placement of each run")
     wait_timeout_s: float = Field(default=7 * 24 * 3600, gt=0, description="--wait: give up after this long")
     overrides: list[str] = Field(default=[], description="applied to every run, e.g. train.log_every=50")
 
     @model_validator(mode="after")
-    def _fixed_inference_has_one_size(self) -> "SweepConfig":
+    def _fixed_inference_has_one_size(self) -> SweepConfig:
         if self.mode == "fixed_inference" and len(self.sizes) != 1:
             raise ValueError("mode fixed_inference trains each variant at its recipe's size: give no `sizes`")
         return self
@@ -97,11 +112,15 @@ def size_overrides(cfg: RunConfig, size: SizeConfig) -> list[str]:
     if m.kind == "blt":
         local = _round_dim(m.encoder.dim * size.width, m.encoder.heads)
         return [
-            f"model.encoder.dim={local}", f"model.decoder.dim={local}",
+            f"model.encoder.dim={local}",
+            f"model.decoder.dim={local}",
             f"model.global.dim={_round_dim(m.global_.dim * size.width, m.global_.heads)}",
             f"model.global.layers={max(1, round(m.global_.layers * size.depth))}",
         ]
-    return [f"model.dim={_round_dim(m.dim * size.width, m.heads)}", f"model.layers={max(1, round(m.layers * size.depth))}"]
+    return [
+        f"model.dim={_round_dim(m.dim * size.width, m.heads)}",
+        f"model.layers={max(1, round(m.layers * size.depth))}",
+    ]
 
 
 class PatchCounter:
@@ -116,7 +135,9 @@ class PatchCounter:
 
         self.is_blt = cfg.model.kind == "blt"
         self.bytes_per_step = cfg.train.global_batch * cfg.data.seq_len
-        self.batches = iter(build_loader(cfg.data, cfg.patcher, cfg.train.global_batch, "train", seed=cfg.train.seed))
+        self.batches = iter(
+            build_loader(cfg.data, cfg.patcher, cfg.train.global_batch, "train", seed=cfg.train.seed)
+        )
         self.patches: list[int] = []
 
     def mean_patch_bytes(self, steps: int) -> float:
@@ -127,7 +148,9 @@ class PatchCounter:
         return steps * self.bytes_per_step / sum(self.patches[:steps])
 
 
-def steps_for_budget(cfg: RunConfig, budget: float, counter: PatchCounter, sample_steps: int) -> tuple[int, float]:
+def steps_for_budget(
+    cfg: RunConfig, budget: float, counter: PatchCounter, sample_steps: int
+) -> tuple[int, float]:
     """Steps whose training FLOPs, at the patch size of exactly those steps, equal the budget."""
     bytes_per_step = cfg.train.global_batch * cfg.data.seq_len
     patch_bytes = counter.mean_patch_bytes(sample_steps)
@@ -146,7 +169,9 @@ def calibrated(cfg: RunConfig, variant: VariantConfig) -> str:
     from blt_scale.data.calibrate import calibrate
 
     if not getattr(cfg.data, "sources", None):
-        raise ValueError(f"variant {variant.name}: patch_bytes needs data.sources with entropies to calibrate on")
+        raise ValueError(
+            f"variant {variant.name}: patch_bytes needs data.sources with entropies to calibrate on"
+        )
     row = calibrate(cfg.data.sources[0].uri, cfg.patcher, variant.patch_bytes, cache_dir=cfg.data.cache_dir)
     return f"{row['field']}={row['threshold']!r}"
 
@@ -162,7 +187,9 @@ def plan_sweep(sweep: SweepConfig, sweep_file: Path) -> list[PlannedRun]:
         recipe = _recipe_path(sweep_file, variant.recipe)
         base = load_recipe(recipe, variant.overrides + sweep.overrides)
         if variant.patch_bytes is not None:
-            variant = variant.model_copy(update={"overrides": variant.overrides + [calibrated(base, variant)]})
+            variant = variant.model_copy(
+                update={"overrides": variant.overrides + [calibrated(base, variant)]}
+            )
             base = load_recipe(recipe, variant.overrides + sweep.overrides)
         counter = PatchCounter(base)
         for size in sweep.sizes:
@@ -173,15 +200,30 @@ def plan_sweep(sweep: SweepConfig, sweep_file: Path) -> list[PlannedRun]:
                 steps, patch_bytes = steps_for_budget(cfg, budget, counter, sweep.patch_sample_batches)
                 report = model_flops(cfg.model, cfg.data.seq_len, patch_bytes)
                 params = report.total_params - report.params.get("hash_embeddings", 0)
-                run = PlannedRun(variant.name, size.name, budget, recipe, [], "", steps, params, patch_bytes,
-                                 report.train_per_byte, report.forward_per_byte, bytes_per_step,
-                                 target_patch_bytes=variant.patch_bytes)
+                run = PlannedRun(
+                    variant.name,
+                    size.name,
+                    budget,
+                    recipe,
+                    [],
+                    "",
+                    steps,
+                    params,
+                    patch_bytes,
+                    report.train_per_byte,
+                    report.forward_per_byte,
+                    bytes_per_step,
+                    target_patch_bytes=variant.patch_bytes,
+                )
                 run.run_dir = str(Path(sweep.run_dir) / "runs" / run.name)
                 warmup = min(cfg.optim.warmup_steps, max(1, steps // 10))
                 # Every step is logged: the run's FLOPs are then computed from its own patch counts.
                 run.overrides = overrides + [
-                    f"run_dir={run.run_dir}", f"train.steps={steps}", f"optim.warmup_steps={warmup}",
-                    f"train.eval_every={steps}", "train.log_every=1",
+                    f"run_dir={run.run_dir}",
+                    f"train.steps={steps}",
+                    f"optim.warmup_steps={warmup}",
+                    f"train.eval_every={steps}",
+                    "train.log_every=1",
                 ]
                 gap = abs(run.train_flops / budget - 1)
                 if gap > sweep.budget_tolerance:
@@ -200,14 +242,18 @@ def _check_inference_matched(runs: list[PlannedRun], tolerance: float) -> None:
     low, high = min(per_byte.values()), max(per_byte.values())
     if high / low - 1 > tolerance:
         listing = ", ".join(f"{v}: {f:.4g}" for v, f in per_byte.items())
-        raise ValueError(f"fixed_inference sweep: inference FLOPs/byte differ by {high / low - 1:.1%} "
-                         f"(> {tolerance:.0%}): {listing}")
+        raise ValueError(
+            f"fixed_inference sweep: inference FLOPs/byte differ by {high / low - 1:.1%} "
+            f"(> {tolerance:.0%}): {listing}"
+        )
 
 
 def plan_table(runs: list[PlannedRun]) -> str:
     """The planned grid as a Markdown table."""
-    lines = ["| run | params | bytes/patch (target) | steps | train FLOPs | budget | gap | inference FLOPs/byte |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| run | params | bytes/patch (target) | steps | train FLOPs | budget | gap | inference FLOPs/byte |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in runs:
         target = f" ({r.target_patch_bytes:.2f})" if r.target_patch_bytes is not None else ""
         lines.append(
@@ -215,4 +261,3 @@ def plan_table(runs: list[PlannedRun]) -> str:
             f"{r.budget_flops:.3g} | {r.train_flops / r.budget_flops - 1:+.2%} | {r.inference_flops_per_byte:.3g} |"
         )
     return "\n".join(lines)
-

@@ -11,8 +11,19 @@ from blt_scale.sweep.fit import IsoFlopFit, PowerLaw, fit_isoflop, fit_power_law
 from blt_scale.sweep.plan import PlannedRun
 from blt_scale.train.metrics import read_metrics
 
-COLUMNS = ["variant", "size", "params", "budget_flops", "train_flops", "val_bpb", "bytes", "mean_patch_bytes",
-           "steps", "inference_flops_per_byte", "run_dir"]
+COLUMNS = [
+    "variant",
+    "size",
+    "params",
+    "budget_flops",
+    "train_flops",
+    "val_bpb",
+    "bytes",
+    "mean_patch_bytes",
+    "steps",
+    "inference_flops_per_byte",
+    "run_dir",
+]
 
 
 def run_finished(run: PlannedRun) -> bool:
@@ -30,13 +41,24 @@ def collect(runs: list[PlannedRun]) -> list[dict]:
         if not val:
             continue
         # Equal bytes per step: the run's bytes/patch is the harmonic mean of the per-step values.
-        measured = len(train) / sum(1 / r["mean_patch_bytes"] for r in train) if train else run.mean_patch_bytes
-        rows.append({
-            "variant": run.variant, "size": run.size, "params": run.params, "budget_flops": run.budget_flops,
-            "train_flops": _flops_at(run, measured), "val_bpb": val[-1]["bpb"],
-            "bytes": run.steps * run.bytes_per_step, "mean_patch_bytes": measured, "steps": run.steps,
-            "inference_flops_per_byte": run.inference_flops_per_byte, "run_dir": run.run_dir,
-        })
+        measured = (
+            len(train) / sum(1 / r["mean_patch_bytes"] for r in train) if train else run.mean_patch_bytes
+        )
+        rows.append(
+            {
+                "variant": run.variant,
+                "size": run.size,
+                "params": run.params,
+                "budget_flops": run.budget_flops,
+                "train_flops": _flops_at(run, measured),
+                "val_bpb": val[-1]["bpb"],
+                "bytes": run.steps * run.bytes_per_step,
+                "mean_patch_bytes": measured,
+                "steps": run.steps,
+                "inference_flops_per_byte": run.inference_flops_per_byte,
+                "run_dir": run.run_dir,
+            }
+        )
     return rows
 
 
@@ -45,7 +67,9 @@ def _flops_at(run: PlannedRun, patch_bytes: float) -> float:
     from blt_scale.recipe import load_recipe
 
     cfg = load_recipe(run.recipe, run.overrides)
-    return model_flops(cfg.model, cfg.data.seq_len, patch_bytes).train_per_byte * run.steps * run.bytes_per_step
+    return (
+        model_flops(cfg.model, cfg.data.seq_len, patch_bytes).train_per_byte * run.steps * run.bytes_per_step
+    )
 
 
 def write_results(rows: list[dict], out_dir: Path) -> None:
@@ -53,10 +77,15 @@ def write_results(rows: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| variant | size | params | budget | train FLOPs | val bpb | bytes/patch |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | size | params | budget | train FLOPs | val bpb | bytes/patch |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: (r["variant"], r["budget_flops"], r["params"])):
-        lines.append(f"| {r['variant']} | {r['size']} | {r['params']:,} | {r['budget_flops']:.3g} | "
-                     f"{r['train_flops']:.3g} | {r['val_bpb']:.4f} | {r['mean_patch_bytes']:.2f} |")
+        lines.append(
+            f"| {r['variant']} | {r['size']} | {r['params']:,} | {r['budget_flops']:.3g} | "
+            f"{r['train_flops']:.3g} | {r['val_bpb']:.4f} | {r['mean_patch_bytes']:.2f} |"
+        )
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -68,14 +97,21 @@ def fit_results(rows: list[dict]) -> dict[str, dict]:
         by_variant[r["variant"]][r["budget_flops"]].append(r)
     for variant, budgets in by_variant.items():
         iso = [
-            fit_isoflop(b, [r["params"] for r in rs], [r["val_bpb"] for r in rs],
-                        [r["train_flops"] / r["bytes"] for r in rs])
-            for b, rs in sorted(budgets.items()) if len(rs) >= 3
+            fit_isoflop(
+                b,
+                [r["params"] for r in rs],
+                [r["val_bpb"] for r in rs],
+                [r["train_flops"] / r["bytes"] for r in rs],
+            )
+            for b, rs in sorted(budgets.items())
+            if len(rs) >= 3
         ]
         entry: dict = {"isoflop": iso}
         finite = [f for f in iso if math.isfinite(f.optimal_params)]
         if len(finite) >= 2:
-            entry["params_law"] = fit_power_law([f.budget for f in finite], [f.optimal_params for f in finite])
+            entry["params_law"] = fit_power_law(
+                [f.budget for f in finite], [f.optimal_params for f in finite]
+            )
             entry["bytes_law"] = fit_power_law([f.budget for f in finite], [f.optimal_bytes for f in finite])
         fits[variant] = entry
     return fits
@@ -85,7 +121,9 @@ def fits_markdown(fits: dict[str, dict]) -> str:
     lines = ["| variant | budget | N* | D* | bpb at N* |", "|---|---:|---:|---:|---:|"]
     for variant, entry in fits.items():
         for f in entry["isoflop"]:
-            lines.append(f"| {variant} | {f.budget:.3g} | {f.optimal_params:.4g} | {f.optimal_bytes:.4g} | {f.optimal_bpb:.4f} |")
+            lines.append(
+                f"| {variant} | {f.budget:.3g} | {f.optimal_params:.4g} | {f.optimal_bytes:.4g} | {f.optimal_bpb:.4f} |"
+            )
     for variant, entry in fits.items():
         for key, label in (("params_law", "N*(C)"), ("bytes_law", "D*(C)")):
             law: PowerLaw | None = entry.get(key)
@@ -109,21 +147,35 @@ def plot_results(rows: list[dict], fits: dict[str, dict], out_dir: Path) -> list
     for (variant, size), rs in _group(rows, "variant", "size").items():
         rs = sorted(rs, key=lambda r: r["train_flops"])
         ax.plot([r["train_flops"] for r in rs], [r["val_bpb"] for r in rs], "o-", label=f"{variant} {size}")
-    ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation bits per byte", title="bpb vs FLOPs per model size")
+    ax.set(
+        xscale="log",
+        xlabel="training FLOPs",
+        ylabel="validation bits per byte",
+        title="bpb vs FLOPs per model size",
+    )
     ax.legend(fontsize=7)
     written.append(_save(fig, plots / "bpb_vs_flops.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for (variant, budget), rs in _group(rows, "variant", "budget_flops").items():
         rs = sorted(rs, key=lambda r: r["params"])
-        line = ax.plot([r["params"] for r in rs], [r["val_bpb"] for r in rs], "o", label=f"{variant} C={budget:.2g}")[0]
-        fit: IsoFlopFit | None = next((f for f in fits.get(variant, {}).get("isoflop", []) if f.budget == budget), None)
+        line = ax.plot(
+            [r["params"] for r in rs], [r["val_bpb"] for r in rs], "o", label=f"{variant} C={budget:.2g}"
+        )[0]
+        fit: IsoFlopFit | None = next(
+            (f for f in fits.get(variant, {}).get("isoflop", []) if f.budget == budget), None
+        )
         if fit is not None:
             x = np.linspace(math.log(rs[0]["params"]), math.log(rs[-1]["params"]), 50)
             ax.plot(np.exp(x), np.polyval(fit.coeffs, x), "-", color=line.get_color())
             if math.isfinite(fit.optimal_params):
                 ax.plot([fit.optimal_params], [fit.optimal_bpb], "*", ms=12, color=line.get_color())
-    ax.set(xscale="log", xlabel="parameters (without hash tables)", ylabel="validation bits per byte", title="IsoFLOP curves")
+    ax.set(
+        xscale="log",
+        xlabel="parameters (without hash tables)",
+        ylabel="validation bits per byte",
+        title="IsoFLOP curves",
+    )
     ax.legend(fontsize=7)
     written.append(_save(fig, plots / "isoflop.png"))
 
@@ -131,13 +183,20 @@ def plot_results(rows: list[dict], fits: dict[str, dict], out_dir: Path) -> list
     for variant, entry in fits.items():
         finite = [f for f in entry["isoflop"] if math.isfinite(f.optimal_params)]
         if finite:
-            line = ax.plot([f.budget for f in finite], [f.optimal_params for f in finite], "o", label=variant)[0]
+            line = ax.plot(
+                [f.budget for f in finite], [f.optimal_params for f in finite], "o", label=variant
+            )[0]
             law: PowerLaw | None = entry.get("params_law")
             if law:
                 c = np.geomspace(finite[0].budget, finite[-1].budget, 20)
                 ax.plot(c, law(c), "-", color=line.get_color(), label=f"{variant}: N* ~ C^{law.exponent:.2f}")
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="compute-optimal parameters",
-           title="compute-optimal frontier")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training FLOPs",
+        ylabel="compute-optimal parameters",
+        title="compute-optimal frontier",
+    )
     ax.legend(fontsize=7)
     written.append(_save(fig, plots / "frontier.png"))
     return written

@@ -13,7 +13,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from blt_scale.sweep.plan import PlannedRun, SweepConfig, plan_sweep, plan_table
-from blt_scale.sweep.report import collect, fit_results, fits_markdown, plot_results, run_finished, write_results
+from blt_scale.sweep.report import (
+    collect,
+    fit_results,
+    fits_markdown,
+    plot_results,
+    run_finished,
+    write_results,
+)
 
 
 def train_command(run: PlannedRun) -> list[str]:
@@ -60,7 +67,9 @@ def wait_for(jobs: list, timeout_s: float, poll_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not all(job.done() for job in jobs):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"sweep array not finished after {timeout_s:.0f} s; run `blt sweep` again later")
+            raise RuntimeError(
+                f"sweep array not finished after {timeout_s:.0f} s; run `blt sweep` again later"
+            )
         time.sleep(poll_s)
 
 
@@ -83,5 +92,7 @@ def sweep(sweep_cfg: SweepConfig, sweep_file: Path, local: bool, dry_run: bool, 
         wait_for(jobs, sweep_cfg.wait_timeout_s)
         unfinished = [r.name for r in pending if not run_finished(r)]
         if unfinished:
-            raise RuntimeError(f"array job {summary['job']} ended with unfinished runs: {', '.join(unfinished)}")
+            raise RuntimeError(
+                f"array job {summary['job']} ended with unfinished runs: {', '.join(unfinished)}"
+            )
     return {"planned": len(runs), "trained": len(pending), **aggregate(sweep_cfg, runs)}

@@ -47,8 +47,10 @@ def install_sync(model: nn.Module) -> None:
 def brain_inputs(batch: dict) -> list[torch.Tensor]:
     missing = [k for k in BRAIN_KEYS if k not in batch]
     if missing:
-        raise ValueError(f"a brain model needs batch keys {list(BRAIN_KEYS)}; the loader gave none of {missing} "
-                         "(point data.brain at shards from `blt prep brain`)")
+        raise ValueError(
+            f"a brain model needs batch keys {list(BRAIN_KEYS)}; the loader gave none of {missing} "
+            "(point data.brain at shards from `blt prep brain`)"
+        )
     return [batch[k] for k in BRAIN_KEYS]
 
 

@@ -29,7 +29,9 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointConfig(Config):
-    every: int | None = Field(default=None, gt=0, description="save every N steps (also on a stop signal and at the end)")
+    every: int | None = Field(
+        default=None, gt=0, description="save every N steps (also on a stop signal and at the end)"
+    )
     keep_last: int = Field(default=3, gt=0, description="complete checkpoints kept; older ones are deleted")
     async_save: bool = Field(default=False, description="write in a background thread while training goes on")
 
@@ -73,7 +75,11 @@ def read_train_state(path: Path) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()[1].tolist()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state()[1].tolist(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -116,7 +122,9 @@ def _barrier(group=None) -> None:
 class Checkpointer:
     """Saves and loads checkpoints of one run; every rank calls every method at the same step."""
 
-    def __init__(self, cfg: CheckpointConfig, run_dir: str | Path, rank: int, strategy, config_text: str = ""):
+    def __init__(
+        self, cfg: CheckpointConfig, run_dir: str | Path, rank: int, strategy, config_text: str = ""
+    ):
         self.cfg, self.run_dir, self.rank, self.strategy = cfg, Path(run_dir), rank, strategy
         self.config_text = config_text  # the resolved recipe, so a checkpoint directory stands alone
         # Async saves talk to each other from a background thread: give them their own group so
@@ -127,13 +135,18 @@ class Checkpointer:
 
     def save(self, step: int, model, optimizer, train_state: dict) -> Path:
         self.wait()
-        final, tmp = step_dir(self.run_dir, step), step_dir(self.run_dir, step).with_name(f"step_{step:06d}.tmp")
+        final, tmp = (
+            step_dir(self.run_dir, step),
+            step_dir(self.run_dir, step).with_name(f"step_{step:06d}.tmp"),
+        )
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()
         torch.save(rng_state(), tmp / f"rank_{self.rank}.pt")
-        future = self.strategy.save(model, optimizer, tmp, process_group=self.group, async_save=self.cfg.async_save)
+        future = self.strategy.save(
+            model, optimizer, tmp, process_group=self.group, async_save=self.cfg.async_save
+        )
 
         def finish() -> None:
             _barrier(self.group)

@@ -13,11 +13,19 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="train a recipe: in this process, or on N local ranks with --nproc N")
     add_recipe_args(p)
-    p.add_argument("--nproc", type=int, default=None, help="local rank processes (FSDP over gloo on CPU, nccl on GPU)")
-    p.add_argument("--resume", default="auto", help="auto: latest complete checkpoint of run_dir (default); never; or a step_N dir")
+    p.add_argument(
+        "--nproc", type=int, default=None, help="local rank processes (FSDP over gloo on CPU, nccl on GPU)"
+    )
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto: latest complete checkpoint of run_dir (default); never; or a step_N dir",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="consolidated safetensors + config from a run's latest complete checkpoint")
+    p = sub.add_parser(
+        "export", help="consolidated safetensors + config from a run's latest complete checkpoint"
+    )
     p.add_argument("path", metavar="RUN_DIR|CKPT")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)
@@ -25,29 +33,57 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="validation bits per byte of a run, checkpoint or exported model")
     p.add_argument("path", metavar="RUN_DIR|CKPT")
     p.add_argument("--data", default=None, help="held-out data URI (default: the run's own validation split)")
-    p.add_argument("--batches", type=int, default=None, help="validation micro-batches (default: train.eval_batches)")
+    p.add_argument(
+        "--batches", type=int, default=None, help="validation micro-batches (default: train.eval_batches)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="sample bytes from an exported model, a run directory or a checkpoint")
+    p = sub.add_parser(
+        "generate", help="sample bytes from an exported model, a run directory or a checkpoint"
+    )
     p.add_argument("path", metavar="EXPORT|RUN_DIR|CKPT")
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the prompt text (UTF-8)")
     prompt.add_argument("--prompt-file", help="a file whose bytes are the prompt (any bytes, not only UTF-8)")
-    prompt.add_argument("--prompts", help='a JSONL file of {"prompt": TEXT} lines, generated as one left-padded batch')
-    p.add_argument("--max-bytes", type=int, default=200, help="most bytes to generate per prompt (default: 200)")
+    prompt.add_argument(
+        "--prompts", help='a JSONL file of {"prompt": TEXT} lines, generated as one left-padded batch'
+    )
+    p.add_argument(
+        "--max-bytes", type=int, default=200, help="most bytes to generate per prompt (default: 200)"
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes (default: all)")
-    p.add_argument("--top-p", type=float, default=None, help="sample among the most likely bytes holding this mass (default: 1)")
+    p.add_argument(
+        "--top-k", type=int, default=None, help="sample among the k most likely bytes (default: all)"
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="sample among the most likely bytes holding this mass (default: 1)",
+    )
     p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--no-cache", action="store_true", help="re-run the whole prefix for every byte (the reference path)")
-    p.add_argument("--entropy-model", default=None, help="entropy model export for patcher.mode=entropy "
-                   "(default: the recipe's patcher.entropy_model)")
+    p.add_argument(
+        "--no-cache", action="store_true", help="re-run the whole prefix for every byte (the reference path)"
+    )
+    p.add_argument(
+        "--entropy-model",
+        default=None,
+        help="entropy model export for patcher.mode=entropy (default: the recipe's patcher.entropy_model)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights' dtype (default: float32)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per prompt: text, prefill_s, "
-                   "decode_s_per_byte, bytes, patches")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="weights' dtype (default: float32)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per prompt: text, prefill_s, decode_s_per_byte, bytes, patches",
+    )
     p.set_defaults(func=cmd_generate)
 
 
@@ -83,7 +119,9 @@ def data_override(data_uri: str | None, cfg):
         return cfg
     data_cls = type(cfg.data)
     if "sources" not in data_cls.model_fields:
-        raise ValueError(f"--data {data_uri}: this data layer ({data_cls.__name__}) reads no URI; omit --data")
+        raise ValueError(
+            f"--data {data_uri}: this data layer ({data_cls.__name__}) reads no URI; omit --data"
+        )
     data = data_cls.model_validate(cfg.data.model_dump() | {"sources": [{"uri": data_uri}]})
     return cfg.model_copy(update={"data": data})
 
@@ -131,8 +169,10 @@ def load_entropy_model(args: argparse.Namespace, cfg, device):
         return None
     path = args.entropy_model or cfg.patcher.entropy_model
     if path is None:
-        raise ValueError(f"{args.path}: patcher.mode=entropy needs its entropy model: set patcher.entropy_model to the "
-                         "entropy model's export directory (`blt export RUN --out DIR`) or pass --entropy-model DIR")
+        raise ValueError(
+            f"{args.path}: patcher.mode=entropy needs its entropy model: set patcher.entropy_model to the "
+            "entropy model's export directory (`blt export RUN --out DIR`) or pass --entropy-model DIR"
+        )
     from blt_scale.train.export import load_exported
 
     model, ecfg = load_exported(path, device)
@@ -155,8 +195,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model, cfg, _ = load_model(args.path, device)
     if cfg.model.kind not in TEXT_KINDS:
-        raise ValueError(f"{args.path}: `blt generate` takes a text model (kind blt or byte_lm), not kind "
-                         f"{cfg.model.kind}, which needs a brain signal: use `blt eval-brain`")
+        raise ValueError(
+            f"{args.path}: `blt generate` takes a text model (kind blt or byte_lm), not kind "
+            f"{cfg.model.kind}, which needs a brain signal: use `blt eval-brain`"
+        )
     entropy_model = load_entropy_model(args, cfg, device)
     model = model.to(dtype)
     entropy_model = entropy_model.to(dtype) if entropy_model is not None else None
@@ -171,16 +213,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
         show(0, prompts[0])
 
     results = generate_batch(
-        model, [torch.cat([torch.tensor([BOS]), encode(p)]).to(device) for p in prompts], args.max_bytes, cfg.patcher,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        generator=torch.Generator(device=device).manual_seed(args.seed), entropy_model=entropy_model,
-        cache=not args.no_cache, stops=[s.encode() for s in args.stop], on_bytes=show if streaming else None,
+        model,
+        [torch.cat([torch.tensor([BOS]), encode(p)]).to(device) for p in prompts],
+        args.max_bytes,
+        cfg.patcher,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=torch.Generator(device=device).manual_seed(args.seed),
+        entropy_model=entropy_model,
+        cache=not args.no_cache,
+        stops=[s.encode() for s in args.stop],
+        on_bytes=show if streaming else None,
     )
     for prompt, r in zip(prompts, results):
         text = r.text.decode("utf-8", errors="replace")
         if args.json:
-            print(json.dumps({"text": text, "prefill_s": r.prefill_s, "decode_s_per_byte": r.decode_s_per_byte,
-                              "bytes": len(r.text), "patches": r.patches}))
+            print(
+                json.dumps(
+                    {
+                        "text": text,
+                        "prefill_s": r.prefill_s,
+                        "decode_s_per_byte": r.decode_s_per_byte,
+                        "bytes": len(r.text),
+                        "patches": r.patches,
+                    }
+                )
+            )
         elif streaming:
             show(0, b"\n")
         else:

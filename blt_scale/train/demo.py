@@ -22,7 +22,13 @@ from blt_scale.train.exit_codes import EXIT_OK, EXIT_STOPPED
 from blt_scale.train.launch import spawn_ranks, wait_ranks
 from blt_scale.train.records import read_jsonl
 
-DEMO = ["parallel.strategy=fsdp", "train.steps=100", "train.log_every=5", "train.eval_every=25", "checkpoint.every=25"]
+DEMO = [
+    "parallel.strategy=fsdp",
+    "train.steps=100",
+    "train.log_every=5",
+    "train.eval_every=25",
+    "checkpoint.every=25",
+]
 
 
 def main(argv: list[str]) -> int:
@@ -41,8 +47,19 @@ def main(argv: list[str]) -> int:
         total += path.stat().st_size
         if total > 4_000_000:
             break
-    prep = subprocess.run([sys.executable, "-m", "blt_scale.cli", "prep", "text", *files, "--out", str(run_dir / "data"),
-                           "--quiet"])
+    prep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blt_scale.cli",
+            "prep",
+            "text",
+            *files,
+            "--out",
+            str(run_dir / "data"),
+            "--quiet",
+        ]
+    )
     if prep.returncode:
         print(f"demo: blt prep text exited {prep.returncode}", file=sys.stderr)
         return 1
@@ -79,8 +96,14 @@ def main(argv: list[str]) -> int:
     model, cfg, ckpt = load_model(run_dir)
     result = evaluate_bpb(model, cfg)
     png = plot_losses(run_dir, {"stopped + resumed": saved})
-    summary = {"run_dir": str(run_dir), "stopped_at": saved, "final_checkpoint": ckpt.name,
-               "val_bpb": round(result["bpb"], 4), "plot": str(png), "seconds": round(time.time() - started)}
+    summary = {
+        "run_dir": str(run_dir),
+        "stopped_at": saved,
+        "final_checkpoint": ckpt.name,
+        "val_bpb": round(result["bpb"], 4),
+        "plot": str(png),
+        "seconds": round(time.time() - started),
+    }
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary), flush=True)
     return 0

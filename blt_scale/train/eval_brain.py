@@ -77,9 +77,14 @@ def scores(references: list[str], hypotheses: list[str]) -> dict:
     refs = [[r.split()] for r in references]
     hyps = [h.split() for h in hypotheses]
     smooth = SmoothingFunction().method1
-    out = {f"bleu{n}": corpus_bleu(refs, hyps, weights=tuple([1 / n] * n), smoothing_function=smooth) for n in range(1, 5)}
+    out = {
+        f"bleu{n}": corpus_bleu(refs, hyps, weights=tuple([1 / n] * n), smoothing_function=smooth)
+        for n in range(1, 5)
+    }
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
-    out["rougeL"] = sum(scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses)) / len(references)
+    out["rougeL"] = sum(scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses)) / len(
+        references
+    )
     kept = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]  # jiwer needs non-empty references
     out["wer"] = jiwer.wer([r for r, _ in kept], [h for _, h in kept]) if kept else math.nan
     out["exact"] = sum(r == h for r, h in zip(references, hypotheses)) / len(references)
@@ -87,17 +92,23 @@ def scores(references: list[str], hypotheses: list[str]) -> dict:
 
 
 @torch.no_grad()
-def evaluate_brain(model, cfg, samples: int = 64, batch_size: int = 16, seed: int = 0, split: str = "val") -> dict:
+def evaluate_brain(
+    model, cfg, samples: int = 64, batch_size: int = 16, seed: int = 0, split: str = "val"
+) -> dict:
     """Scores with the real signal and with the noise control, side by side, on `samples` windows
     (fewer if the split has fewer) of `split` of cfg.data."""
-    from blt_scale.data.loader import build_loader
     from blt_scale.data.brain.loader import brain_layout, brain_manifests
+    from blt_scale.data.loader import build_loader
 
     if cfg.patcher.mode == "entropy":
         raise ValueError("patcher.mode=entropy: eval-brain does not load an entropy model")
     if getattr(cfg.model, "phase", "lm") != "lm":
-        raise ValueError(f"model.phase={cfg.model.phase}: eval-brain needs a text-generating model (phase lm)")
-    available = sum(m["splits"][split]["documents"] for m in brain_manifests([s.uri for s in cfg.data.sources]).values())
+        raise ValueError(
+            f"model.phase={cfg.model.phase}: eval-brain needs a text-generating model (phase lm)"
+        )
+    available = sum(
+        m["splits"][split]["documents"] for m in brain_manifests([s.uri for s in cfg.data.sources]).values()
+    )
     samples = min(samples, available)
     if samples == 0:
         raise ValueError(f"data {[s.uri for s in cfg.data.sources]}: no {split} windows")
@@ -122,8 +133,10 @@ def evaluate_brain(model, cfg, samples: int = 64, batch_size: int = 16, seed: in
     result = {"samples": len(refs), "split": split, "seed": seed}
     for name, run in runs.items():
         result[name] = scores(refs, run["hyps"]) | {"loss": run["loss"] / max(count, 1)}
-    result["examples"] = [{"reference": r, "real": a, "noise": b}
-                          for r, a, b in list(zip(refs, runs["real"]["hyps"], runs["noise"]["hyps"]))[:8]]
+    result["examples"] = [
+        {"reference": r, "real": a, "noise": b}
+        for r, a, b in list(zip(refs, runs["real"]["hyps"], runs["noise"]["hyps"]))[:8]
+    ]
     return result
 
 
@@ -134,16 +147,28 @@ def results_dir(source: Path) -> Path:
 
 def format_table(result: dict) -> str:
     keys = ["bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "wer", "exact", "loss"]
-    lines = [f"{result['samples']} {result['split']} windows, greedy decoding", f"{'metric':<10}{'signal':>10}{'noise':>10}"]
+    lines = [
+        f"{result['samples']} {result['split']} windows, greedy decoding",
+        f"{'metric':<10}{'signal':>10}{'noise':>10}",
+    ]
     lines += [f"{k:<10}{result['real'][k]:>10.4f}{result['noise'][k]:>10.4f}" for k in keys]
-    lines += [f"  {e['reference']!r:<16} signal: {e['real']!r:<16} noise: {e['noise']!r}" for e in result["examples"][:4]]
+    lines += [
+        f"  {e['reference']!r:<16} signal: {e['real']!r:<16} noise: {e['noise']!r}"
+        for e in result["examples"][:4]
+    ]
     return "\n".join(lines)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval-brain", help="brain->text scores (BLEU, ROUGE-L, WER) vs the noise-input control")
+    p = sub.add_parser(
+        "eval-brain", help="brain->text scores (BLEU, ROUGE-L, WER) vs the noise-input control"
+    )
     p.add_argument("path", metavar="RUN_DIR|CKPT")
-    p.add_argument("--data", default=None, help="brain dataset URI (default: the run's own sources); its val split is read")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="brain dataset URI (default: the run's own sources); its val split is read",
+    )
     p.add_argument("--samples", type=int, default=64, help="windows scored (default 64)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the noise")

@@ -14,8 +14,14 @@ from blt_scale.parallel.strategy import all_reduce
 
 
 @torch.no_grad()
-def evaluate_bpb(model, cfg, env: DistEnv = DistEnv(), device=torch.device("cpu"), autocast=contextlib.nullcontext,
-                 batches: int | None = None) -> dict:
+def evaluate_bpb(
+    model,
+    cfg,
+    env: DistEnv = DistEnv(),
+    device=torch.device("cpu"),
+    autocast=contextlib.nullcontext,
+    batches: int | None = None,
+) -> dict:
     """bpb over `train.eval_batches` (or `batches`) batches of train.micro_batch validation rows
     (train.global_batch rows when it is unset), dealt over the ranks in micro-batches of the run's
     size: the same rows at any world size that divides the count."""

@@ -25,11 +25,15 @@ def load_init(model: nn.Module, sources) -> list[str]:
         state = {src.prefix + k: v for k, v in source.state_dict().items()}
         unknown = [k for k in state if k not in own]
         if unknown:
-            raise ConfigError(f"model.init_from {where}: {unknown[0]!r} (and {len(unknown) - 1} more) not in this model; "
-                              "set init_from[].prefix or pick a matching model")
+            raise ConfigError(
+                f"model.init_from {where}: {unknown[0]!r} (and {len(unknown) - 1} more) not in this model; "
+                "set init_from[].prefix or pick a matching model"
+            )
         for k, v in state.items():
             if v.shape != own[k].shape:
-                raise ConfigError(f"model.init_from {where}: {k!r} has shape {list(v.shape)}, this model {list(own[k].shape)}")
+                raise ConfigError(
+                    f"model.init_from {where}: {k!r} has shape {list(v.shape)}, this model {list(own[k].shape)}"
+                )
         model.load_state_dict(state, strict=False)
         provided |= set(state)
     return [k for k in own if k not in provided]

@@ -23,13 +23,19 @@ def spawn_ranks(args: list[str], nproc: int, env: dict | None = None, **popen) -
     procs = []
     for rank in range(nproc):
         rank_env = base | {
-            "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
         }
         # Own session: a terminal's Ctrl-C reaches only the launcher, which turns it into a
         # graceful stop (SIGTERM) for every rank.
         popen.setdefault("start_new_session", True)
-        procs.append(subprocess.Popen([sys.executable, "-m", "blt_scale.train", *args], env=rank_env, **popen))
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "blt_scale.train", *args], env=rank_env, **popen)
+        )
     return procs
 
 

@@ -40,27 +40,41 @@ class TrainConfig(Config):
     seed: int = 0
     global_batch: int = Field(default=8, gt=0, description="sequences per optimizer step, over all ranks")
     micro_batch: int | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="sequences per forward pass on one rank; global_batch / (micro_batch x world size) micro-batches "
-                    "are accumulated per step. unset = global_batch / world size (no accumulation)",
+        "are accumulated per step. unset = global_batch / world size (no accumulation)",
     )
     log_every: int = Field(default=10, gt=0)
-    eval_every: int | None = Field(default=None, gt=0, description="validation every N steps (and at the end)")
+    eval_every: int | None = Field(
+        default=None, gt=0, description="validation every N steps (and at the end)"
+    )
     eval_batches: int = Field(
-        default=4, gt=0,
+        default=4,
+        gt=0,
         description="validation batches over all ranks, of micro_batch rows each (global_batch rows when it is unset)",
     )
     max_bad_steps: int = Field(default=5, gt=0, description="halt after this many non-finite steps in a row")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    peak_flops: float | None = Field(default=None, gt=0, description="device peak for MFU; None: measured matmul peak")
-    deterministic: bool = Field(default=False, description="deterministic kernels (bitwise-reproducible resume on CPU)")
-    trace_data: bool = Field(default=False, description="record a CRC of every row each rank trains on (data_trace/)")
-    inject_nan_at: list[int] = Field(default=[], description="fault drill: rank 0's loss is NaN at these steps")
+    peak_flops: float | None = Field(
+        default=None, gt=0, description="device peak for MFU; None: measured matmul peak"
+    )
+    deterministic: bool = Field(
+        default=False, description="deterministic kernels (bitwise-reproducible resume on CPU)"
+    )
+    trace_data: bool = Field(
+        default=False, description="record a CRC of every row each rank trains on (data_trace/)"
+    )
+    inject_nan_at: list[int] = Field(
+        default=[], description="fault drill: rank 0's loss is NaN at these steps"
+    )
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> "TrainConfig":
+    def _batch_divides(self) -> TrainConfig:
         if self.micro_batch is not None and self.global_batch % self.micro_batch:
-            raise ValueError(f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})")
+            raise ValueError(
+                f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})"
+            )
         return self
 
     def micro_batch_for(self, world_size: int) -> int:
@@ -74,8 +88,13 @@ class TrainConfig(Config):
                 )
             return self.global_batch // world_size
         if self.global_batch % (self.micro_batch * world_size):
-            hint = "" if self.global_batch % world_size else (
-                "; or unset train.micro_batch (train.micro_batch=null) for global_batch / world size per rank, without accumulation")
+            hint = (
+                ""
+                if self.global_batch % world_size
+                else (
+                    "; or unset train.micro_batch (train.micro_batch=null) for global_batch / world size per rank, without accumulation"
+                )
+            )
             raise ConfigError(
                 f"train.global_batch ({self.global_batch}) must be a multiple of train.micro_batch ({self.micro_batch}) "
                 f"x world size ({world_size}){hint}"
@@ -122,10 +141,16 @@ class Trainer:
             load_init(model, cfg.model.init_from)
         self.model, self.optimizer = self.strategy.setup(model, cfg.optim)
         self.loss_fn = loss_fn(cfg.model)  # the model kind's objective: the loop knows no variant
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim))
-        self.loader = build_loader(cfg.data, cfg.patcher, self.micro_batch, "train", env.rank, env.world_size, t.seed)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim)
+        )
+        self.loader = build_loader(
+            cfg.data, cfg.patcher, self.micro_batch, "train", env.rank, env.world_size, t.seed
+        )
         self.step = self.skipped_steps = self.bad_in_row = self.bytes_consumed = 0
-        self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, env.rank, self.strategy, config.dump(cfg))
+        self.checkpointer = Checkpointer(
+            cfg.checkpoint, self.run_dir, env.rank, self.strategy, config.dump(cfg)
+        )
         self.resumed_from = self._resume(resume)
         self.batches = iter(self.loader)
         self.peak = t.peak_flops or measure_matmul_peak(self.device)
@@ -142,7 +167,9 @@ class Trainer:
         else:
             path = Path(resume)
             if not is_complete(path):
-                raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint directory (step_N with a COMPLETE marker)")
+                raise FileNotFoundError(
+                    f"--resume {resume}: not a complete checkpoint directory (step_N with a COMPLETE marker)"
+                )
         if path is not None:
             state = self.checkpointer.load(path, self.model, self.optimizer)
             self.step, self.skipped_steps = state["step"], state["skipped_steps"]
@@ -166,9 +193,13 @@ class Trainer:
         else:
             parts = [local]
         return {
-            "step": self.step, "skipped_steps": self.skipped_steps, "bad_in_row": self.bad_in_row,
-            "bytes_consumed": self.bytes_consumed, "scheduler": self.scheduler.state_dict(),
-            "loader": merge_states(parts), "world_size": self.env.world_size,
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "bad_in_row": self.bad_in_row,
+            "bytes_consumed": self.bytes_consumed,
+            "scheduler": self.scheduler.state_dict(),
+            "loader": merge_states(parts),
+            "world_size": self.env.world_size,
         }
 
     def save(self) -> Path:
@@ -206,8 +237,9 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         g_loss, g_targets, g_patches = all_reduce([float(loss_sum), targets, patches])
         # Clip, step unless non-finite, clear the gradients (an engine may do all three itself).
-        grad_norm, finite = self.strategy.optimizer_step(self.model, self.optimizer, self.cfg.optim.clip_grad_norm,
-                                                         math.isfinite(g_loss))
+        grad_norm, finite = self.strategy.optimizer_step(
+            self.model, self.optimizer, self.cfg.optim.clip_grad_norm, math.isfinite(g_loss)
+        )
         if finite:
             self.bad_in_row = 0
         else:
@@ -231,12 +263,21 @@ class Trainer:
         flops = model_flops(self.cfg.model, seq_len, mean_patch).train_per_byte * input_bytes
         loss = g_loss / max(g_targets, 1)
         row = {
-            "step": self.step, "loss": loss, "bpb": loss / math.log(2), "lr": lr,
-            "grad_norm": float(grad_norm), "bytes_per_s": input_bytes / elapsed,
-            "patches_per_s": g_patches / elapsed, "mean_patch_bytes": mean_patch,
-            "flops_per_s": flops / elapsed, "mfu": flops / elapsed / self.peak,
-            "mem_gb": mem_max, "data_wait_s": wait_max, "skipped_steps": self.skipped_steps,
-            "bytes_consumed": self.bytes_consumed, "world_size": self.env.world_size,
+            "step": self.step,
+            "loss": loss,
+            "bpb": loss / math.log(2),
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "bytes_per_s": input_bytes / elapsed,
+            "patches_per_s": g_patches / elapsed,
+            "mean_patch_bytes": mean_patch,
+            "flops_per_s": flops / elapsed,
+            "mfu": flops / elapsed / self.peak,
+            "mem_gb": mem_max,
+            "data_wait_s": wait_max,
+            "skipped_steps": self.skipped_steps,
+            "bytes_consumed": self.bytes_consumed,
+            "world_size": self.env.world_size,
             # the largest over ranks: shards one rank opened, bytes of one node's shard cache
             **{key: int(value) for key, value in zip(data_stats, stats_max)},
         }
@@ -267,8 +308,10 @@ class Trainer:
             rows.append(row)
             if self.step % t.log_every == 0 or self.step == t.steps or self.stop_now:
                 row["shard_bytes"], row["optim_state_bytes"] = all_reduce(
-                    [self.strategy.local_state_bytes(self.model, self.optimizer),
-                     self.strategy.optimizer_state_bytes(self.optimizer)],
+                    [
+                        self.strategy.local_state_bytes(self.model, self.optimizer),
+                        self.strategy.optimizer_state_bytes(self.optimizer),
+                    ],
                     op=dist.ReduceOp.MAX if dist.is_initialized() else None,
                 )
                 self.metrics.log(row)

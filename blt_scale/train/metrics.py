@@ -55,7 +55,9 @@ class MetricsLogger:
         if "split" not in row:
             self._progress(row)
         else:
-            print(f"[eval {row['split']}] step {row['step']} bpb {row['bpb']:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"[eval {row['split']}] step {row['step']} bpb {row['bpb']:.4f}", file=sys.stderr, flush=True
+            )
 
     def _progress(self, row: dict) -> None:
         step = row["step"]
@@ -67,10 +69,13 @@ class MetricsLogger:
         print(
             f"step {step}/{self.total_steps} loss {row['loss']:.4f} bpb {row['bpb']:.4f} "
             f"lr {row['lr']:.2e} {row['bytes_per_s']:.0f} B/s mfu {row['mfu']:.3f} eta {eta:.0f}s",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )

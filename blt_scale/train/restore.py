@@ -22,10 +22,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if is_complete(path):
         return path
     if path.is_dir() and path.name.startswith("step_"):
-        raise FileNotFoundError(f"{path}: checkpoint is not complete (no COMPLETE marker); pick an earlier one")
+        raise FileNotFoundError(
+            f"{path}: checkpoint is not complete (no COMPLETE marker); pick an earlier one"
+        )
     latest = latest_complete(path)
     if latest is None:
-        raise FileNotFoundError(f"{path}: no complete checkpoint under {path / 'checkpoints'} (and not an exported model)")
+        raise FileNotFoundError(
+            f"{path}: no complete checkpoint under {path / 'checkpoints'} (and not an exported model)"
+        )
     return latest
 
 

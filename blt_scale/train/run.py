@@ -25,7 +25,11 @@ def run_training(cfg, resume: str = "auto", debug: bool = False) -> int:
         trainer = Trainer(cfg, env, resume)
         if env.is_main:
             where = f"resumed from {trainer.resumed_from}" if trainer.resumed_from else "fresh start"
-            print(f"{tag} {cfg.run_dir}: {where} at step {trainer.step}/{cfg.train.steps}", file=sys.stderr, flush=True)
+            print(
+                f"{tag} {cfg.run_dir}: {where} at step {trainer.step}/{cfg.train.steps}",
+                file=sys.stderr,
+                flush=True,
+            )
             if cfg.wandb.enabled:
                 wandb = WandbSink(cfg.wandb, trainer.run_dir, cfg.model_dump(mode="json", by_alias=True))
                 trainer.metrics.sinks.append(wandb)
@@ -71,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m blt_scale.train")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--resume", default="auto", help="auto (latest complete checkpoint), never, or a checkpoint dir")
+    p.add_argument(
+        "--resume", default="auto", help="auto (latest complete checkpoint), never, or a checkpoint dir"
+    )
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     try:

@@ -13,7 +13,7 @@ class StopFlag:
         self.requested = False
         self.signum: int | None = None
 
-    def install(self) -> "StopFlag":
+    def install(self) -> StopFlag:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
         return self

@@ -29,15 +29,26 @@ class WandbSink:
         # One wandb run per training run, resumed across restarts under the same id.
         run_id = resume_id or _run_id(run_dir)
         self.run = wandb.init(
-            project=env.get("WANDB_PROJECT", cfg.project), mode=mode, dir=env.get("WANDB_DIR", str(run_dir)),
-            config=config, id=run_id, resume="allow", name=Path(run_dir).name,
+            project=env.get("WANDB_PROJECT", cfg.project),
+            mode=mode,
+            dir=env.get("WANDB_DIR", str(run_dir)),
+            config=config,
+            id=run_id,
+            resume="allow",
+            name=Path(run_dir).name,
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 
     def log(self, row: dict) -> None:
         prefix = f"{row['split']}/" if "split" in row else "train/"
-        self.run.log({prefix + k: v for k, v in row.items() if k not in ("step", "split") and isinstance(v, (int, float))},
-                     step=row["step"])
+        self.run.log(
+            {
+                prefix + k: v
+                for k, v in row.items()
+                if k not in ("step", "split") and isinstance(v, (int, float))
+            },
+            step=row["step"],
+        )
 
     def finish(self) -> None:
         self.run.finish()

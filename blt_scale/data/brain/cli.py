@@ -20,7 +20,9 @@ def cmd_brain(args: argparse.Namespace) -> int:
     inputs = [i for i in items if not _OVERRIDE.match(i)]
     if not inputs:
         raise ValueError("blt prep brain: expected at least one INPUT (recording, directory or BIDS root)")
-    cfg = load_prep_config(inputs, args.out, args.preset, overrides, overwrite=args.overwrite, workers=args.workers)
+    cfg = load_prep_config(
+        inputs, args.out, args.preset, overrides, overwrite=args.overwrite, workers=args.workers
+    )
     if args.skip_bad:
         cfg.skip_bad = True
     report = prep_brain(cfg, progress=not args.quiet)
@@ -31,10 +33,19 @@ def cmd_brain(args: argparse.Namespace) -> int:
 
 
 def register_prep(prep: argparse._SubParsersAction) -> None:
-    p = prep.add_parser("brain", help="EEG/MEG recordings (FIF, EDF/BDF, BrainVision, EEGLAB, KIT, BIDS) -> MDS shards")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="recordings, directories, BIDS roots, globs; then KEY=VALUE overrides")
+    p = prep.add_parser(
+        "brain", help="EEG/MEG recordings (FIF, EDF/BDF, BrainVision, EEGLAB, KIT, BIDS) -> MDS shards"
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="recordings, directories, BIDS roots, globs; then KEY=VALUE overrides",
+    )
     p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
-    p.add_argument("--preset", default="eeg-default", help="eeg-default, meg-masc (recipes/brain/) or a YAML path")
+    p.add_argument(
+        "--preset", default="eeg-default", help="eeg-default, meg-masc (recipes/brain/) or a YAML path"
+    )
     p.add_argument("--workers", type=int, default=1, help="recordings converted in parallel")
     p.add_argument("--skip-bad", action="store_true", help="skip bad recordings, count them in the manifest")
     p.add_argument("--overwrite", action="store_true", help="delete --out and start over")

@@ -25,10 +25,18 @@ from blt_scale.model.vocab import BOS, EOS, OFFSET, PAD
 class BrainDataConfig(Config):
     """`data.brain`: the layout brain batches are padded/cropped to. None: from the manifests."""
 
-    max_channels: int | None = Field(default=None, gt=0, description="channels per sample; None: the most in any source")
-    window_samples: int | None = Field(default=None, gt=0, description="time samples per window; None: the sources'")
-    text_bytes: int = Field(default=64, gt=0, description="text bytes kept per sample; tokens are text_bytes + 2 long")
-    subjects: list[str] | None = Field(default=None, description="subject vocabulary (index = id); None: sorted union of the manifests'")
+    max_channels: int | None = Field(
+        default=None, gt=0, description="channels per sample; None: the most in any source"
+    )
+    window_samples: int | None = Field(
+        default=None, gt=0, description="time samples per window; None: the sources'"
+    )
+    text_bytes: int = Field(
+        default=64, gt=0, description="text bytes kept per sample; tokens are text_bytes + 2 long"
+    )
+    subjects: list[str] | None = Field(
+        default=None, description="subject vocabulary (index = id); None: sorted union of the manifests'"
+    )
 
 
 def resolve(cfg: BrainDataConfig | None, manifests: dict[str, dict]) -> BrainDataConfig:
@@ -37,16 +45,24 @@ def resolve(cfg: BrainDataConfig | None, manifests: dict[str, dict]) -> BrainDat
     windows = {m["window_samples"] for m in manifests.values()}
     rates = {m["sfreq"] for m in manifests.values()}
     if len(rates) > 1:
-        raise ValueError(f"data.sources: brain datasets at different sampling rates {sorted(rates)}; prepare them "
-                         f"with one preprocess.resample")
+        raise ValueError(
+            f"data.sources: brain datasets at different sampling rates {sorted(rates)}; prepare them "
+            f"with one preprocess.resample"
+        )
     if cfg.window_samples is None and len(windows) > 1:
-        raise ValueError(f"data.sources: brain datasets with different window lengths {sorted(windows)}; "
-                         f"set data.brain.window_samples")
-    return cfg.model_copy(update={
-        "max_channels": cfg.max_channels or max(m["channels"]["max"] for m in manifests.values()),
-        "window_samples": cfg.window_samples or windows.pop(),
-        "subjects": cfg.subjects if cfg.subjects is not None else sorted({s for m in manifests.values() for s in m["subjects"]}),
-    })
+        raise ValueError(
+            f"data.sources: brain datasets with different window lengths {sorted(windows)}; "
+            f"set data.brain.window_samples"
+        )
+    return cfg.model_copy(
+        update={
+            "max_channels": cfg.max_channels or max(m["channels"]["max"] for m in manifests.values()),
+            "window_samples": cfg.window_samples or windows.pop(),
+            "subjects": cfg.subjects
+            if cfg.subjects is not None
+            else sorted({s for m in manifests.values() for s in m["subjects"]}),
+        }
+    )
 
 
 def text_tokens(texts: list[bytes], text_bytes: int) -> torch.Tensor:
@@ -54,7 +70,7 @@ def text_tokens(texts: list[bytes], text_bytes: int) -> torch.Tensor:
     for b, text in enumerate(texts):
         ids = np.frombuffer(text[:text_bytes], dtype=np.uint8).astype(np.int64) + OFFSET
         tokens[b, 0] = BOS
-        tokens[b, 1:1 + len(ids)] = ids
+        tokens[b, 1 : 1 + len(ids)] = ids
         tokens[b, 1 + len(ids)] = EOS
     return torch.from_numpy(tokens)
 
@@ -74,10 +90,17 @@ def collate(samples: list[dict], cfg: BrainDataConfig, patcher: PatcherConfig) -
         mask[b, :c] = True
         pos[b, :c] = s["ch_pos"][:c]
         if s["subject"] not in index:
-            raise ValueError(f"subject {s['subject']!r} of recording {s.get('recording')} is not in data.brain.subjects "
-                             f"({cfg.subjects[:8]}...)")
+            raise ValueError(
+                f"subject {s['subject']!r} of recording {s.get('recording')} is not in data.brain.subjects "
+                f"({cfg.subjects[:8]}...)"
+            )
         subject[b] = index[s["subject"]]
     tokens = text_tokens([s["text"] for s in samples], cfg.text_bytes)
-    return {"signal": torch.from_numpy(signal), "channel_mask": torch.from_numpy(mask), "ch_pos": torch.from_numpy(pos),
-            "subject": torch.from_numpy(subject), "tokens": tokens,
-            "patch_lengths": patch_lengths(tokens[:, :-1], patcher)}
+    return {
+        "signal": torch.from_numpy(signal),
+        "channel_mask": torch.from_numpy(mask),
+        "ch_pos": torch.from_numpy(pos),
+        "subject": torch.from_numpy(subject),
+        "tokens": tokens,
+        "patch_lengths": patch_lengths(tokens[:, :-1], patcher),
+    }

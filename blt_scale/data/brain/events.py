@@ -45,7 +45,9 @@ def events_from_tsv(path: str, cfg: EventsConfig) -> list[tuple[float, str]]:
         reader = csv.DictReader(f, delimiter="\t")
         missing = {"onset", "trial_type"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: events.tsv lacks column(s) {sorted(missing)}; expected onset and trial_type")
+            raise ValueError(
+                f"{path}: events.tsv lacks column(s) {sorted(missing)}; expected onset and trial_type"
+            )
         rows = list(reader)
     out = []
     for row in rows:

@@ -24,8 +24,10 @@ def brain_manifests(uris: list[str]) -> dict[str, dict]:
     manifests = {uri: open_complete(uri)[1] for uri in uris}
     other = [u for u, m in manifests.items() if m.get("kind") != "brain"]
     if other:
-        raise ValueError(f"{other[0]}: a {manifests[other[0]].get('kind', 'text')} dataset; data.sources must all be "
-                         f"brain datasets (blt prep brain) or none")
+        raise ValueError(
+            f"{other[0]}: a {manifests[other[0]].get('kind', 'text')} dataset; data.sources must all be "
+            f"brain datasets (blt prep brain) or none"
+        )
     return manifests
 
 
@@ -47,11 +49,17 @@ class WindowStream(StreamPacker):
 
 
 class BrainLoader(ShardLoader):
-    def __init__(self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int):
+    def __init__(
+        self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int
+    ):
         if patcher.mode == "entropy":
-            raise ValueError("patcher.mode=entropy: brain datasets have no entropies; use space, static or byte")
+            raise ValueError(
+                "patcher.mode=entropy: brain datasets have no entropies; use space, static or byte"
+            )
         if cfg.workers:
-            raise ValueError(f"data.workers={cfg.workers}: brain datasets are read in the main process; set data.workers=0")
+            raise ValueError(
+                f"data.workers={cfg.workers}: brain datasets are read in the main process; set data.workers=0"
+            )
         self.brain = resolve(cfg.brain, brain_manifests([s.uri for s in cfg.sources]))
         super().__init__(cfg, patcher, micro_batch, split, rank, world_size, seed)
 

@@ -43,8 +43,10 @@ def _check_inputs(recs: list[Recording], cfg: BrainPrepConfig) -> dict[str, BadR
     first: tuple[float, str] | None = None
     for rec in recs:
         if rec.bids is not None and rec.events_tsv is None:
-            bad[rec.name] = BadRecording(f"{rec.path}: BIDS recording without events; expected "
-                                         f"{os.path.basename(rec.path).rsplit('_', 1)[0]}_events.tsv beside it")
+            bad[rec.name] = BadRecording(
+                f"{rec.path}: BIDS recording without events; expected "
+                f"{os.path.basename(rec.path).rsplit('_', 1)[0]}_events.tsv beside it"
+            )
             continue
         raw = open_raw(rec, preload=False)
         sfreq, seconds = float(raw.info["sfreq"]), raw.n_times / raw.info["sfreq"]
@@ -52,11 +54,15 @@ def _check_inputs(recs: list[Recording], cfg: BrainPrepConfig) -> dict[str, BadR
             if first is None:
                 first = (sfreq, rec.path)
             elif sfreq != first[0]:
-                raise ValueError(f"{rec.path}: sampling rate {sfreq:g} Hz differs from {first[0]:g} Hz of {first[1]}; "
-                                 f"set preprocess.resample=HZ to bring all inputs to one rate")
+                raise ValueError(
+                    f"{rec.path}: sampling rate {sfreq:g} Hz differs from {first[0]:g} Hz of {first[1]}; "
+                    f"set preprocess.resample=HZ to bring all inputs to one rate"
+                )
         if seconds < cfg.windows.seconds():
-            bad[rec.name] = BadRecording(f"{rec.path}: recording of {seconds:.3f} s is shorter than one window "
-                                         f"({cfg.windows.seconds():g} s of windows.*)")
+            bad[rec.name] = BadRecording(
+                f"{rec.path}: recording of {seconds:.3f} s is shorter than one window "
+                f"({cfg.windows.seconds():g} s of windows.*)"
+            )
     if bad and not cfg.skip_bad:
         raise next(iter(bad.values()))
     return bad
@@ -72,26 +78,48 @@ def convert_recording(rec: Recording, cfg: BrainPrepConfig, stager: BrainPartSta
     events = text_events(raw, rec.events_tsv, cfg.events)
     if not events and cfg.windows.mode == "events":
         where = rec.events_tsv or "its annotations"
-        raise BadRecording(f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
-                           f"ignored {cfg.events.ignore}); expected word or sentence descriptions")
+        raise BadRecording(
+            f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
+            f"ignored {cfg.events.ignore}); expected word or sentence descriptions"
+        )
     prep = preprocess(raw, cfg.preprocess, rec.path)
     windows, outside = cut_windows(events, prep.data.shape[1], prep.sfreq, cfg.windows)
     n = window_samples(cfg.windows, prep.sfreq)
     if not windows:
-        raise BadRecording(f"{rec.path}: none of {len(events)} text events leaves a whole window "
-                           f"({cfg.windows.tmin:g}...{cfg.windows.tmax:g} s) inside the recording")
+        raise BadRecording(
+            f"{rec.path}: none of {len(events)} text events leaves a whole window "
+            f"({cfg.windows.tmin:g}...{cfg.windows.tmax:g} s) inside the recording"
+        )
     empty = 0
     for w in windows:
         if not w.text:
             empty += 1
             continue
-        stager.write("val" if _is_val(rec.name, w.start, cfg.val_fraction) else "train", {
-            "signal": prep.data[:, w.start:w.start + n], "text": w.text.encode("utf-8"), "subject": rec.subject,
-            "session": rec.session, "recording": rec.name, "sfreq": prep.sfreq, "ch_names": prep.ch_names,
-            "ch_pos": prep.ch_pos, "onset_s": w.onset_s})
-    return {"subject": rec.subject, "session": rec.session, "sfreq": prep.sfreq, "ch_names": prep.ch_names,
-            "window_samples": n, "windows_outside": outside, "empty_text": empty,
-            "bad_channels": prep.bad_channels, "no_position": prep.dropped_no_position}
+        stager.write(
+            "val" if _is_val(rec.name, w.start, cfg.val_fraction) else "train",
+            {
+                "signal": prep.data[:, w.start : w.start + n],
+                "text": w.text.encode("utf-8"),
+                "subject": rec.subject,
+                "session": rec.session,
+                "recording": rec.name,
+                "sfreq": prep.sfreq,
+                "ch_names": prep.ch_names,
+                "ch_pos": prep.ch_pos,
+                "onset_s": w.onset_s,
+            },
+        )
+    return {
+        "subject": rec.subject,
+        "session": rec.session,
+        "sfreq": prep.sfreq,
+        "ch_names": prep.ch_names,
+        "window_samples": n,
+        "windows_outside": outside,
+        "empty_text": empty,
+        "bad_channels": prep.bad_channels,
+        "no_position": prep.dropped_no_position,
+    }
 
 
 def _convert_part(cfg: BrainPrepConfig, rec: Recording, name: str, staging: str, bad: str | None) -> dict:
@@ -119,8 +147,12 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     recs = find_recordings(cfg.inputs)
     options = cfg.model_dump(exclude={"inputs", "out", "overwrite", "preset", "workers"})
     sizes = [os.path.getsize(r.path) if os.path.isfile(r.path) else 0 for r in recs]
-    plan = {"kind": "brain", "options": options, "inputs": [[r.name, s] for r, s in zip(recs, sizes)],
-            "parts": [[i] for i in range(len(recs))]}
+    plan = {
+        "kind": "brain",
+        "options": options,
+        "inputs": [[r.name, s] for r, s in zip(recs, sizes)],
+        "parts": [[i] for i in range(len(recs))],
+    }
     check_plan(root, plan)
     if root.is_complete():
         return {**root.read_json(MANIFEST), "converted_parts": 0}
@@ -128,13 +160,23 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     root.write_json(PLAN, plan)
     names = [part_name(i) for i in range(len(recs))]
     todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]
-    bar = tqdm(total=len(todo), unit="rec", desc=f"prep brain ({len(todo)}/{len(recs)} recordings)", disable=not progress)
+    bar = tqdm(
+        total=len(todo),
+        unit="rec",
+        desc=f"prep brain ({len(todo)}/{len(recs)} recordings)",
+        disable=not progress,
+    )
     with tempfile.TemporaryDirectory(prefix="blt-prep-brain-") as staging:
         # Recordings are independent: workers convert them in parallel; uploads, markers and the
         # progress bar stay in this process. Forked workers need no re-import of mne.
         ctx = mp.get_context("fork")
-        jobs = [(cfg, recs[i], names[i], staging, str(bad[recs[i].name]) if recs[i].name in bad else None) for i in todo]
-        with ctx.Pool(min(cfg.workers, len(jobs))) if cfg.workers > 1 and len(jobs) > 1 else _Inline() as pool:
+        jobs = [
+            (cfg, recs[i], names[i], staging, str(bad[recs[i].name]) if recs[i].name in bad else None)
+            for i in todo
+        ]
+        with (
+            ctx.Pool(min(cfg.workers, len(jobs))) if cfg.workers > 1 and len(jobs) > 1 else _Inline() as pool
+        ):
             pending = [pool.apply_async(_convert_part, job) for job in jobs]
             while pending:
                 for result in [r for r in pending if r.ready()]:
@@ -157,11 +199,15 @@ def _manifest_extra(cfg: BrainPrepConfig, records: list[dict], root: Root) -> di
     done = [r for r in records if "sfreq" in r]
     skipped = [s for r in records for s in r.get("skipped_inputs", [])]
     if not any(sum(r["documents"].values()) for r in done):
-        raise ValueError(f"{root.uri}: no windows from {len(records)} recording(s) (skipped: "
-                         f"{[s['reason'] for s in skipped][:3]}); nothing to train on")
+        raise ValueError(
+            f"{root.uri}: no windows from {len(records)} recording(s) (skipped: "
+            f"{[s['reason'] for s in skipped][:3]}); nothing to train on"
+        )
     rates = sorted({r["sfreq"] for r in done})
     if len(rates) > 1:
-        raise ValueError(f"{root.uri}: recordings ended at different sampling rates {rates}; set preprocess.resample")
+        raise ValueError(
+            f"{root.uri}: recordings ended at different sampling rates {rates}; set preprocess.resample"
+        )
     names: list[str] = []
     for r in done:
         names += [n for n in r["ch_names"] if n not in names]
@@ -170,13 +216,23 @@ def _manifest_extra(cfg: BrainPrepConfig, records: list[dict], root: Root) -> di
         for reason, chans in r["bad_channels"].items():
             bad_counts[reason] = bad_counts.get(reason, 0) + len(chans)
     return {
-        "kind": "brain", "columns": list(COLUMNS), "preset": cfg.preset, "sfreq": rates[0],
-        "window_samples": done[0]["window_samples"], "window_s": cfg.windows.seconds(),
-        "windows": cfg.windows.model_dump(), "recordings": len(records),
+        "kind": "brain",
+        "columns": list(COLUMNS),
+        "preset": cfg.preset,
+        "sfreq": rates[0],
+        "window_samples": done[0]["window_samples"],
+        "window_s": cfg.windows.seconds(),
+        "windows": cfg.windows.model_dump(),
+        "recordings": len(records),
         "channels": {"max": max(len(r["ch_names"]) for r in done), "names": names},
-        "subjects": sorted({r["subject"] for r in done}), "sessions": sorted({r["session"] for r in done}),
-        "skipped": {"recordings": len(skipped), "windows_outside_recording": sum(r["windows_outside"] for r in done),
-                    "windows_without_text": sum(r["empty_text"] for r in done), "bad_channels": bad_counts,
-                    "channels_without_position": sum(len(r["no_position"]) for r in done),
-                    "bad_channels_action": cfg.preprocess.bad_channels.action},
+        "subjects": sorted({r["subject"] for r in done}),
+        "sessions": sorted({r["session"] for r in done}),
+        "skipped": {
+            "recordings": len(skipped),
+            "windows_outside_recording": sum(r["windows_outside"] for r in done),
+            "windows_without_text": sum(r["empty_text"] for r in done),
+            "bad_channels": bad_counts,
+            "channels_without_position": sum(len(r["no_position"]) for r in done),
+            "bad_channels_action": cfg.preprocess.bad_channels.action,
+        },
     }

@@ -90,8 +90,10 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
         pos = channel_positions(raw)
     missing = [n for n, ok in zip(raw.ch_names, _has_position(pos)) if not ok]
     if len(missing) == len(raw.ch_names):
-        raise BadRecording(f"{name}: no channel has a sensor position; set preprocess.montage (e.g. standard_1020) "
-                         f"or give the file a montage")
+        raise BadRecording(
+            f"{name}: no channel has a sensor position; set preprocess.montage (e.g. standard_1020) "
+            f"or give the file a montage"
+        )
     if missing:
         raw.drop_channels(missing)
 
@@ -102,8 +104,10 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
         bad["marked"] = marked
     names = sorted({n for v in bad.values() for n in v}, key=raw.ch_names.index)
     if len(names) > bc.max_fraction * len(raw.ch_names) or len(names) == len(raw.ch_names):
-        raise BadRecording(f"{name}: {len(names)} of {len(raw.ch_names)} channels are bad ({bad}); expected at most "
-                         f"preprocess.bad_channels.max_fraction={bc.max_fraction} of them")
+        raise BadRecording(
+            f"{name}: {len(names)} of {len(raw.ch_names)} channels are bad ({bad}); expected at most "
+            f"preprocess.bad_channels.max_fraction={bc.max_fraction} of them"
+        )
     if names:
         data = raw._data  # noqa: SLF001 -- NaN samples would poison every filter below
         for n in bad.get("nan", []):
@@ -119,8 +123,10 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
     if notch:
         raw.notch_filter(notch, verbose="error")
     if cfg.h_freq is not None and cfg.h_freq >= nyquist:
-        raise ValueError(f"{name}: preprocess.h_freq={cfg.h_freq} Hz is not below the Nyquist frequency "
-                         f"{nyquist} Hz of this {raw.info['sfreq']} Hz recording")
+        raise ValueError(
+            f"{name}: preprocess.h_freq={cfg.h_freq} Hz is not below the Nyquist frequency "
+            f"{nyquist} Hz of this {raw.info['sfreq']} Hz recording"
+        )
     if cfg.l_freq is not None or cfg.h_freq is not None:
         raw.filter(cfg.l_freq, cfg.h_freq, verbose="error")
     if cfg.resample is not None and cfg.resample != raw.info["sfreq"]:
@@ -128,5 +134,11 @@ def preprocess(raw, cfg: PreprocessConfig, name: str) -> Prepared:
     if cfg.reference == "average" and "eeg" in raw.get_channel_types():
         raw.set_eeg_reference("average", projection=False, verbose="error")
     data = robust_scale(raw.get_data(), cfg.clamp)
-    return Prepared(data.astype(np.float32), float(raw.info["sfreq"]), list(raw.ch_names),
-                    channel_positions(raw).astype(np.float32), bad, missing)
+    return Prepared(
+        data.astype(np.float32),
+        float(raw.info["sfreq"]),
+        list(raw.ch_names),
+        channel_positions(raw).astype(np.float32),
+        bad,
+        missing,
+    )

@@ -15,8 +15,17 @@ from pathlib import Path
 
 # Suffix -> the mne reader mne.io.read_raw dispatches to (KIT: .con/.sqd; EEGLAB: .set).
 FORMATS = {
-    ".fif": "FIF", ".fif.gz": "FIF", ".edf": "EDF", ".bdf": "BDF", ".gdf": "GDF", ".vhdr": "BrainVision",
-    ".set": "EEGLAB", ".con": "KIT", ".sqd": "KIT", ".cnt": "Neuroscan", ".mff": "EGI",
+    ".fif": "FIF",
+    ".fif.gz": "FIF",
+    ".edf": "EDF",
+    ".bdf": "BDF",
+    ".gdf": "GDF",
+    ".vhdr": "BrainVision",
+    ".set": "EEGLAB",
+    ".con": "KIT",
+    ".sqd": "KIT",
+    ".cnt": "Neuroscan",
+    ".mff": "EGI",
 }
 BIDS_DATATYPES = ["meg", "eeg"]
 
@@ -37,8 +46,10 @@ def recording_format(path: str) -> str | None:
 
 
 def _unknown(path: str) -> ValueError:
-    return ValueError(f"{path}: unknown recording format; expected a file ending in one of "
-                      f"{sorted(set(FORMATS))} (or a directory / BIDS root holding them)")
+    return ValueError(
+        f"{path}: unknown recording format; expected a file ending in one of "
+        f"{sorted(set(FORMATS))} (or a directory / BIDS root holding them)"
+    )
 
 
 def _entities(path: str) -> tuple[str, str]:
@@ -60,16 +71,28 @@ def bids_recordings(root: str) -> list[Recording]:
     import mne_bids
 
     exts = sorted({s for s in FORMATS if s != ".fif.gz"})
-    paths = mne_bids.find_matching_paths(root, datatypes=BIDS_DATATYPES, extensions=exts, suffixes=BIDS_DATATYPES)
+    paths = mne_bids.find_matching_paths(
+        root, datatypes=BIDS_DATATYPES, extensions=exts, suffixes=BIDS_DATATYPES
+    )
     paths = [p for p in paths if p.fpath.is_file() or p.fpath.suffix == ".mff"]
     if not paths:
-        raise ValueError(f"{root}: BIDS root without {'/'.join(BIDS_DATATYPES)} recordings in a format mne reads")
+        raise ValueError(
+            f"{root}: BIDS root without {'/'.join(BIDS_DATATYPES)} recordings in a format mne reads"
+        )
     out = []
     for bp in sorted(paths, key=lambda p: str(p.fpath)):
         tsv = bp.copy().update(suffix="events", extension=".tsv").fpath
         name = os.path.relpath(bp.fpath, root)
-        out.append(Recording(str(bp.fpath), f"{os.path.basename(os.path.abspath(root))}/{name}", bp.subject,
-                             bp.session or "", str(tsv) if tsv.is_file() else None, bp))
+        out.append(
+            Recording(
+                str(bp.fpath),
+                f"{os.path.basename(os.path.abspath(root))}/{name}",
+                bp.subject,
+                bp.session or "",
+                str(tsv) if tsv.is_file() else None,
+                bp,
+            )
+        )
     return out
 
 
@@ -87,7 +110,9 @@ def find_recordings(inputs: list[str]) -> list[Recording]:
             if is_bids_root(path):
                 out += bids_recordings(path)
             elif os.path.isdir(path) and recording_format(path) is None:
-                found = sorted(str(p) for p in Path(path).rglob("*") if recording_format(str(p)) and p.is_file())
+                found = sorted(
+                    str(p) for p in Path(path).rglob("*") if recording_format(str(p)) and p.is_file()
+                )
                 if not found:
                     raise ValueError(f"{path}: directory holds no recordings ({sorted(set(FORMATS))})")
                 out += [_plain(p) for p in found]
@@ -122,10 +147,13 @@ def open_raw(rec: Recording, preload: bool):
         else:
             raw = mne.io.read_raw(rec.path, preload=preload, verbose="error")
     except ImportError as err:
-        raise ValueError(f"{rec.path}: reading {recording_format(rec.path)} needs the package {err.name or err}; "
-                         f"install it into the environment") from None
+        raise ValueError(
+            f"{rec.path}: reading {recording_format(rec.path)} needs the package {err.name or err}; "
+            f"install it into the environment"
+        ) from None
     except (ValueError, OSError, RuntimeError, KeyError, IndexError) as err:
-        raise ValueError(f"{rec.path}: cannot read as {recording_format(rec.path)} ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise ValueError(
+            f"{rec.path}: cannot read as {recording_format(rec.path)} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     return raw
-

@@ -22,8 +22,17 @@ from streaming import MDSWriter
 from blt_scale.data.shard_writer import COMPRESSION, HASHES
 from blt_scale.data.splits import SPLITS
 
-COLUMNS = {"signal": "ndarray", "text": "bytes", "subject": "str", "session": "str", "recording": "str",
-           "sfreq": "float64", "ch_names": "json", "ch_pos": "ndarray", "onset_s": "float64"}
+COLUMNS = {
+    "signal": "ndarray",
+    "text": "bytes",
+    "subject": "str",
+    "session": "str",
+    "recording": "str",
+    "sfreq": "float64",
+    "ch_names": "json",
+    "ch_pos": "ndarray",
+    "onset_s": "float64",
+}
 
 
 class BrainPartStager:
@@ -33,14 +42,26 @@ class BrainPartStager:
     def __init__(self, staging: str, name: str, shard_size: int):
         self.name, self.dir = name, os.path.join(staging, name)
         shutil.rmtree(self.dir, ignore_errors=True)
-        self.writers = {s: MDSWriter(columns=COLUMNS, out=os.path.join(self.dir, s), compression=COMPRESSION,
-                                     hashes=HASHES, size_limit=shard_size, exist_ok=True) for s in SPLITS}
+        self.writers = {
+            s: MDSWriter(
+                columns=COLUMNS,
+                out=os.path.join(self.dir, s),
+                compression=COMPRESSION,
+                hashes=HASHES,
+                size_limit=shard_size,
+                exist_ok=True,
+            )
+            for s in SPLITS
+        }
         self.documents = dict.fromkeys(SPLITS, 0)
         self.bytes = dict.fromkeys(SPLITS, 0)
 
     def write(self, split: str, sample: dict) -> None:
-        sample = {**sample, "signal": np.ascontiguousarray(sample["signal"], dtype=np.float16),
-                  "ch_pos": np.ascontiguousarray(sample["ch_pos"], dtype=np.float32)}
+        sample = {
+            **sample,
+            "signal": np.ascontiguousarray(sample["signal"], dtype=np.float16),
+            "ch_pos": np.ascontiguousarray(sample["ch_pos"], dtype=np.float32),
+        }
         self.writers[split].write(sample)
         self.documents[split] += 1
         self.bytes[split] += sample["signal"].nbytes
@@ -51,5 +72,11 @@ class BrainPartStager:
             writer.finish()
             with open(os.path.join(self.dir, split, "index.json")) as f:
                 shards[split] = json.load(f)["shards"]
-        return {"name": self.name, "dir": self.dir, "shards": shards, "documents": self.documents,
-                "bytes": self.bytes, **extra}
+        return {
+            "name": self.name,
+            "dir": self.dir,
+            "shards": shards,
+            "documents": self.documents,
+            "bytes": self.bytes,
+            **extra,
+        }

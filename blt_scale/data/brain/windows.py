@@ -24,7 +24,9 @@ def window_samples(cfg: WindowConfig, sfreq: float) -> int:
     return int(round(cfg.seconds() * sfreq))
 
 
-def cut_windows(events: list[tuple[float, str]], n_times: int, sfreq: float, cfg: WindowConfig) -> tuple[list[Window], int]:
+def cut_windows(
+    events: list[tuple[float, str]], n_times: int, sfreq: float, cfg: WindowConfig
+) -> tuple[list[Window], int]:
     """(windows inside the recording, number left out because they cross its ends)."""
     n = window_samples(cfg, sfreq)
     if cfg.mode == "sliding":
