@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from blt_scale.parallel.env import DistEnv
-from blt_scale.recipe import load_recipe
+from blt_scale.train.recipe import load_recipe
 
 BYTES_PER_STEP = 8192
 COMMON = [

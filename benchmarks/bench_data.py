@@ -27,7 +27,7 @@ from pathlib import Path
 from blt_scale.data.builtin import stdlib_files
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.data.prep_text import TextPrepConfig, convert_text  # imported here: not part of a timing
-from blt_scale.recipe import load_recipe
+from blt_scale.train.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ import torch
 from blt_scale.model.build import build_model
 from blt_scale.model.generate import generate_batch
 from blt_scale.model.vocab import encode
-from blt_scale.recipe import load_recipe
+from blt_scale.train.recipe import load_recipe
 
 
 def stdlib_text(n: int) -> bytes:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from blt_scale.train.launch import spawn_ranks, wait_ranks
+from blt_scale.train.local_ranks import spawn_ranks, wait_ranks
 from blt_scale.train.records import read_jsonl
 
 COMMON = [

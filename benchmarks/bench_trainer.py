@@ -23,8 +23,8 @@ import torch
 
 from blt_scale.model.flops import model_flops
 from blt_scale.parallel.env import DistEnv
-from blt_scale.recipe import load_recipe
 from blt_scale.train.metrics import measure_matmul_peak
+from blt_scale.train.recipe import load_recipe
 
 COMMON = [
     "wandb.enabled=false",

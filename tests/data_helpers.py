@@ -82,9 +82,9 @@ def export_entropy_model(
     spread over a wide range instead of sitting near ln(259)."""
     import torch
 
+    from blt_scale.checkpoint.export import save_exported
     from blt_scale.model.build import build_model
-    from blt_scale.recipe import load_recipe
-    from blt_scale.train.export import save_exported
+    from blt_scale.train.recipe import load_recipe
 
     cfg = load_recipe(
         "cpu_entropy_model",

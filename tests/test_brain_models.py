@@ -9,13 +9,13 @@ from blt_scale.model.blt import BLT
 from blt_scale.model.brain_blt import BrainBLT, BrainBLTConfig
 from blt_scale.model.brain_common import kl_sum
 from blt_scale.model.brain_encoder import BrainEncoder, BrainEncoderConfig
-from blt_scale.model.build import loss_fn
 from blt_scale.model.flops import model_flops
 from blt_scale.model.lora import LoRAConfig, LoRALinear, apply_lora, freeze
 from blt_scale.model.meg_to_text import MegToText, MegToTextConfig
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 from blt_scale.model.rvq import ResidualVQ, RVQConfig
 from blt_scale.model.vocab import OFFSET, VOCAB_SIZE
+from blt_scale.train.objectives import loss_fn
 
 C, T, L = 10, 64, 16
 BRAIN = {
@@ -221,11 +221,11 @@ def test_distillation_kl_is_zero_against_itself_and_positive_otherwise():
 
 
 def test_init_from_an_exported_text_model_and_distillation_from_it(tmp_path):
+    from blt_scale.checkpoint.export import save_exported
     from blt_scale.config import ConfigError
     from blt_scale.model.build import build_model
-    from blt_scale.recipe import load_recipe
-    from blt_scale.train.export import save_exported
     from blt_scale.train.init_from import load_init
+    from blt_scale.train.recipe import load_recipe
 
     text_cfg = load_recipe(
         "cpu_tiny_baseline", ["model.dim=32", "model.layers=2", "model.heads=2", "model.window=null"]

@@ -17,11 +17,11 @@ import torch
 from brain_helpers import WORDS, prep_fixture_dataset
 from dist_helpers import kill, losses, run, start, traced_rows, wait_for
 
+from blt_scale.checkpoint.layout import latest_complete
 from blt_scale.cli import main
-from blt_scale.recipe import load_recipe
-from blt_scale.train.checkpoint import latest_complete
 from blt_scale.train.eval_brain import evaluate_brain
 from blt_scale.train.loop import Trainer
+from blt_scale.train.recipe import load_recipe
 
 FLOOR = math.log(len(WORDS)) / (sum(len(w.encode()) + 1 for w in WORDS) / len(WORDS))
 COMMON = ["train.peak_flops=1e11", "wandb.enabled=false", "train.log_every=10", "train.eval_every=null"]

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from blt_scale.recipe import load_recipe
+from blt_scale.train.recipe import load_recipe
 
 DESIGN_KEYS = {
     "step",

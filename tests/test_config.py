@@ -6,7 +6,7 @@ import pytest
 
 from blt_scale import config
 from blt_scale.config import ConfigError
-from blt_scale.recipe import RunConfig, load_recipe
+from blt_scale.train.recipe import RunConfig, load_recipe
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -20,11 +20,11 @@ from data_helpers import (
 )
 
 from blt_scale import cli
+from blt_scale.checkpoint.export import load_exported
 from blt_scale.data.calibrate import entropy_sample
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.data.packing import document_ids
 from blt_scale.model.patcher import PatcherConfig, mean_patch_bytes, patch_lengths
-from blt_scale.train.export import load_exported
 
 
 @pytest.fixture(scope="module")

@@ -187,8 +187,8 @@ def test_documents_are_read_exactly_once_per_epoch_across_the_boundary(corpus):
 
 def test_training_logs_shard_and_cache_figures_under_the_limit(corpus, tmp_path):
     from blt_scale.parallel.env import DistEnv
-    from blt_scale.recipe import load_recipe
     from blt_scale.train.loop import Trainer
+    from blt_scale.train.recipe import load_recipe
 
     tmp, _, shards = corpus
     limit = 5 * max(s["raw_data"]["bytes"] for s in shards)

@@ -15,7 +15,7 @@ from blt_scale.model.attention import causal_mask
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import mean_visible_keys, model_flops
 from blt_scale.model.patcher import patch_lengths
-from blt_scale.recipe import load_recipe
+from blt_scale.train.recipe import load_recipe
 
 MATMULS = {"aten.mm", "aten.addmm", "aten.bmm"}
 

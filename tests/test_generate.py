@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from blt_scale.checkpoint.export import save_exported
 from blt_scale.cli import main
 from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.build import build_model
@@ -14,8 +15,7 @@ from blt_scale.model.incremental import make_stepper
 from blt_scale.model.patcher import PatcherConfig, patch_lengths_with_next
 from blt_scale.model.sampling import choose, sampling_probs
 from blt_scale.model.vocab import encode
-from blt_scale.recipe import load_recipe
-from blt_scale.train.export import save_exported
+from blt_scale.train.recipe import load_recipe
 
 WINDOW = 8
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from blt_scale.model.blt import BLT, BLTConfig
-from blt_scale.model.build import lm_loss
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
 from blt_scale.model.generate import generate
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 from blt_scale.model.vocab import BOS, EOS, OFFSET, encode
+from blt_scale.train.objectives import lm_loss
 
 
 def tiny_blt(doc_mask=False, all_cross=False) -> BLT:

@@ -1,12 +1,11 @@
 """Every recipe resolves, builds on the meta device, and matches the FLOP module's parameter count."""
 
-
 import pytest
 import torch
 
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import model_flops
-from blt_scale.recipe import RECIPES, load_recipe
+from blt_scale.train.recipe import RECIPES, load_recipe
 
 # sweeps/ holds sweep recipes and brain/ the `blt prep brain` presets: not training recipes.
 ALL = sorted(

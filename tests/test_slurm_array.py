@@ -15,7 +15,7 @@ from test_slurm_support import (
 
 from blt_scale.launch.config import LaunchConfig
 from blt_scale.launch.submit import submit_runs
-from blt_scale.recipe import load_recipe
+from blt_scale.train.recipe import load_recipe
 
 pytestmark = pytest.mark.slurm
 

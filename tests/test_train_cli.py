@@ -6,10 +6,11 @@ import pytest
 import torch
 from dist_helpers import DETERMINISTIC, FSDP, TINY, reference
 
+from blt_scale.checkpoint.export import load_exported
+from blt_scale.checkpoint.layout import latest_complete
+from blt_scale.checkpoint.restore import load_checkpoint_model
+from blt_scale.train.recipe import saved_recipe
 from blt_scale.cli import main
-from blt_scale.train.checkpoint import latest_complete
-from blt_scale.train.export import load_exported
-from blt_scale.train.restore import load_checkpoint_model
 
 TWO = TINY + ["train.steps=20", "checkpoint.every=5"] + DETERMINISTIC + FSDP
 
@@ -18,9 +19,10 @@ TWO = TINY + ["train.steps=20", "checkpoint.every=5"] + DETERMINISTIC + FSDP
 def test_export_eval_generate(tmp_path, tmp_path_factory, capsys):
     run_dir = reference(tmp_path_factory, "blt_2rank", TWO, 2)
     assert main(["export", str(run_dir), "--out", str(tmp_path / "exported")]) == 0
-    exported, cfg = load_exported(tmp_path / "exported")
+    exported, saved = load_exported(tmp_path / "exported")
     sharded, _ = load_checkpoint_model(latest_complete(run_dir))
-    assert cfg.model == sharded.cfg
+    assert saved.model == sharded.cfg
+    cfg = saved_recipe(tmp_path / "exported")  # the whole resolved recipe travels with the export
     for (name, a), b in zip(exported.state_dict().items(), sharded.state_dict().values()):
         assert torch.equal(a, b), name
     capsys.readouterr()

@@ -30,17 +30,17 @@ from dist_helpers import (
     wait_for,
 )
 
+from blt_scale.checkpoint.deepspeed import UNIVERSAL_TAG
+from blt_scale.checkpoint.layout import checkpoints_dir, latest_complete
+from blt_scale.checkpoint.restore import load_checkpoint_model, load_model
 from blt_scale.cli import main as blt
 from blt_scale.config import ConfigError
 from blt_scale.model.build import build_model
-from blt_scale.parallel.ds_checkpoint import UNIVERSAL_TAG
 from blt_scale.parallel.ds_config import deepspeed_config
 from blt_scale.parallel.env import DistEnv
 from blt_scale.parallel.strategy import build_strategy
-from blt_scale.recipe import load_recipe
-from blt_scale.train.checkpoint import checkpoints_dir, latest_complete
 from blt_scale.train.exit_codes import EXIT_CONFIG
-from blt_scale.train.restore import load_checkpoint_model, load_model
+from blt_scale.train.recipe import load_recipe
 
 pytestmark = pytest.mark.multiproc
 

@@ -44,7 +44,7 @@ def test_sharded_state_bytes(tmp_path_factory):
     from dist_helpers import train_rows
 
     from blt_scale.model.build import build_model
-    from blt_scale.recipe import load_recipe
+    from blt_scale.train.recipe import load_recipe
 
     one = train_rows(blt_one(tmp_path_factory))[-1]["shard_bytes"]
     two = train_rows(blt_two(tmp_path_factory))[-1]["shard_bytes"]

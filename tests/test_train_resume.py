@@ -23,10 +23,10 @@ from dist_helpers import (
     wait_for,
 )
 
-from blt_scale.train.checkpoint import checkpoints_dir, is_complete, latest_complete, read_train_state
+from blt_scale.checkpoint.layout import checkpoints_dir, is_complete, latest_complete, read_train_state
+from blt_scale.checkpoint.restore import load_checkpoint_model
 from blt_scale.train.exit_codes import EXIT_NONFINITE, EXIT_STOPPED
-from blt_scale.train.launch import wait_ranks
-from blt_scale.train.restore import load_checkpoint_model
+from blt_scale.train.local_ranks import wait_ranks
 
 pytestmark = pytest.mark.multiproc
 

@@ -2,13 +2,13 @@
 
 import pytest
 
+from blt_scale.checkpoint.layout import MARKER, latest_complete, remove_partial
 from blt_scale.config import ConfigError
 from blt_scale.parallel.config import ParallelConfig
 from blt_scale.parallel.env import DistEnv, first_slurm_host, read_env
 from blt_scale.parallel.strategy import build_strategy
-from blt_scale.recipe import load_recipe
 from blt_scale.train import exit_codes
-from blt_scale.train.checkpoint import MARKER, latest_complete, remove_partial
+from blt_scale.train.recipe import load_recipe
 
 
 def test_env_from_torchrun_then_slurm():

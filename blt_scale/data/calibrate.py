@@ -60,3 +60,22 @@ def calibrate(
         "mean_patch_bytes": mean_patch_bytes(ids, tuned, ent),
         "documents": n,
     }
+
+
+def recipe_patch_bytes(model_kind: str, patcher: PatcherConfig) -> float:
+    """Mean bytes per patch a recipe's model will see: exact for static and byte patching (1 for
+    kinds without patches), measured on the embedded corpus for space patching. Entropy patching
+    depends on the data and its entropy model, so it must be given (`blt calibrate` finds it)."""
+    from blt_scale.data.builtin import stdlib_documents
+    from blt_scale.model.build import KINDS
+
+    if not KINDS[model_kind].patched or patcher.mode == "byte":
+        return 1.0
+    if patcher.mode == "static":
+        return float(min(patcher.static_size, patcher.max_patch_len or patcher.static_size))
+    if patcher.mode == "space":
+        ids = torch.from_numpy(np.concatenate([document_ids(d) for d in stdlib_documents(1_000_000)]))[None]
+        return mean_patch_bytes(ids, patcher)
+    raise ValueError(
+        "patcher.mode=entropy: give the mean patch size (it depends on the data; see `blt calibrate`)"
+    )

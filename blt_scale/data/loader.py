@@ -158,7 +158,7 @@ def build_loader(
             f"data.brain is set but no source in data.sources is a brain dataset ({list(manifests)})"
         )
     if set(formats.values()) == {"mds"}:
-        from blt_scale.data.stream_loader import ShardLoader
+        from blt_scale.data.mds_loader import ShardLoader
 
         return ShardLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
     if set(formats.values()) == {"wds"}:
@@ -172,7 +172,7 @@ def merge_states(parts: list[dict]) -> dict:
     """One loader state from every rank's `state_dict()`: the union of the ranks' streams for
     MDS sources; the builtin loader's cursor (and the wds marker) is global, any part will do."""
     if parts and parts[0].get("kind") == "streams":
-        from blt_scale.data.stream_loader import merge_stream_states
+        from blt_scale.data.mds_loader import merge_stream_states
 
         return merge_stream_states(parts)
     return parts[0]

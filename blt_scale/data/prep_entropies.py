@@ -114,7 +114,7 @@ def _batches(split: MDSSplit, indices: range, size: int) -> Iterator[list[bytes]
 
 
 def prep_entropies(cfg: EntropyPrepConfig, progress: bool = True) -> dict:
-    from blt_scale.train.export import load_exported
+    from blt_scale.checkpoint.export import load_exported
 
     root = Root(cfg.out)
     model, run_cfg = load_exported(cfg.model, cfg.device)

@@ -29,7 +29,7 @@ _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 def snapshot_code(dest: Path) -> Path:
     """Copy the importable package and the recipes next to it into dest (replacing nothing that
     exists: a resumed run keeps the code it started with)."""
-    from blt_scale.recipe import RECIPES
+    from blt_scale.train.recipe import RECIPES
 
     package = Path(blt_scale.__file__).resolve().parent
     if not (dest / package.name).is_dir():

@@ -154,7 +154,7 @@ def _ignore_stop_signals() -> None:
 
 def last_step(run_dir: Path) -> int:
     """Step of the latest complete checkpoint (0: none)."""
-    from blt_scale.train.checkpoint import STEP_DIR, latest_complete
+    from blt_scale.checkpoint.layout import STEP_DIR, latest_complete
 
     latest = latest_complete(run_dir)
     return int(STEP_DIR.match(latest.name).group(1)) if latest else 0

@@ -1,11 +1,13 @@
-"""One entry point from a model config to a model, and the byte-level loss every LM variant uses."""
+"""One entry point from a model config to a model, and the one place that knows what each model
+kind is: whether it reads patches, whether it generates text from bytes alone, whether it needs a
+brain signal. Commands, the sweep planner and evaluation ask `KINDS` instead of comparing strings.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Union
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -13,40 +15,32 @@ from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.brain_blt import BrainBLT, BrainBLTConfig
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
 from blt_scale.model.meg_to_text import MegToText, MegToTextConfig
-from blt_scale.model.vocab import PAD
 
 ModelConfig = Annotated[
-    BLTConfig | ByteLMConfig | BrainBLTConfig | MegToTextConfig, Field(discriminator="kind")
+    Union[BLTConfig, ByteLMConfig, BrainBLTConfig, MegToTextConfig], Field(discriminator="kind")  # noqa: UP007
 ]
-MODELS = {"blt": BLT, "byte_lm": ByteLM, "brain_blt": BrainBLT, "meg_to_text": MegToText}
-TEXT_KINDS = ("blt", "byte_lm")
+
+
+@dataclass(frozen=True)
+class Kind:
+    cls: type[nn.Module]
+    patched: bool  # groups bytes into patches with the recipe's patcher (the BLT family)
+    text: bool  # reads and writes bytes only: `blt generate`, `blt eval`, entropy models
+    brain: bool  # needs a brain signal beside the bytes: `blt eval-brain`
+
+
+KINDS: dict[str, Kind] = {
+    "blt": Kind(BLT, patched=True, text=True, brain=False),
+    "byte_lm": Kind(ByteLM, patched=False, text=True, brain=False),
+    "brain_blt": Kind(BrainBLT, patched=True, text=False, brain=True),
+    "meg_to_text": Kind(MegToText, patched=False, text=False, brain=True),
+}
+
+
+def kinds_where(**flags: bool) -> list[str]:
+    """Kind names whose flags match, e.g. kinds_where(text=True) -> ["blt", "byte_lm"]."""
+    return [name for name, kind in KINDS.items() if all(getattr(kind, k) == v for k, v in flags.items())]
 
 
 def build_model(cfg) -> nn.Module:
-    return MODELS[cfg.kind](cfg)
-
-
-def text_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, None]:
-    tokens = batch["tokens"]
-    summed, count = lm_loss(model(tokens[:, :-1], batch["patch_lengths"]), tokens[:, 1:])
-    return summed, count, None
-
-
-def loss_fn(cfg):
-    """The training objective of a model kind: fn(model, batch) -> (sum, count, aux). The trainer
-    logs sum / count and back-propagates sum + aux (aux None: nothing extra)."""
-    if cfg.kind in TEXT_KINDS:
-        return text_loss
-    from blt_scale.train.brain_loss import LOSSES  # may talk to other ranks: lives on the training side
-
-    return LOSSES[cfg.kind]
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-byte cross-entropy in nats, number of non-PAD targets).
-
-    Sums, not means, so gradient accumulation and data-parallel ranks can weight every byte
-    equally; bits per byte = sum / count / ln 2.
-    """
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum")
-    return loss, (targets != PAD).sum()
+    return KINDS[cfg.kind].cls(cfg)

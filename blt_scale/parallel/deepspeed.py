@@ -1,7 +1,7 @@
 """`parallel.strategy: deepspeed`: DeepSpeed ZeRO stage 1, 2 or 3 behind the Strategy interface.
 
 The model is wrapped in a DeepSpeed engine whose config is generated from the recipe
-(parallel/ds_config.py). The optimizer is our AdamW (train/optim.py) handed to the engine, so the
+(parallel/ds_config.py). The optimizer is the trainer's AdamW (the factory given to setup) handed to the engine, so the
 lr schedule, weight-decay groups and optimizer hyper-parameters are the same as with FSDP; the
 engine reduces, partitions, clips (its `gradient_clipping`) and steps. Activation checkpointing
 is parallel/apply.py's, applied before the engine wraps the model.
@@ -9,7 +9,7 @@ is parallel/apply.py's, applied before the engine wraps the model.
 Checkpoints: the engine writes its sharded files into `step_N/ds/` inside our checkpoint
 directory (train state, RNG states and the COMPLETE marker are the Checkpointer's). A checkpoint
 written at another world size is converted to DeepSpeed's universal format (`step_N/universal/`,
-parallel/ds_checkpoint.py) and loaded from there.
+checkpoint/deepspeed.py) and loaded from there.
 
 On CPU the engine runs on DeepSpeed's CPU accelerator over our gloo process group. Two JIT-built
 extensions are avoided: the shared-memory all-reduce (45 s to build; we use gloo, as FSDP does)
@@ -24,18 +24,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from blt_scale.config import ConfigError
-from blt_scale.parallel.apply import apply_activation_checkpointing
-from blt_scale.parallel.ds_checkpoint import (
+from blt_scale.checkpoint.deepspeed import (
     DS_TAG,
     UNIVERSAL_TAG,
     convert_to_universal,
     is_deepspeed_checkpoint,
 )
+from blt_scale.config import ConfigError
+from blt_scale.parallel.apply import apply_activation_checkpointing
 from blt_scale.parallel.ds_config import deepspeed_config, fit_buckets
-from blt_scale.parallel.strategy import Strategy, all_reduce, tensor_bytes
-from blt_scale.train.checkpoint import read_train_state
-from blt_scale.train.optim import build_optimizer
+from blt_scale.parallel.strategy import OptimizerFactory, Strategy, all_reduce, tensor_bytes
 
 
 class DeepSpeedStrategy(Strategy):
@@ -61,7 +59,9 @@ class DeepSpeedStrategy(Strategy):
             run_cfg, self.env.world_size, accelerator=self.device.type == "cuda"
         )
 
-    def setup(self, model: nn.Module, optim_cfg) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def setup(
+        self, model: nn.Module, make_optimizer: OptimizerFactory
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         import deepspeed
 
         if self.ds_config is None:
@@ -72,7 +72,7 @@ class DeepSpeedStrategy(Strategy):
         apply_activation_checkpointing(model, self.cfg.activation_checkpointing, self.cfg.ac_every)
         if not self.cfg.offload_param:  # ZeRO-3 parameter offload moves the partitions itself
             model = model.to(self.device)
-        optimizer = build_optimizer(model, optim_cfg)
+        optimizer = make_optimizer(model)
         fit_buckets(self.ds_config, sum(p.numel() for p in model.parameters()))
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False
@@ -122,7 +122,7 @@ class DeepSpeedStrategy(Strategy):
         model.save_checkpoint(str(path), tag=DS_TAG, save_latest=False)
         return None
 
-    def load(self, model, optimizer, path: Path) -> None:
+    def load(self, model, optimizer, path: Path, saved_world_size: int | None = None) -> None:
         """Same world size: the engine's own files. Another one: its universal conversion (made
         once, by rank 0, and kept in the checkpoint directory)."""
         if not is_deepspeed_checkpoint(path):
@@ -130,9 +130,8 @@ class DeepSpeedStrategy(Strategy):
                 f"{path}: written by another strategy (no {DS_TAG}/ directory); resume it with the "
                 "parallel.strategy that wrote it, or start a new run_dir"
             )
-        saved = read_train_state(path).get("world_size")
         tag = DS_TAG
-        if saved != self.env.world_size:
+        if saved_world_size != self.env.world_size:
             error = None
             if self.env.is_main:
                 try:

@@ -20,12 +20,14 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
+from blt_scale.checkpoint.deepspeed import is_deepspeed_checkpoint
 from blt_scale.config import ConfigError
 from blt_scale.parallel.apply import parallelize
 from blt_scale.parallel.config import ParallelConfig
-from blt_scale.parallel.ds_checkpoint import is_deepspeed_checkpoint
 from blt_scale.parallel.env import DistEnv
-from blt_scale.train.optim import OptimConfig, build_optimizer
+
+# The trainer's optimizer for a (wrapped) model: the strategy decides when it is built, not what it is.
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 class Strategy:
@@ -44,9 +46,11 @@ class Strategy:
     def configure(self, run_cfg) -> None:
         """Read the rest of the recipe (batch sizes, optimizer, checkpoint options) before setup."""
 
-    def setup(self, model: nn.Module, optim_cfg: OptimConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def setup(
+        self, model: nn.Module, make_optimizer: OptimizerFactory
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         model = parallelize(model.to(self.device), self.cfg, self.device, self.env.world_size)
-        return model, build_optimizer(model, optim_cfg)
+        return model, make_optimizer(model)
 
     @property
     def grad_sum_factor(self) -> float:
@@ -99,8 +103,8 @@ class Strategy:
         dcp.save(state, checkpoint_id=str(path), process_group=process_group)
         return None
 
-    def load(self, model, optimizer, path: Path) -> None:
-        """Load a checkpoint written at any world size: DCP reshards to this one."""
+    def load(self, model, optimizer, path: Path, saved_world_size: int | None = None) -> None:
+        """Load a checkpoint written at any world size (`saved_world_size`): DCP reshards to this one."""
         if is_deepspeed_checkpoint(path):
             raise FileNotFoundError(
                 f"{path}: a DeepSpeed checkpoint; resume it with parallel.strategy=deepspeed "
@@ -115,12 +119,12 @@ class Strategy:
 class FSDPStrategy(Strategy):
     needs_process_group = True
 
-    def setup(self, model, optim_cfg):
+    def setup(self, model, make_optimizer):
         # With CPU offload FSDP moves the shards itself; otherwise build on the device.
         if not self.cfg.cpu_offload:
             model = model.to(self.device)
         model = parallelize(model, self.cfg, self.device, self.env.world_size)
-        return model, build_optimizer(model, optim_cfg)
+        return model, make_optimizer(model)
 
     @property
     def grad_sum_factor(self) -> float:

@@ -18,10 +18,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from blt_scale.config import Config
+from blt_scale.config import Config, ConfigError
 from blt_scale.launch.config import LaunchConfig
+from blt_scale.model.blt import BLTConfig
+from blt_scale.model.build import KINDS
+from blt_scale.model.byte_lm import ByteLMConfig
 from blt_scale.model.flops import model_flops
-from blt_scale.recipe import RunConfig, load_recipe
+from blt_scale.train.recipe import RunConfig, load_recipe
 
 
 class VariantConfig(Config):
@@ -109,7 +112,9 @@ def _round_dim(dim: float, heads: int) -> int:
 def size_overrides(cfg: RunConfig, size: SizeConfig) -> list[str]:
     """Dotted overrides that scale a base recipe's model by a size's width and depth."""
     m = cfg.model
-    if m.kind == "blt":
+    if isinstance(
+        m, BLTConfig
+    ):  # the BLT family, brain-aware BLT included: scale the latent and local widths
         local = _round_dim(m.encoder.dim * size.width, m.encoder.heads)
         return [
             f"model.encoder.dim={local}",
@@ -117,6 +122,8 @@ def size_overrides(cfg: RunConfig, size: SizeConfig) -> list[str]:
             f"model.global.dim={_round_dim(m.global_.dim * size.width, m.global_.heads)}",
             f"model.global.layers={max(1, round(m.global_.layers * size.depth))}",
         ]
+    if not isinstance(m, ByteLMConfig):
+        raise ConfigError(f"model.kind={m.kind}: sweep sizes scale BLT-family and byte_lm models only")
     return [
         f"model.dim={_round_dim(m.dim * size.width, m.heads)}",
         f"model.layers={max(1, round(m.layers * size.depth))}",
@@ -133,7 +140,7 @@ class PatchCounter:
     def __init__(self, cfg: RunConfig):
         from blt_scale.data.loader import build_loader
 
-        self.is_blt = cfg.model.kind == "blt"
+        self.patched = KINDS[cfg.model.kind].patched
         self.bytes_per_step = cfg.train.global_batch * cfg.data.seq_len
         self.batches = iter(
             build_loader(cfg.data, cfg.patcher, cfg.train.global_batch, "train", seed=cfg.train.seed)
@@ -141,7 +148,7 @@ class PatchCounter:
         self.patches: list[int] = []
 
     def mean_patch_bytes(self, steps: int) -> float:
-        if not self.is_blt:
+        if not self.patched:
             return 1.0
         while len(self.patches) < steps:
             self.patches.append(int((next(self.batches)["patch_lengths"] > 0).sum()))

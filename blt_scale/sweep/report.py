@@ -64,7 +64,7 @@ def collect(runs: list[PlannedRun]) -> list[dict]:
 
 def _flops_at(run: PlannedRun, patch_bytes: float) -> float:
     from blt_scale.model.flops import model_flops
-    from blt_scale.recipe import load_recipe
+    from blt_scale.train.recipe import load_recipe
 
     cfg = load_recipe(run.recipe, run.overrides)
     return (

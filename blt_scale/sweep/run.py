@@ -57,7 +57,7 @@ def aggregate(sweep: SweepConfig, runs: list[PlannedRun]) -> dict:
 def submit_slurm(sweep_cfg: SweepConfig, runs: list[PlannedRun]) -> list:
     """All pending runs as one SLURM job array sharing one code snapshot."""
     from blt_scale.launch.submit import submit_runs
-    from blt_scale.recipe import load_recipe
+    from blt_scale.train.recipe import load_recipe
 
     cfgs = [load_recipe(r.recipe, r.overrides) for r in runs]
     return submit_runs(cfgs, sweep_cfg.launch, Path(sweep_cfg.run_dir) / "array", sweep_cfg.max_parallel)

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from blt_scale.train.checkpoint import latest_complete, read_train_state
+from blt_scale.checkpoint.layout import latest_complete, read_train_state
 from blt_scale.train.exit_codes import EXIT_OK, EXIT_STOPPED
-from blt_scale.train.launch import spawn_ranks, wait_ranks
+from blt_scale.train.local_ranks import spawn_ranks, wait_ranks
 from blt_scale.train.records import read_jsonl
 
 DEMO = [
@@ -89,12 +89,13 @@ def main(argv: list[str]) -> int:
         return 1
 
     print("== 4. evaluating and plotting", flush=True)
+    from blt_scale.checkpoint.restore import load_model
     from blt_scale.train.evaluate import evaluate_bpb
     from blt_scale.train.plot import plot_losses
-    from blt_scale.train.restore import load_model
+    from blt_scale.train.recipe import saved_recipe
 
-    model, cfg, ckpt = load_model(run_dir)
-    result = evaluate_bpb(model, cfg)
+    model, _, ckpt = load_model(run_dir)
+    result = evaluate_bpb(model, saved_recipe(ckpt))
     png = plot_losses(run_dir, {"stopped + resumed": saved})
     summary = {
         "run_dir": str(run_dir),

@@ -14,16 +14,14 @@ produce plausible text from its language prior.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
-from blt_scale.model.build import loss_fn
 from blt_scale.model.patcher import patch_lengths
 from blt_scale.model.vocab import BOS, EOS, PAD, decode
-from blt_scale.train.brain_loss import brain_inputs
+from blt_scale.train.objectives import brain_inputs, loss_fn
 
 RESULTS = "eval_brain.json"
 
@@ -157,40 +155,3 @@ def format_table(result: dict) -> str:
         for e in result["examples"][:4]
     ]
     return "\n".join(lines)
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "eval-brain", help="brain->text scores (BLEU, ROUGE-L, WER) vs the noise-input control"
-    )
-    p.add_argument("path", metavar="RUN_DIR|CKPT")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="brain dataset URI (default: the run's own sources); its val split is read",
-    )
-    p.add_argument("--samples", type=int, default=64, help="windows scored (default 64)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the noise")
-    p.add_argument("--split", default="val", choices=["val", "train"])
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval_brain)
-
-
-def cmd_eval_brain(args) -> int:
-    from blt_scale.train.cli import data_override
-    from blt_scale.train.restore import load_model
-
-    if args.samples < 1 or args.batch < 1:
-        raise ValueError(f"--samples and --batch must be at least 1, got {args.samples} and {args.batch}")
-    model, cfg, source = load_model(args.path)
-    if cfg.model.kind not in ("brain_blt", "meg_to_text"):
-        raise ValueError(f"{source}: a {cfg.model.kind} model reads no brain signal; use `blt eval`")
-    cfg = data_override(args.data, cfg)
-    result = {"from": str(source), "data": [s.uri for s in cfg.data.sources]}
-    result |= evaluate_brain(model, cfg, args.samples, args.batch, args.seed, args.split)
-    out = results_dir(Path(source)) / RESULTS
-    out.write_text(json.dumps(result, indent=2))
-    result["results_file"] = str(out)
-    print(json.dumps(result) if args.json else format_table(result) + f"\nwritten to {out}")
-    return 0

@@ -8,9 +8,9 @@ import math
 import torch
 
 from blt_scale.data.loader import build_loader
-from blt_scale.model.build import loss_fn
 from blt_scale.parallel.env import DistEnv
 from blt_scale.parallel.strategy import all_reduce
+from blt_scale.train.objectives import loss_fn
 
 
 @torch.no_grad()

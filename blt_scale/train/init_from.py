@@ -13,7 +13,7 @@ from blt_scale.config import ConfigError
 def load_init(model: nn.Module, sources) -> list[str]:
     """Copy every tensor of each source (names prefixed) into the model; a name the model lacks or a
     shape that differs is an error. Returns the model's names that no source provided."""
-    from blt_scale.train.restore import load_model
+    from blt_scale.checkpoint.restore import load_model
 
     own = model.state_dict()
     provided: set[str] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,21 +19,23 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from blt_scale import config
+from blt_scale.checkpoint.checkpointer import Checkpointer
+from blt_scale.checkpoint.layout import is_complete, latest_complete, remove_partial
 from blt_scale.config import Config, ConfigError
 from blt_scale.data.loader import build_loader, merge_states
-from blt_scale.model.build import build_model, loss_fn
+from blt_scale.model.build import build_model
 from blt_scale.model.flops import model_flops
 from blt_scale.parallel.env import DistEnv, init_distributed, pick_device
 from blt_scale.parallel.strategy import all_reduce, build_strategy
 from blt_scale.train import records
-from blt_scale.train.checkpoint import Checkpointer, is_complete, latest_complete, remove_partial
 from blt_scale.train.init_from import load_init
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
-from blt_scale.train.optim import lr_factor
+from blt_scale.train.objectives import loss_fn
+from blt_scale.train.optim import build_optimizer, lr_factor
 from blt_scale.train.signals import StopFlag
 
 if TYPE_CHECKING:
-    from blt_scale.recipe import RunConfig
+    from blt_scale.train.recipe import RunConfig
 
 
 class TrainConfig(Config):
@@ -139,7 +142,7 @@ class Trainer:
         fresh = resume == "never" or (resume == "auto" and latest_complete(self.run_dir) is None)
         if getattr(cfg.model, "init_from", None) and fresh:  # brain phases start from earlier runs
             load_init(model, cfg.model.init_from)
-        self.model, self.optimizer = self.strategy.setup(model, cfg.optim)
+        self.model, self.optimizer = self.strategy.setup(model, partial(build_optimizer, cfg=cfg.optim))
         self.loss_fn = loss_fn(cfg.model)  # the model kind's objective: the loop knows no variant
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim)

@@ -64,25 +64,3 @@ def exit_process(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m blt_scale.train RECIPE [k=v ...] [--resume auto|never|PATH]`, e.g. under torchrun or srun."""
-    import argparse
-
-    from blt_scale.recipe import load_recipe
-
-    p = argparse.ArgumentParser(prog="python -m blt_scale.train")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    p.add_argument(
-        "--resume", default="auto", help="auto (latest complete checkpoint), never, or a checkpoint dir"
-    )
-    p.add_argument("--debug", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_recipe(args.recipe, args.overrides)
-    except ConfigError as err:
-        print(f"blt train: error: {err}", file=sys.stderr, flush=True)
-        exit_process(EXIT_CONFIG)
-    exit_process(run_training(cfg, args.resume, args.debug))

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import torch
 
 from blt_scale.data.brain.collate import BrainDataConfig, collate, resolve
+from blt_scale.data.mds_loader import ShardLoader
 from blt_scale.data.store import open_complete
-from blt_scale.data.stream_loader import ShardLoader
 from blt_scale.data.streams import StreamPacker
 from blt_scale.model.patcher import PatcherConfig
 

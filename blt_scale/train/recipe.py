@@ -8,17 +8,18 @@ from pathlib import Path
 from pydantic import model_validator
 
 from blt_scale import config
+from blt_scale.checkpoint.checkpointer import CheckpointConfig
+from blt_scale.checkpoint.layout import CONFIG
 from blt_scale.config import Config
 from blt_scale.data.loader import DataConfig
 from blt_scale.model.build import ModelConfig
 from blt_scale.model.patcher import PatcherConfig
 from blt_scale.parallel.config import ParallelConfig
-from blt_scale.train.checkpoint import CheckpointConfig
 from blt_scale.train.loop import TrainConfig
 from blt_scale.train.optim import OptimConfig
 from blt_scale.train.wandb_log import WandbConfig
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 class RunConfig(Config):
@@ -57,3 +58,8 @@ def resolve_recipe_path(name: str | Path) -> Path:
 
 def load_recipe(name: str | Path, overrides: list[str] = ()) -> RunConfig:
     return config.load(RunConfig, resolve_recipe_path(name), list(overrides))
+
+
+def saved_recipe(directory: str | Path) -> RunConfig:
+    """The resolved recipe a checkpoint or export directory was written with."""
+    return load_recipe(Path(directory) / CONFIG)

@@ -12,7 +12,6 @@ renamed when done, so a folder named `universal` is always complete.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -72,25 +71,3 @@ def consolidated_state_dict(step: str | Path) -> dict[str, torch.Tensor]:
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(step), tag=DS_TAG)
     return {k.replace(WRAPPER_PREFIX, ""): v for k, v in state.items()}
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "convert-ds", help="convert a DeepSpeed checkpoint to the universal format (any world size)"
-    )
-    p.add_argument(
-        "path",
-        metavar="RUN_DIR|CKPT",
-        help="a run directory (its latest complete checkpoint) or a step_N dir",
-    )
-    p.set_defaults(func=cmd_convert)
-
-
-def cmd_convert(args) -> int:
-    from blt_scale.train.restore import resolve_checkpoint
-
-    step = resolve_checkpoint(args.path)
-    existed = (step / UNIVERSAL_TAG).is_dir()
-    out = convert_to_universal(step)
-    print(json.dumps({"from": str(step / DS_TAG), "out": str(out), "already_converted": existed}))
-    return 0

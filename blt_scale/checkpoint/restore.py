@@ -12,9 +12,10 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from blt_scale.parallel.ds_checkpoint import consolidated_state_dict, is_deepspeed_checkpoint
-from blt_scale.train.checkpoint import CONFIG, is_complete, latest_complete
-from blt_scale.train.export import WEIGHTS, load_exported
+from blt_scale.checkpoint.deepspeed import consolidated_state_dict, is_deepspeed_checkpoint
+from blt_scale.checkpoint.export import WEIGHTS, SavedModel, load_exported, read_saved_model
+from blt_scale.checkpoint.layout import is_complete, latest_complete
+from blt_scale.model.build import build_model
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -33,11 +34,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, object]:
-    from blt_scale.model.build import build_model
-    from blt_scale.recipe import load_recipe
-
-    cfg = load_recipe(ckpt / CONFIG)
+def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, SavedModel]:
+    cfg = read_saved_model(ckpt)
     model = build_model(cfg.model)
     if is_deepspeed_checkpoint(ckpt):  # the engine's ZeRO files, consolidated by DeepSpeed
         model.load_state_dict(consolidated_state_dict(ckpt))
@@ -50,8 +48,9 @@ def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, object]:
     return model.eval(), cfg
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, object, Path]:
-    """(model in eval mode, its RunConfig, the directory it came from)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, SavedModel, Path]:
+    """(model in eval mode, its saved model config, the directory it came from; its config.yaml
+    holds the whole resolved recipe)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")

@@ -1,5 +1,4 @@
-"""`blt prep ...`: dataset preparation commands. Each kind of data adds a subcommand to the
-`prep` group through `PREP_COMMANDS` (text and entropies here; brain recordings elsewhere)."""
+"""`blt prep text|entropies|brain`: corpora and recordings to shards."""
 
 from __future__ import annotations
 
@@ -7,26 +6,9 @@ import argparse
 import json
 import re
 
-from blt_scale.config import size_bytes
-from blt_scale.launch.cli import placement_args
+from blt_scale.cli.args import parse_part, parse_size, placement_args, placement_changes
 
-# Modules adding `prep` subcommands: each has `register_prep(prep_subparsers)`.
-PREP_COMMANDS: list[str] = ["blt_scale.data.prep_cli", "blt_scale.data.brain.cli"]
-
-
-def parse_size(text: str) -> int:
-    """'64MB', '512KiB', '1000000' -> bytes."""
-    try:
-        return size_bytes(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def parse_part(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-    if not match or not int(match.group(1)) < int(match.group(2)):
-        raise argparse.ArgumentTypeError(f"expected --part i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def cmd_text(args: argparse.Namespace) -> int:
@@ -78,9 +60,8 @@ def cmd_entropies(args: argparse.Namespace) -> int:
 
 
 def _entropies_on_slurm(args: argparse.Namespace, cfg) -> int:
-    from blt_scale.data.entropy_array import submit_entropy_parts, wait_and_merge
-    from blt_scale.launch.cli import placement_changes
     from blt_scale.launch.config import LaunchConfig
+    from blt_scale.launch.entropy_array import submit_entropy_parts, wait_and_merge
 
     if args.part is not None or args.slurm_parts < 1:
         raise ValueError(
@@ -101,6 +82,28 @@ def _entropies_on_slurm(args: argparse.Namespace, cfg) -> int:
     )
     report = wait_and_merge(jobs, args.out)
     print(json.dumps(_summary(args.out, report)))
+    return 0
+
+
+def cmd_brain(args: argparse.Namespace) -> int:
+    from blt_scale.data.brain.config import load_prep_config
+    from blt_scale.data.brain.prep import prep_brain
+
+    # KEY=VALUE items share the positional list with the inputs.
+    items = [*args.inputs, *args.overrides]
+    overrides = [i for i in items if _OVERRIDE.match(i)]
+    inputs = [i for i in items if not _OVERRIDE.match(i)]
+    if not inputs:
+        raise ValueError("blt prep brain: expected at least one INPUT (recording, directory or BIDS root)")
+    cfg = load_prep_config(
+        inputs, args.out, args.preset, overrides, overwrite=args.overwrite, workers=args.workers
+    )
+    if args.skip_bad:
+        cfg.skip_bad = True
+    report = prep_brain(cfg, progress=not args.quiet)
+    keys = ("converted_parts", "sfreq", "window_samples", "subjects", "skipped", "skipped_inputs")
+    splits = {s: {k: v for k, v in d.items() if k != "files"} for s, d in report["splits"].items()}
+    print(json.dumps({"out": args.out, **{k: report[k] for k in keys if k in report}, "splits": splits}))
     return 0
 
 
@@ -158,11 +161,26 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     placement_args(slurm, required=False)
     p.set_defaults(func=cmd_entropies)
 
+    p = prep.add_parser(
+        "brain", help="EEG/MEG recordings (FIF, EDF/BDF, BrainVision, EEGLAB, KIT, BIDS) -> MDS shards"
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="recordings, directories, BIDS roots, globs; then KEY=VALUE overrides",
+    )
+    p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
+    p.add_argument(
+        "--preset", default="eeg-default", help="eeg-default, meg-masc (recipes/brain/) or a YAML path"
+    )
+    p.add_argument("--workers", type=int, default=1, help="recordings converted in parallel")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad recordings, count them in the manifest")
+    p.add_argument("--overwrite", action="store_true", help="delete --out and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_brain, overrides=[])
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    import importlib
-
-    p = subparsers.add_parser("prep", help="prepare datasets: text, entropies, ...")
-    prep = p.add_subparsers(dest="prep_command", required=True)
-    for name in PREP_COMMANDS:
-        importlib.import_module(name).register_prep(prep)
+    p = subparsers.add_parser("prep", help="prepare datasets: text, entropies, brain recordings")
+    register_prep(p.add_subparsers(dest="prep_command", required=True))

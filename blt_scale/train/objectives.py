@@ -1,24 +1,42 @@
-"""Training objectives of the brain variants: fn(model, batch) -> (sum, count, aux).
+"""Training objectives: fn(model, batch) -> (sum, count, aux), one per model kind (`loss_fn`).
 
 `sum / count` is what the trainer logs as the loss (next-byte cross-entropy in nats for the LM
 phases, so bpb stays honest; squared error per element for the mae and rvq phases). `aux` holds
 the extra terms that are optimised but not reported: RVQ commitment, and for distillation
 weight * (KL - CE), so that CE + aux = (1 - weight) * CE + weight * KL.
 
-This is training-side code (not in model/) because it may talk to other ranks: the RVQ's EMA
-statistics are summed over ranks so every rank keeps the same codebooks.
+Objectives live with training, not with the models: the MEG->text objective talks to other
+ranks (the RVQ's EMA statistics are summed over ranks so every rank keeps the same codebooks).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from blt_scale.model.brain_blt import BRAIN_KEYS
 from blt_scale.model.brain_common import kl_sum
-from blt_scale.model.build import lm_loss
 from blt_scale.model.rvq import LocalSync, ResidualVQ
+from blt_scale.model.vocab import PAD
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-byte cross-entropy in nats, number of non-PAD targets).
+
+    Sums, not means, so gradient accumulation and data-parallel ranks can weight every byte
+    equally; bits per byte = sum / count / ln 2.
+    """
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum")
+    return loss, (targets != PAD).sum()
+
+
+def text_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, None]:
+    tokens = batch["tokens"]
+    summed, count = lm_loss(model(tokens[:, :-1], batch["patch_lengths"]), tokens[:, 1:])
+    return summed, count, None
+
 
 _TEACHERS: dict[tuple[str, str], nn.Module] = {}
 
@@ -57,7 +75,7 @@ def brain_inputs(batch: dict) -> list[torch.Tensor]:
 def teacher(path: str, device: torch.device) -> nn.Module:
     key = (path, str(device))
     if key not in _TEACHERS:
-        from blt_scale.train.export import load_exported
+        from blt_scale.checkpoint.export import load_exported
 
         model, _ = load_exported(path, device)
         _TEACHERS[key] = model.requires_grad_(False).eval()
@@ -92,4 +110,15 @@ def meg_to_text_loss(model, batch):
     return out["sum"], out["count"], out.get("aux")
 
 
-LOSSES = {"brain_blt": brain_blt_loss, "meg_to_text": meg_to_text_loss}
+LOSSES = {
+    "blt": text_loss,
+    "byte_lm": text_loss,
+    "brain_blt": brain_blt_loss,
+    "meg_to_text": meg_to_text_loss,
+}
+
+
+def loss_fn(model_cfg):
+    """The objective of a model kind. The trainer logs sum / count and back-propagates sum + aux
+    (aux None: nothing extra)."""
+    return LOSSES[model_cfg.kind]

@@ -1,4 +1,4 @@
-"""`blt train`, `blt export`, `blt eval` and `blt generate`."""
+"""`blt generate EXPORT|RUN_DIR|CKPT --prompt ...`: bytes from a text model, with a KV cache."""
 
 from __future__ import annotations
 
@@ -9,36 +9,6 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from blt_scale.cli import add_recipe_args
-
-    p = sub.add_parser("train", help="train a recipe: in this process, or on N local ranks with --nproc N")
-    add_recipe_args(p)
-    p.add_argument(
-        "--nproc", type=int, default=None, help="local rank processes (FSDP over gloo on CPU, nccl on GPU)"
-    )
-    p.add_argument(
-        "--resume",
-        default="auto",
-        help="auto: latest complete checkpoint of run_dir (default); never; or a step_N dir",
-    )
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "export", help="consolidated safetensors + config from a run's latest complete checkpoint"
-    )
-    p.add_argument("path", metavar="RUN_DIR|CKPT")
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("eval", help="validation bits per byte of a run, checkpoint or exported model")
-    p.add_argument("path", metavar="RUN_DIR|CKPT")
-    p.add_argument("--data", default=None, help="held-out data URI (default: the run's own validation split)")
-    p.add_argument(
-        "--batches", type=int, default=None, help="validation micro-batches (default: train.eval_batches)"
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
-
     p = sub.add_parser(
         "generate", help="sample bytes from an exported model, a run directory or a checkpoint"
     )
@@ -87,56 +57,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from blt_scale.recipe import load_recipe
-
-    cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before any rank starts
-    if args.nproc is not None:
-        from blt_scale.train.launch import launch
-
-        if args.nproc < 1:
-            raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
-        cfg.train.micro_batch_for(args.nproc)  # a batch that does not split over the ranks fails here too
-        return launch([args.recipe, *args.overrides, "--resume", args.resume], args.nproc)
-    from blt_scale.train.run import exit_process, run_training
-
-    exit_process(run_training(cfg, args.resume, getattr(args, "debug", False)))
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from blt_scale.train.export import save_exported
-    from blt_scale.train.restore import load_model
-
-    model, cfg, source = load_model(args.path)
-    out = save_exported(model.state_dict(), cfg, args.out)
-    print(json.dumps({"from": str(source), "out": str(out)}))
-    return 0
-
-
-def data_override(data_uri: str | None, cfg):
-    """The run's config with its data pointed at `data_uri` (one source; its validation split is read)."""
-    if data_uri is None:
-        return cfg
-    data_cls = type(cfg.data)
-    if "sources" not in data_cls.model_fields:
-        raise ValueError(
-            f"--data {data_uri}: this data layer ({data_cls.__name__}) reads no URI; omit --data"
-        )
-    data = data_cls.model_validate(cfg.data.model_dump() | {"sources": [{"uri": data_uri}]})
-    return cfg.model_copy(update={"data": data})
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from blt_scale.train.evaluate import evaluate_bpb
-    from blt_scale.train.restore import load_model
-
-    model, cfg, source = load_model(args.path)
-    cfg = data_override(args.data, cfg)
-    row = evaluate_bpb(model, cfg, batches=args.batches) | {"from": str(source)}
-    print(json.dumps(row) if args.json else f"{source}: val bpb {row['bpb']:.4f} over {row['bytes']} bytes")
-    return 0
-
-
 def read_prompts(args: argparse.Namespace) -> list[bytes]:
     """The prompt bytes of --prompt, --prompt-file or --prompts; each must hold at least one byte."""
     if args.prompt is not None:
@@ -165,7 +85,9 @@ def read_prompts(args: argparse.Namespace) -> list[bytes]:
 
 def load_entropy_model(args: argparse.Namespace, cfg, device):
     """The entropy model an entropy-patched BLT needs, from --entropy-model or patcher.entropy_model."""
-    if cfg.patcher.mode != "entropy" or cfg.model.kind != "blt":
+    from blt_scale.model.build import KINDS
+
+    if cfg.patcher.mode != "entropy" or not KINDS[cfg.model.kind].patched:
         return None
     path = args.entropy_model or cfg.patcher.entropy_model
     if path is None:
@@ -173,10 +95,10 @@ def load_entropy_model(args: argparse.Namespace, cfg, device):
             f"{args.path}: patcher.mode=entropy needs its entropy model: set patcher.entropy_model to the "
             "entropy model's export directory (`blt export RUN --out DIR`) or pass --entropy-model DIR"
         )
-    from blt_scale.train.export import load_exported
+    from blt_scale.checkpoint.export import load_exported
 
     model, ecfg = load_exported(path, device)
-    if ecfg.model.kind != "byte_lm":
+    if KINDS[ecfg.model.kind].patched or not KINDS[ecfg.model.kind].text:
         raise ValueError(f"{path}: the entropy model must be a byte_lm export, got kind {ecfg.model.kind}")
     return model
 
@@ -184,19 +106,19 @@ def load_entropy_model(args: argparse.Namespace, cfg, device):
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from blt_scale.model.build import TEXT_KINDS
+    from blt_scale.checkpoint.restore import load_model
+    from blt_scale.model.build import KINDS, kinds_where
     from blt_scale.model.generate import generate_batch
     from blt_scale.model.vocab import BOS, encode
-    from blt_scale.train.restore import load_model
 
     if args.max_bytes < 1:
         raise ValueError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     prompts = read_prompts(args)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model, cfg, _ = load_model(args.path, device)
-    if cfg.model.kind not in TEXT_KINDS:
+    if not KINDS[cfg.model.kind].text:
         raise ValueError(
-            f"{args.path}: `blt generate` takes a text model (kind blt or byte_lm), not kind "
+            f"{args.path}: `blt generate` takes a text model (kind {' or '.join(kinds_where(text=True))}), not kind "
             f"{cfg.model.kind}, which needs a brain signal: use `blt eval-brain`"
         )
     entropy_model = load_entropy_model(args, cfg, device)

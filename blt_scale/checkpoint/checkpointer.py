@@ -1,9 +1,9 @@
-"""Checkpoints in RUN_DIR/checkpoints/step_NNNNNN/: model + optimizer written by the strategy
-(DCP, sharded: any world size can load them), `train_state.json` (step, scheduler, merged loader
-state, counters), `rank_R.pt` per rank (RNG states), `config.yaml` (the resolved recipe), and the marker `COMPLETE`, written last.
+"""Saving and loading one run's checkpoints (layout.py says where they live and when one is
+complete): model + optimizer written by the strategy (DCP, sharded: any world size can load them;
+or DeepSpeed's own files), `train_state.json` (step, scheduler, merged loader state, counters),
+`rank_R.pt` per rank (RNG states), `config.yaml` (the resolved recipe), and the marker, last.
 
-A checkpoint is written as `step_NNNNNN.tmp` and renamed before the marker is written, so a
-process killed at any point leaves either a complete checkpoint or one that `latest_complete`
+A process killed at any point leaves either a complete checkpoint or one that `latest_complete`
 never returns. Only the newest `keep_last` complete checkpoints are kept.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +21,15 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
+from blt_scale.checkpoint.layout import (
+    CONFIG,
+    MARKER,
+    TRAIN_STATE,
+    complete_checkpoints,
+    read_train_state,
+    step_dir,
+)
 from blt_scale.config import Config
-
-MARKER, TRAIN_STATE, CONFIG = "COMPLETE", "train_state.json", "config.yaml"
-STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointConfig(Config):
@@ -34,44 +38,6 @@ class CheckpointConfig(Config):
     )
     keep_last: int = Field(default=3, gt=0, description="complete checkpoints kept; older ones are deleted")
     async_save: bool = Field(default=False, description="write in a background thread while training goes on")
-
-
-def checkpoints_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def step_dir(run_dir: str | Path, step: int) -> Path:
-    return checkpoints_dir(run_dir) / f"step_{step:06d}"
-
-
-def is_complete(path: Path) -> bool:
-    return bool(STEP_DIR.match(path.name)) and (path / MARKER).is_file()
-
-
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = checkpoints_dir(run_dir)
-    found = [p for p in root.iterdir() if is_complete(p)] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
-
-
-def latest_complete(run_dir: str | Path) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def remove_partial(run_dir: str | Path) -> list[Path]:
-    """Delete what killed saves left behind (temporary or unmarked directories)."""
-    root = checkpoints_dir(run_dir)
-    partial = [p for p in root.iterdir() if p.is_dir() and not is_complete(p)] if root.is_dir() else []
-    for p in partial:
-        shutil.rmtree(p, ignore_errors=True)
-    return partial
-
-
-def read_train_state(path: Path) -> dict:
-    if not is_complete(path):
-        raise FileNotFoundError(f"{path}: not a complete checkpoint (no {MARKER} marker)")
-    return json.loads((path / TRAIN_STATE).read_text())
 
 
 def rng_state() -> dict:
@@ -185,7 +151,7 @@ class Checkpointer:
         """Load model + optimizer (resharding as needed), this rank's RNG state when the checkpoint
         has one for it, and return the train state."""
         state = read_train_state(path)
-        self.strategy.load(model, optimizer, path)
+        self.strategy.load(model, optimizer, path, saved_world_size=state.get("world_size"))
         rng_file = path / f"rank_{self.rank}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=True))

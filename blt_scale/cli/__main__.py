@@ -1,0 +1,5 @@
+import sys
+
+from blt_scale.cli.app import main
+
+sys.exit(main())
