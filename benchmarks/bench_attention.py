@@ -1,4 +1,4 @@
-"""Attention cost against sequence length (issue 12).
+"""Attention cost against sequence length.
 
 1. cpu_tiny (windows 128) trained at seq_len 512 and at 8192 with the same bytes per step
    (16 x 512 = 1 x 8192): bytes/s at 8192 / bytes/s at 512 (goal >= 0.7) and peak memory at

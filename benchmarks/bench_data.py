@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Data-path figures for issue 3 (a benchmark, not a test):
+"""Data-path figures (a benchmark, not a test):
 
 1. `blt prep text` conversion MB/s on a >= 200 MB corpus (the Python standard library's sources,
    repeated), and its ratio to `zstd -3` compressing the same bytes in the same run;

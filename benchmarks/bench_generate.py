@@ -1,4 +1,4 @@
-"""Generation cost against prefix length (issue 13).
+"""Generation cost against prefix length.
 
 For cpu_tiny (BLT, space patches) and cpu_tiny_baseline (byte LM) at their recipe shapes (weights
 as initialised: the cost does not depend on them), greedy generation of --new bytes:

@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from blt_scale.files import read_jsonl
 from blt_scale.train.local_ranks import spawn_ranks, wait_ranks
-from blt_scale.train.records import read_jsonl
 
 COMMON = [
     "wandb.enabled=false",

@@ -1,4 +1,4 @@
-"""Trainer throughput on this machine (issue 4, P1/P2) and activation-checkpointing memory.
+"""Trainer throughput on this machine and activation-checkpointing memory.
 
 P1: achieved FLOP/s of a BLT training step / that of a dense byte baseline with (about) the same
     training FLOPs per step; steps of the two are interleaved in one process so machine noise

@@ -11,9 +11,9 @@ import zlib
 from pathlib import Path
 
 from blt_scale.data.loader import build_loader
+from blt_scale.files import read_jsonl
 from blt_scale.train.local_ranks import spawn_ranks, wait_ranks
 from blt_scale.train.recipe import load_recipe
-from blt_scale.train.records import read_jsonl
 
 # A BLT small enough that a 20-step, 2-rank run takes seconds; fixed peak so no matmul benchmark.
 TINY = [

@@ -256,7 +256,7 @@ def test_interrupted_conversion_resumes_at_the_next_recording(tmp_path, monkeypa
     monkeypatch.setattr(prep_module, "convert_recording", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         prep(inputs, tmp_path / "ds")
-    assert (tmp_path / "ds" / "parts" / "00000.json").exists() and not (
+    assert (tmp_path / "ds" / "parts" / "00000-of-00002.json").exists() and not (
         tmp_path / "ds" / "_COMPLETE"
     ).exists()
     assert prep(inputs, tmp_path / "ds")["converted_parts"] == 1

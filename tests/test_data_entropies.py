@@ -4,65 +4,22 @@ runs merged equal one run, and the loader patches rows from the stored entropies
 from __future__ import annotations
 
 import json
-import tempfile
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 from data_helpers import (
-    export_entropy_model,
-    make_documents,
     read_mds_split,
     split_documents,
     stream_sequences,
-    write_text_files,
 )
 
 from blt_scale import cli
-from blt_scale.checkpoint.export import load_exported
 from blt_scale.data.calibrate import entropy_sample
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.data.packing import document_ids
 from blt_scale.model.patcher import PatcherConfig, mean_patch_bytes, patch_lengths
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("entropies")
-    old = tempfile.tempdir
-    tempfile.tempdir = str(tmp)
-    # lengths up to 400 ids with context 64: most documents span several overlapping windows
-    docs = make_documents(40, seed=21, lo=5, hi=400)
-    write_text_files(tmp / "src", docs)
-    assert (
-        cli.main(
-            ["prep", "text", str(tmp / "src"), "--out", str(tmp / "text"), "--val-fraction", "0.2", "--quiet"]
-        )
-        == 0
-    )
-    model_dir = export_entropy_model(tmp / "model", window=8, layers=2, seq_len=64)
-    assert (
-        cli.main(
-            [
-                "prep",
-                "entropies",
-                "--data",
-                str(tmp / "text"),
-                "--model",
-                str(model_dir),
-                "--out",
-                str(tmp / "ent"),
-                "--batch-size",
-                "5",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    model, _ = load_exported(model_dir)
-    yield tmp, docs, model
-    tempfile.tempdir = old
 
 
 def direct(model, doc: bytes) -> np.ndarray:
@@ -70,8 +27,8 @@ def direct(model, doc: bytes) -> np.ndarray:
     return model.entropies(torch.from_numpy(document_ids(doc))[None])[0].numpy()
 
 
-def test_entropies_equal_a_direct_forward(setup):
-    tmp, docs, model = setup
+def test_entropies_equal_a_direct_forward(entropy_dataset):
+    tmp, docs, model = entropy_dataset
     total = 0
     for split in ("train", "val"):
         text = [s["text"] for s in read_mds_split(str(tmp / "text"), split, tmp / "c1")]
@@ -101,8 +58,8 @@ def assert_same_entropies(expected, got, scratch) -> None:
             )
 
 
-def test_parts_then_merge_equal_a_single_run(setup, capsys):
-    tmp, _, _ = setup
+def test_parts_then_merge_equal_a_single_run(entropy_dataset, capsys):
+    tmp, _, _ = entropy_dataset
     base = [
         "prep",
         "entropies",
@@ -127,8 +84,8 @@ def test_parts_then_merge_equal_a_single_run(setup, capsys):
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 40
 
 
-def test_loader_patches_rows_from_stored_entropies(setup):
-    tmp, docs, model = setup
+def test_loader_patches_rows_from_stored_entropies(entropy_dataset):
+    tmp, docs, model = entropy_dataset
     by_text = {d: direct(model, d).astype(np.float16).astype(np.float32) for d in docs}
     threshold = float(np.median(np.concatenate(list(by_text.values()))))
     patcher = PatcherConfig(mode="entropy", threshold=threshold)
@@ -159,8 +116,8 @@ def test_loader_patches_rows_from_stored_entropies(setup):
 
 
 @pytest.mark.parametrize("rule", ["global", "monotonic"])
-def test_calibrated_threshold_gives_the_target_on_held_out_documents(setup, capsys, rule):
-    tmp, _, _ = setup
+def test_calibrated_threshold_gives_the_target_on_held_out_documents(entropy_dataset, capsys, rule):
+    tmp, _, _ = entropy_dataset
     target = 4.0
     assert (
         cli.main(
@@ -188,8 +145,8 @@ def test_calibrated_threshold_gives_the_target_on_held_out_documents(setup, caps
     assert abs(mean_patch_bytes(ids, patcher, ent) / target - 1) < 0.05
 
 
-def test_calibration_needs_entropies_and_an_entropy_patcher(setup, capsys):
-    tmp, _, _ = setup
+def test_calibration_needs_entropies_and_an_entropy_patcher(entropy_dataset, capsys):
+    tmp, _, _ = entropy_dataset
     assert cli.main(["calibrate", "cpu_tiny", "--data", str(tmp / "ent"), "--target-patch-bytes", "4"]) == 2
     assert "patcher.mode=entropy" in capsys.readouterr().err
     assert (
@@ -209,10 +166,10 @@ def test_calibration_needs_entropies_and_an_entropy_patcher(setup, capsys):
     assert "blt prep entropies" in capsys.readouterr().err
 
 
-def test_a_sweep_variant_with_patch_bytes_is_calibrated_before_planning(setup, tmp_path):
+def test_a_sweep_variant_with_patch_bytes_is_calibrated_before_planning(entropy_dataset, tmp_path):
     from blt_scale.sweep.plan import SweepConfig, plan_sweep, plan_table
 
-    tmp, _, _ = setup
+    tmp, _, _ = entropy_dataset
     sweep = SweepConfig.model_validate(
         {
             "run_dir": str(tmp_path),

@@ -5,15 +5,18 @@ from pathlib import Path
 
 import blt_scale
 
-# Bottom to top. `config` is the recipe machinery every layer uses; a checkpoint on disk is read
-# by data prep (entropy models) and written by strategies, so it sits below both.
-LAYERS = ["config", "model", "checkpoint", "data", "parallel", "train", "launch", "sweep", "cli"]
+# Bottom to top. `base` is the top-level modules every layer uses (config.py: recipes and their
+# errors; files.py: JSONL and atomic writes). A checkpoint on disk is read by data prep (entropy
+# models) and by strategies, so it sits below both.
+LAYERS = ["base", "model", "checkpoint", "data", "parallel", "train", "launch", "sweep", "cli"]
+BASE = {"blt_scale", "blt_scale.config", "blt_scale.files"}
 PACKAGE = Path(blt_scale.__file__).parent
 
 
 def layer_of(module: str) -> int:
-    parts = module.split(".")
-    name = parts[1] if len(parts) > 1 else "config"  # blt_scale/__init__.py: the bottom
+    if module in BASE:
+        return 0
+    name = module.split(".")[1]
     assert name in LAYERS, f"{module}: not in any layer of {LAYERS}; place it in tests/test_layering.py"
     return LAYERS.index(name)
 

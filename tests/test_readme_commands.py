@@ -29,7 +29,7 @@ TINY_STEPS = ["train.steps=2", "train.log_every=1", "train.eval_every=2", "train
 RUN = {
     # Its own run_dir: the next line trains the default runs/cpu_tiny with a different model width.
     "blt train cpu_tiny train.steps=100 model.global.dim=512": TINY_STEPS + ["run_dir=runs/one_process"],
-    # The 2-rank FSDP run that eval/export/generate below read (issue 12: it failed on micro_batch).
+    # The 2-rank FSDP run that eval/export/generate below read (it once failed on an unset micro_batch).
     "blt train cpu_tiny parallel.strategy=fsdp --nproc 2": TINY_STEPS,
     # [--data URI] is a placeholder (--data: tests/test_data_entropies.py); --json: tests/test_train_cli.py.
     "blt eval runs/cpu_tiny [--data URI] [--json]": ["--batches", "1"],

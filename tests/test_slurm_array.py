@@ -4,14 +4,8 @@ limit; each task trains its own config into its own run directory."""
 from __future__ import annotations
 
 import pytest
-from test_slurm_support import (
-    TINY,
-    events,
-    losses,
-    slurm_cluster,  # noqa: F401 - fixture
-    track,
-    wait_job,
-)
+from dist_helpers import losses
+from slurm_helpers import TINY, events, track, wait_job
 
 from blt_scale.launch.config import LaunchConfig
 from blt_scale.launch.submit import submit_runs

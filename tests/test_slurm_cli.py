@@ -3,7 +3,8 @@ written), and bad launch options fail with one line naming the option."""
 
 from __future__ import annotations
 
-from test_slurm_support import TINY, blt
+from cli_helpers import blt
+from slurm_helpers import TINY
 
 
 def test_dry_run_prints_the_sbatch_script_and_writes_nothing(tmp_path):

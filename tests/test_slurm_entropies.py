@@ -4,16 +4,15 @@ the merged dataset equals a single local run."""
 import json
 
 import pytest
-from test_data_entropies import assert_same_entropies, setup  # noqa: F401 - setup is a fixture
-from test_slurm_support import slurm_cluster  # noqa: F401 - the fixture
+from test_data_entropies import assert_same_entropies
 
 from blt_scale import cli
 
 pytestmark = [pytest.mark.slurm]
 
 
-def test_parts_as_an_array_then_merged_equal_a_single_run(setup, slurm_cluster, tmp_path, capsys):  # noqa: F811
-    tmp, _, _ = setup
+def test_parts_as_an_array_then_merged_equal_a_single_run(entropy_dataset, slurm_cluster, tmp_path, capsys):
+    tmp, _, _ = entropy_dataset
     argv = [
         "prep",
         "entropies",

@@ -7,14 +7,8 @@ import json
 import subprocess
 
 import pytest
-from test_slurm_support import (
-    TINY,
-    blt,
-    events,
-    slurm_cluster,  # noqa: F401 - fixture
-    submit,
-    wait_job,
-)
+from cli_helpers import blt
+from slurm_helpers import TINY, events, submit, wait_job
 
 pytestmark = pytest.mark.slurm
 

@@ -7,18 +7,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from test_slurm_support import (  # noqa: F401 - fixtures
-    SHARED,
-    STEPS,
-    assert_same_losses,
-    events,
-    losses,
-    reference_run,
-    slurm_cluster,
-    submit,
-    wait_job,
-    wait_metrics,
-)
+from dist_helpers import losses
+from slurm_helpers import SHARED, STEPS, assert_same_losses, events, submit, wait_job, wait_metrics
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 

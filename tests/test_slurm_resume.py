@@ -7,20 +7,9 @@ import json
 import subprocess
 
 import pytest
-from test_slurm_support import (  # noqa: F401 - fixtures
-    SHARED,
-    STEPS,
-    assert_same_losses,
-    blt,
-    events,
-    losses,
-    reference_run,
-    slurm_cluster,
-    submit,
-    track,
-    wait_job,
-    wait_metrics,
-)
+from cli_helpers import blt
+from dist_helpers import losses
+from slurm_helpers import SHARED, STEPS, assert_same_losses, events, submit, track, wait_job, wait_metrics
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 

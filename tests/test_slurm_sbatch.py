@@ -9,15 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_slurm_support import (
-    TINY,
-    blt,
-    events,
-    losses,
-    slurm_cluster,  # noqa: F401 - fixture
-    track,
-    wait_job,
-)
+from cli_helpers import blt
+from dist_helpers import losses
+from slurm_helpers import TINY, events, track, wait_job
 
 pytestmark = pytest.mark.slurm
 

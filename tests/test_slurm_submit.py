@@ -7,18 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_slurm_support import (  # noqa: F401 - fixtures
-    SHARED,
-    STEPS,
-    assert_same_losses,
-    blt,
-    events,
-    losses,
-    reference_run,
-    slurm_cluster,
-    submit,
-    wait_job,
-)
+from cli_helpers import blt
+from dist_helpers import losses
+from slurm_helpers import SHARED, STEPS, assert_same_losses, events, submit, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 

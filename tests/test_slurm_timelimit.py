@@ -10,17 +10,8 @@ import subprocess
 import time
 
 import pytest
-from dist_helpers import train_rows
-from test_slurm_support import (  # noqa: F401 - fixtures
-    SHARED,
-    STEPS,
-    events,
-    losses,
-    reference_run,
-    slurm_cluster,
-    submit,
-    wait_job,
-)
+from dist_helpers import losses, train_rows
+from slurm_helpers import SHARED, STEPS, events, submit, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc, pytest.mark.slow]
 

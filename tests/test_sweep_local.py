@@ -3,70 +3,13 @@ with --local, aggregate, fit, plot; a second invocation trains nothing."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
+from cli_helpers import blt
+from sweep_helpers import tiny_sweep
 
 from blt_scale import config
 from blt_scale.sweep.plan import SweepConfig, plan_sweep
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-TINY_BLT = [
-    "model.encoder.dim=32",
-    "model.decoder.dim=32",
-    "model.global.dim=64",
-    "model.encoder.heads=2",
-    "model.decoder.heads=2",
-    "model.global.heads=2",
-    "model.global.layers=1",
-    "model.decoder.layers=1",
-    "model.ngram.buckets=512",
-]
-
-
-def tiny_sweep(tmp_path: Path) -> Path:
-    sweep = {
-        "run_dir": str(tmp_path / "sweep"),
-        "variants": [
-            {"name": "blt_space", "recipe": str(RECIPES / "cpu_tiny.yaml"), "overrides": TINY_BLT},
-            {
-                "name": "byte_baseline",
-                "recipe": str(RECIPES / "cpu_tiny_baseline.yaml"),
-                "overrides": ["model.dim=32", "model.heads=2", "model.layers=2"],
-            },
-        ],
-        "sizes": [{"name": "s", "width": 0.75}, {"name": "m", "width": 1.0}, {"name": "l", "width": 1.5}],
-        "budgets": [6.0e9, 9.0e9],
-        "overrides": [
-            "data.seq_len=64",
-            "data.corpus_bytes=1500000",
-            "data.val_fraction=0.1",
-            "train.global_batch=2",
-            "train.micro_batch=2",
-            "train.eval_batches=1",
-            "wandb.enabled=false",
-            "checkpoint.every=100000",
-        ],
-    }
-    path = tmp_path / "tiny_sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return path
-
-
-def blt_sweep(*args, timeout=900):
-    # One thread per run: tiny models run faster so, and local and SLURM runs add up floats alike.
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "blt_scale.cli", "sweep", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def test_every_planned_run_matches_its_budget_within_one_percent(tmp_path):
@@ -96,7 +39,7 @@ def test_local_sweep_trains_aggregates_and_then_does_nothing(local_sweep):
         assert data[:4] == b"\x89PNG" and len(data) > 10_000
 
     metrics_sizes = {p: p.stat().st_size for p in sweep_dir.rglob("metrics.jsonl")}
-    again = blt_sweep(str(path), "--local")
+    again = blt("sweep", str(path), "--local", timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["trained"] == 0
     assert {p: p.stat().st_size for p in sweep_dir.rglob("metrics.jsonl")} == metrics_sizes

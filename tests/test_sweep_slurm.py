@@ -6,8 +6,7 @@ import json
 
 import pytest
 import yaml
-from test_slurm_support import slurm_cluster  # noqa: F401 - the fixture
-from test_sweep_local import blt_sweep
+from cli_helpers import blt
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -36,7 +35,7 @@ def test_sweep_as_an_array_aggregates_like_local_and_reruns_nothing(tmp_path, sl
     )
     path = tmp_path / "array_sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    out = blt_sweep(str(path), "--wait")
+    out = blt("sweep", str(path), "--wait", timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["trained"] == 6
 
@@ -50,6 +49,6 @@ def test_sweep_as_an_array_aggregates_like_local_and_reruns_nothing(tmp_path, sl
         assert float(on_slurm[key]["train_flops"]) == pytest.approx(float(here[key]["train_flops"]), rel=1e-9)
     assert (tmp_path / "array" / "plots" / "isoflop.png").stat().st_size > 10_000
 
-    again = blt_sweep(str(path), "--wait")
+    again = blt("sweep", str(path), "--wait", timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["trained"] == 0 and "submitted" not in json.loads(again.stdout)

@@ -9,8 +9,8 @@ from dist_helpers import DETERMINISTIC, FSDP, TINY, reference
 from blt_scale.checkpoint.export import load_exported
 from blt_scale.checkpoint.layout import latest_complete
 from blt_scale.checkpoint.restore import load_checkpoint_model
-from blt_scale.train.recipe import saved_recipe
 from blt_scale.cli import main
+from blt_scale.train.recipe import saved_recipe
 
 TWO = TINY + ["train.steps=20", "checkpoint.every=5"] + DETERMINISTIC + FSDP
 

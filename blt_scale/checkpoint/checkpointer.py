@@ -30,6 +30,7 @@ from blt_scale.checkpoint.layout import (
     step_dir,
 )
 from blt_scale.config import Config
+from blt_scale.files import write_atomic
 
 
 class CheckpointConfig(Config):
@@ -61,15 +62,6 @@ def set_rng_state(state: dict) -> None:
 
 def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -117,11 +109,11 @@ class Checkpointer:
         def finish() -> None:
             _barrier(self.group)
             if self.rank == 0:
-                _write_atomic(tmp / TRAIN_STATE, json.dumps(train_state))
-                _write_atomic(tmp / CONFIG, self.config_text)
+                write_atomic(tmp / TRAIN_STATE, json.dumps(train_state))
+                write_atomic(tmp / CONFIG, self.config_text)
                 shutil.rmtree(final, ignore_errors=True)  # an unmarked leftover of a killed save
                 os.replace(tmp, final)
-                _write_atomic(final / MARKER, f"step {step}\n")
+                write_atomic(final / MARKER, f"step {step}\n")
                 _fsync_dir(final.parent)
                 self._prune()
             self.last_saved = step

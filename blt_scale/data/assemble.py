@@ -70,6 +70,11 @@ def _relocated(shard: dict, prefix: str) -> dict:
     return shard
 
 
+def part_name(index: int, parts: int) -> str:
+    """The name of part `index` of `parts` (its record under parts/, its shards' prefix)."""
+    return f"{index:05d}-of-{parts:05d}"
+
+
 def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
     """Write split indexes and the manifest from the part markers, then the completion marker."""
     records = [root.read_json(f"{PARTS}/{name}.json") for name in part_names]

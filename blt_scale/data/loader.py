@@ -6,11 +6,11 @@ and stores `merge_states(parts)`; `load_state_dict(merged)` works on any rank of
 A batch is a dict: `tokens` [B, seq_len + 1] (inputs are tokens[:, :-1], targets tokens[:, 1:])
 and `patch_lengths` [B, P] for the inputs (each row sums to seq_len, zero-padded).
 
-Three loaders, chosen by `data.sources`:
+Four loaders, chosen by `data.sources` (and the dataset's manifest):
 - none: the embedded corpus (BuiltinLoader below). Rows are dealt out by a global cursor: step s
   uses rows [s * G, (s + 1) * G) of the epoch's seeded order, G = micro_batch * world_size, rank
   r taking its slice; the state is that cursor.
-- MDS datasets (`blt prep text`/`entropies`): stream_loader.ShardLoader, exactly-once resume
+- MDS datasets (`blt prep text`/`entropies`): mds_loader.MDSLoader, exactly-once resume
   across world sizes through per-stream state.
 - webdataset datasets: wds_loader.WdsLoader, resampled, no exact resume.
 - brain datasets (`blt prep brain`, manifest kind: brain): brain.loader.BrainLoader, the MDS
@@ -158,9 +158,9 @@ def build_loader(
             f"data.brain is set but no source in data.sources is a brain dataset ({list(manifests)})"
         )
     if set(formats.values()) == {"mds"}:
-        from blt_scale.data.mds_loader import ShardLoader
+        from blt_scale.data.mds_loader import MDSLoader
 
-        return ShardLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+        return MDSLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
     if set(formats.values()) == {"wds"}:
         from blt_scale.data.wds_loader import WdsLoader
 

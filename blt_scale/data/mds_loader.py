@@ -31,7 +31,7 @@ class _Cycles(IterableDataset):
     are computed per batch in the main process: one vectorised call per batch costs far less
     than one per row."""
 
-    def __init__(self, loader: ShardLoader, order: list[int], states: dict[int, dict]):
+    def __init__(self, loader: MDSLoader, order: list[int], states: dict[int, dict]):
         self.loader, self.order, self.states = loader, order, states
 
     def __iter__(self) -> Iterator[tuple]:
@@ -66,7 +66,7 @@ def _as_is(item):
     return item
 
 
-class ShardLoader:
+class MDSLoader:
     def __init__(
         self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int
     ):

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from blt_scale.config import Config
-from blt_scale.data.assemble import PartStager, finalize, upload_part
+from blt_scale.data.assemble import PartStager, finalize, part_name, upload_part
 from blt_scale.data.mds_reader import MDSSplit
 from blt_scale.data.packing import document_ids
 from blt_scale.data.splits import SPLITS
@@ -97,10 +97,6 @@ class EntropyComputer:
             for row, (d, (start, keep, end)) in enumerate(chunk):
                 out[d][keep:end] = ent[row, keep - start : end - start]
         return out
-
-
-def part_name(part: int, parts: int) -> str:
-    return f"{part:05d}-of-{parts:05d}"
 
 
 def _part_documents(split: MDSSplit, part: int, parts: int) -> range:

@@ -18,7 +18,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from blt_scale.config import Config
-from blt_scale.data.assemble import PartStager, finalize, upload_part
+from blt_scale.data.assemble import PartStager, finalize, part_name, upload_part
 from blt_scale.data.inputs import InputFile, ReadStats, expand_inputs, read_documents
 from blt_scale.data.splits import is_validation
 from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
@@ -51,10 +51,6 @@ def plan_parts(files: list[InputFile], part_size: int) -> list[list[int]]:
         parts[-1].append(i)
         size += f.size
     return parts
-
-
-def part_name(index: int) -> str:
-    return f"{index:05d}"
 
 
 def check_plan(root: Root, plan: dict) -> None:
@@ -117,7 +113,7 @@ def convert_text(cfg: TextPrepConfig, progress: bool = True) -> dict:
     if root.is_complete():
         return {**root.read_json(MANIFEST), "converted_parts": 0}
     root.write_json(PLAN, plan)
-    names = [part_name(i) for i in range(len(parts))]
+    names = [part_name(i, len(parts)) for i in range(len(parts))]
     todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]
     bar = tqdm(
         total=sum(files[j].size for i in todo for j in parts[i]),

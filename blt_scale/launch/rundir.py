@@ -1,4 +1,5 @@
-"""The run directory of a SLURM run (DESIGN.md), as the launcher writes it:
+"""The run directory of a SLURM run, as the launcher writes it (the trainer adds checkpoints/,
+metrics.jsonl and data_trace/ as in any run directory):
 
 config.yaml       the resolved recipe (the trainer rewrites it with the same content)
 job_config.yaml   the recipe the job runs, frozen at submission (the trainer never writes it)
@@ -11,7 +12,6 @@ jobs.jsonl        one row per event: submit, start (with restart count), exit
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +20,7 @@ import yaml
 
 import blt_scale
 from blt_scale import config
+from blt_scale.files import append_jsonl, read_jsonl
 from blt_scale.launch.config import LaunchConfig
 
 JOB_CONFIG, LAUNCH, JOBS, CODE, LOGS = "job_config.yaml", "launch.yaml", "jobs.jsonl", "code", "logs"
@@ -80,20 +81,11 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 
 def record(run_dir: str | Path, event: str, **fields) -> dict:
-    """Append one row to jobs.jsonl (one write of one line: rows from several writers stay whole)."""
+    """Append one event row to jobs.jsonl."""
     row = {"event": event, "time": round(time.time(), 3), **fields}
-    with open(Path(run_dir) / JOBS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(Path(run_dir) / JOBS, row)
     return row
 
 
 def history(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / JOBS
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn line from a killed writer
-                continue
-    return rows
+    return read_jsonl(Path(run_dir) / JOBS)

@@ -8,7 +8,7 @@ Codebooks are buffers updated by exponential moving averages of the vectors assi
 (no gradient), and a code whose EMA usage falls below `dead_threshold` is restarted at a vector
 from the batch. Under data parallelism every rank must make the same update, so the statistics
 pass through `self.sync` (sum over ranks, and rank 0's restart candidates): identity here, set by
-the training side (train/brain_loss.py), because models never import torch.distributed.
+the training side (train/objectives.py), because models never import torch.distributed.
 """
 
 from __future__ import annotations

@@ -26,7 +26,3 @@ def decode(ids: torch.Tensor | list[int]) -> bytes:
     """Bytes of the byte ids; special ids are dropped."""
     values = torch.as_tensor(ids).flatten().tolist()
     return bytes(v - OFFSET for v in values if v >= OFFSET)
-
-
-def is_byte(ids: torch.Tensor) -> torch.Tensor:
-    return ids >= OFFSET

@@ -11,7 +11,7 @@ from blt_scale.config import Config
 
 class ParallelConfig(Config):
     strategy: Literal["none", "fsdp", "deepspeed"] = Field(
-        default="none", description="none: one unsharded process; fsdp: FSDP2; deepspeed: ZeRO (issue 5)"
+        default="none", description="none: one unsharded process; fsdp: FSDP2; deepspeed: ZeRO"
     )
     zero_stage: Literal[0, 1, 2, 3] = Field(
         default=3, description="deepspeed only: ZeRO stage (fsdp always shards fully)"

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from blt_scale.checkpoint.layout import latest_complete, read_train_state
+from blt_scale.files import read_jsonl
 from blt_scale.train.exit_codes import EXIT_OK, EXIT_STOPPED
 from blt_scale.train.local_ranks import spawn_ranks, wait_ranks
-from blt_scale.train.records import read_jsonl
 
 DEMO = [
     "parallel.strategy=fsdp",

@@ -1,5 +1,6 @@
 """The training loop: gradient accumulation, clipping, AdamW with warmup + decay, non-finite step
-skipping, stop signals, checkpoints, periodic validation and DESIGN.md's metrics.
+skipping, stop signals, checkpoints, periodic validation and the metrics rows
+(train/metrics.py).
 
 The loop talks to a Strategy (parallel/strategy.py) for everything that depends on how the model
 is spread over ranks, so FSDP, one plain process and DeepSpeed share it.

@@ -3,7 +3,6 @@ and the reference peak that MFU is measured against."""
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from blt_scale.files import append_jsonl, read_jsonl
 
 
 def measure_matmul_peak(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -48,8 +49,7 @@ class MetricsLogger:
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(self.path, row)
         for sink in self.sinks:
             sink.log(row)
         if "split" not in row:
@@ -75,7 +75,4 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blt_scale.train.records import read_jsonl
+from blt_scale.files import read_jsonl
 
 
 def plot_losses(run_dir: str | Path, marks: dict[str, int] | None = None) -> Path:

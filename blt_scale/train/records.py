@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from blt_scale.files import append_jsonl, read_jsonl
+
 
 class DataTrace:
     def __init__(self, run_dir: Path, rank: int):
@@ -19,21 +21,8 @@ class DataTrace:
         self.rows += crcs
 
     def flush(self) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": self.step, "rows": self.rows}) + "\n")
+        append_jsonl(self.path, {"step": self.step, "rows": self.rows})
         self.rows = []
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a killed writer) is dropped."""
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def truncate_after(run_dir: Path, step: int) -> None:

@@ -1,4 +1,4 @@
-"""The brain streaming loader: stream_loader.ShardLoader with one window per row.
+"""The brain streaming loader: mds_loader.MDSLoader with one window per row.
 
 Same canonical streams (streams.py), same state, same exactly-once resume across world sizes:
 stream s is dealt windows exactly as it would be dealt documents, and its state after a row is
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from blt_scale.data.brain.collate import BrainDataConfig, collate, resolve
-from blt_scale.data.mds_loader import ShardLoader
+from blt_scale.data.mds_loader import MDSLoader
 from blt_scale.data.store import open_complete
 from blt_scale.data.streams import StreamPacker
 from blt_scale.model.patcher import PatcherConfig
@@ -48,7 +48,7 @@ class WindowStream(StreamPacker):
         return self.sources[source].docs[doc]
 
 
-class BrainLoader(ShardLoader):
+class BrainLoader(MDSLoader):
     def __init__(
         self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int
     ):

@@ -23,7 +23,7 @@ import zlib
 
 from tqdm import tqdm
 
-from blt_scale.data.assemble import finalize, upload_part
+from blt_scale.data.assemble import finalize, part_name, upload_part
 from blt_scale.data.brain.config import BrainPrepConfig
 from blt_scale.data.brain.errors import BadRecording
 from blt_scale.data.brain.events import text_events
@@ -31,7 +31,7 @@ from blt_scale.data.brain.preprocess import preprocess
 from blt_scale.data.brain.read import Recording, find_recordings, open_raw
 from blt_scale.data.brain.shards import COLUMNS, BrainPartStager
 from blt_scale.data.brain.windows import cut_windows, window_samples
-from blt_scale.data.prep_text import _Inline, check_plan, part_name
+from blt_scale.data.prep_text import _Inline, check_plan
 from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
         return {**root.read_json(MANIFEST), "converted_parts": 0}
     bad = _check_inputs(recs, cfg)
     root.write_json(PLAN, plan)
-    names = [part_name(i) for i in range(len(recs))]
+    names = [part_name(i, len(recs)) for i in range(len(recs))]
     todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]
     bar = tqdm(
         total=len(todo),
