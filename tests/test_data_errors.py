@@ -16,6 +16,7 @@ from data_helpers import REPO, make_documents, write_jsonl, write_text_files
 from blt_scale import cli
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.model.patcher import PatcherConfig
+from blt_scale.train.exit_codes import EXIT_FAILED
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +161,9 @@ def test_damaged_shard_stops_training_with_one_line(dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if "truncated" in line]
-    assert proc.returncode != 0 and len(lines) == 1 and "shard.0000" in lines[0] and str(dataset) in lines[0]
+    # a damaged input is a failure (1), not a recipe error (2) and not a stop to requeue (75)
+    assert proc.returncode == EXIT_FAILED and len(lines) == 1
+    assert "shard.0000" in lines[0] and str(dataset) in lines[0]
     assert "Traceback" not in proc.stderr
 
 

@@ -7,7 +7,6 @@ from blt_scale.config import ConfigError
 from blt_scale.parallel.config import ParallelConfig
 from blt_scale.parallel.env import DistEnv, first_slurm_host, read_env
 from blt_scale.parallel.strategy import build_strategy
-from blt_scale.train import exit_codes
 from blt_scale.train.recipe import load_recipe
 
 
@@ -100,16 +99,3 @@ def test_micro_batch_unset_means_no_accumulation_and_bad_splits_name_the_keys():
         "unset = global_batch / world size (no accumulation)"
         in type(unset).model_fields["micro_batch"].description
     )
-
-
-def test_exit_codes_are_distinct_and_documented():
-    codes = {
-        exit_codes.EXIT_OK,
-        exit_codes.EXIT_FAILED,
-        exit_codes.EXIT_CONFIG,
-        exit_codes.EXIT_NONFINITE,
-        exit_codes.EXIT_STOPPED,
-    }
-    assert len(codes) == 5 and exit_codes.EXIT_STOPPED == 75
-    for code in codes:
-        assert f"    {code} " in exit_codes.__doc__
