@@ -118,8 +118,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, cfg, _ = load_model(args.path, device)
     if not KINDS[cfg.model.kind].text:
         raise ValueError(
-            f"{args.path}: `blt generate` takes a text model (kind {' or '.join(kinds_where(text=True))}), not kind "
-            f"{cfg.model.kind}, which needs a brain signal: use `blt eval-brain`"
+            f"{args.path}: `blt generate` takes a text model (kind {' or '.join(kinds_where(text=True))}), "
+            f"not kind {cfg.model.kind}, which needs a brain signal: use `blt eval-brain`"
         )
     entropy_model = load_entropy_model(args, cfg, device)
     model = model.to(dtype)

@@ -122,7 +122,8 @@ def fits_markdown(fits: dict[str, dict]) -> str:
     for variant, entry in fits.items():
         for f in entry["isoflop"]:
             lines.append(
-                f"| {variant} | {f.budget:.3g} | {f.optimal_params:.4g} | {f.optimal_bytes:.4g} | {f.optimal_bpb:.4f} |"
+                f"| {variant} | {f.budget:.3g} | {f.optimal_params:.4g} | {f.optimal_bytes:.4g} | "
+                f"{f.optimal_bpb:.4f} |"
             )
     for variant, entry in fits.items():
         for key, label in (("params_law", "N*(C)"), ("bytes_law", "D*(C)")):
