@@ -12,7 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate", help="sample bytes from an exported model, a run directory or a checkpoint"
     )
-    p.add_argument("path", metavar="EXPORT|RUN_DIR|CKPT")
+    p.add_argument(
+        "path",
+        metavar="EXPORT|RUN_DIR|CKPT",
+        help="an export, a step_N checkpoint, or a run (its latest one)",
+    )
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the prompt text (UTF-8)")
     prompt.add_argument("--prompt-file", help="a file whose bytes are the prompt (any bytes, not only UTF-8)")
