@@ -159,12 +159,13 @@ def main() -> None:
         print(json.dumps(figures, indent=2))
         return
     print(
-        f"corpus {figures['corpus_mb']:.0f} MB; conversion ({args.workers} workers) {figures['prep_mb_per_s']:.1f} MB/s, "
-        f"zstd -3 {figures['zstd3_mb_per_s']:.1f} MB/s, ratio {figures['prep_vs_zstd3']:.2f} (goal >= 0.5)"
+        f"corpus {figures['corpus_mb']:.0f} MB; conversion ({args.workers} workers) "
+        f"{figures['prep_mb_per_s']:.1f} MB/s, zstd -3 {figures['zstd3_mb_per_s']:.1f} MB/s, ratio "
+        f"{figures['prep_vs_zstd3']:.2f} (goal >= 0.5)"
     )
     print(
-        f"loader ({args.workers} workers) {load / 1e6:.2f} MB/s packed; cpu_tiny trains at {train / 1e3:.2f} kB/s; "
-        f"ratio {figures['loader_vs_train']:.0f}x (goal >= 50x)"
+        f"loader ({args.workers} workers) {load / 1e6:.2f} MB/s packed; cpu_tiny trains at {train / 1e3:.2f} "
+        f"kB/s; ratio {figures['loader_vs_train']:.0f}x (goal >= 50x)"
     )
     print(f"2 ranks, one epoch: each fetched {fetched:.2f} of the dataset's shard bytes (goal about 0.5)")
 

@@ -67,7 +67,8 @@ def main() -> None:
     for recipe, r in report.items():
         print(
             f"{recipe}: {r['decode_s_per_byte_prefix64'] * 1e3:.2f} ms/byte after 64 bytes, "
-            f"{r['decode_s_per_byte_prefix4096'] * 1e3:.2f} ms/byte after 4096: ratio {r['ratio_4096_over_64']:.2f} (goal <= 1.5)"
+            f"{r['decode_s_per_byte_prefix4096'] * 1e3:.2f} ms/byte after 4096: ratio "
+            f"{r['ratio_4096_over_64']:.2f} (goal <= 1.5)"
         )
         print(
             f"  after 1024 bytes: cached {r['cached_bytes_per_s_prefix1024']:.0f} B/s, no cache "

@@ -8,7 +8,8 @@ strategy after the other, and its metrics.jsonl gives:
   state_mb   parameters + optimizer state one rank holds (the metric `shard_bytes`)
   optim_mb   optimizer state one rank holds (moments, and for ZeRO the fp32 master partition)
 
-    .venv/bin/python benchmarks/bench_strategies.py [--nproc 2] [--steps 12] [--recipe cpu_tiny] [k=v ...] [--json]
+    .venv/bin/python benchmarks/bench_strategies.py [--nproc 2] [--steps 12] [--recipe cpu_tiny]
+        [k=v ...] [--json]
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(
-        f"{args.recipe} {' '.join(args.overrides)}: {args.nproc} ranks, median of {args.steps} steps after {args.warmup}"
+        f"{args.recipe} {' '.join(args.overrides)}: {args.nproc} ranks, median of {args.steps} steps after "
+        f"{args.warmup}"
     )
     print(f"{'strategy':<15}{'step s':>9}{'peak GB':>9}{'state MB/rank':>15}{'optim MB/rank':>15}{'loss':>8}")
     for name, r in report.items():

@@ -34,7 +34,8 @@ COMMON = [
     "train.peak_flops=1e12",
 ]
 SIZES = {
-    # cpu_tiny as shipped, and two and four times as wide (local 256/512, latent 512/1024) at the same patching.
+    # cpu_tiny as shipped, and two and four times as wide (local 256/512, latent 512/1024) at the same
+    # patching.
     "cpu_tiny": ([], 128),
     "cpu_tiny_x2": (
         [
@@ -131,7 +132,7 @@ def throughput(steps: int, warmup: int) -> dict:
 
 def vm_hwm_gb() -> float:
     """Peak resident memory of this process since the last reset (VmHWM), GB."""
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    line = next(row for row in open("/proc/self/status") if row.startswith("VmHWM:"))
     return int(line.split()[1]) / 2**20
 
 
@@ -183,9 +184,10 @@ def main() -> None:
     print(f"fp32 matmul peak: {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s")
     for name, r in report["sizes"].items():
         print(
-            f"{name}: BLT {r['blt_flops_per_s'] / 1e9:.2f} GFLOP/s ({r['blt_train_flops_per_step'] / 1e9:.2f} GFLOP/step, "
-            f"{r['blt_mean_patch_bytes']:.2f} B/patch), baseline ({r['baseline_layers']} layers) "
-            f"{r['baseline_flops_per_s'] / 1e9:.2f} GFLOP/s ({r['baseline_train_flops_per_step'] / 1e9:.2f} GFLOP/step)"
+            f"{name}: BLT {r['blt_flops_per_s'] / 1e9:.2f} GFLOP/s "
+            f"({r['blt_train_flops_per_step'] / 1e9:.2f} GFLOP/step, {r['blt_mean_patch_bytes']:.2f} "
+            f"B/patch), baseline ({r['baseline_layers']} layers) {r['baseline_flops_per_s'] / 1e9:.2f} "
+            f"GFLOP/s ({r['baseline_train_flops_per_step'] / 1e9:.2f} GFLOP/step)"
         )
         print(
             f"  P1 BLT/baseline {r['P1_blt_over_baseline']:.3f}   P2 BLT/peak {r['P2_blt_over_peak']:.3f}   "

@@ -118,7 +118,9 @@ def test_chunked_equals_dense_in_loss_and_every_gradient(name):
     torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=0)
     assert got.keys() == want.keys() and len(want) > 10
     for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            got[key], want[key], atol=1e-5, rtol=1e-4, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -210,7 +212,7 @@ def test_the_last_byte_of_a_patch_sees_that_patch_and_no_earlier_byte_does(patch
             base = model(ids, lengths)
             # Perturb patch p's latent output only.
             hook = model.latent_norm.register_forward_hook(
-                lambda m, a, out: out + (torch.arange(out.shape[1]) == p)[None, :, None]
+                lambda m, a, out, p=p: out + (torch.arange(out.shape[1]) == p)[None, :, None]
             )
             moved = model(ids, lengths)
             hook.remove()
@@ -251,7 +253,9 @@ def test_compiled_blocks_equal_eager_with_the_chunked_backend():
     _, got_loss, got = loss_and_grads(model)
     torch.testing.assert_close(got_loss, want_loss, atol=1e-5, rtol=0)
     for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            got[key], want[key], atol=1e-5, rtol=1e-4, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 def test_dropout_acts_only_in_training_and_output_projections_scale_with_depth():

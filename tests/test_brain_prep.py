@@ -1,5 +1,5 @@
-"""`blt prep brain`: FIF, EDF, BrainVision, EEGLAB and BIDS (MEG-MASC) fixtures -> shards whose windows equal the
-same windows cut from independent mne calls (pick, notch, filter, resample, reference) plus a
+"""`blt prep brain`: FIF, EDF, BrainVision, EEGLAB and BIDS (MEG-MASC) fixtures -> shards whose windows equal
+the same windows cut from independent mne calls (pick, notch, filter, resample, reference) plus a
 numpy median/IQR scaling, and whose texts and onsets match the events; sentences, sliding
 windows, presets and overrides, idempotent re-runs and the CLI."""
 

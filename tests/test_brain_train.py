@@ -75,7 +75,8 @@ def test_brain_aware_blt_learns_and_beats_the_noise_control(tmp_path, eeg, one_t
     result = evaluate_brain(trainer.model, trainer.cfg, samples=36)
     real, noise = result["real"], result["noise"]
     summary(result)
-    # measured: real ~0.15 nats/byte, noise ~1.57; exact match ~0.72 vs ~0.14 (another fixture draw: 0.45 vs 1.08)
+    # measured: real ~0.15 nats/byte, noise ~1.57; exact match ~0.72 vs ~0.14
+    # (another fixture draw: 0.45 vs 1.08)
     assert real["loss"] < 0.5 < FLOOR, result
     assert noise["loss"] > real["loss"] + 0.25, result
     assert real["exact"] > noise["exact"] and real["wer"] < noise["wer"], result

@@ -25,7 +25,7 @@ def space_like(i: int) -> bool:
 
 def brute_starts(ids: list[int], h: list[float], cfg: PatcherConfig) -> list[bool]:
     out, run = [], 0
-    for t, i in enumerate(ids):
+    for t, _ in enumerate(ids):
         if t == 0 or ids[t - 1] == EOS:
             start = True
         elif cfg.mode == "entropy":

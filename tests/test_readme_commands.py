@@ -46,14 +46,23 @@ SKIP = {
     "blt prep text (tests/test_data_prep.py), FSDP stop by SIGUSR2 and resume (tests/test_train_resume.py), "
     "eval (tests/test_train_cli.py and the eval line here)",
     "make test": "the whole test suite, which includes this file",
-    "blt prep text /data/raw/*.jsonl.zst --text-field text --out s3://bucket/corpus --workers 8 --val-fraction 0.01": "remote storage (s3://) and example input paths; blt prep text: tests/test_data_prep.py, tests/test_data_errors.py",
-    "blt prep entropies --data s3://bucket/corpus --model runs/entropy_model/export --out s3://bucket/corpus_h "
-    "--slurm-parts 16 --nodes 1 --gpus-per-node 1 --device cuda --partition gpu": "SLURM, GPU and s3://: tests/test_slurm_entropies.py (--slurm-parts on the local cluster), tests/test_data_entropies.py",
-    'blt submit blt_1b "data.sources=[{uri: s3://bucket/corpus_h}]" --nodes 8 --gpus-per-node 8 --time 48:00:00 --partition gpu': "SLURM with 64 GPUs and s3://: tests/test_slurm_submit.py, tests/test_slurm_cli.py (--dry-run)",
-    "blt status runs/blt_1b": "reads the SLURM run submitted above: tests/test_slurm_resume.py, tests/test_slurm_sbatch.py",
+    "blt prep text /data/raw/*.jsonl.zst --text-field text --out s3://bucket/corpus --workers 8 "
+    "--val-fraction 0.01": "remote storage (s3://) and example input paths; blt prep text: "
+    "tests/test_data_prep.py, tests/test_data_errors.py",
+    "blt prep entropies --data s3://bucket/corpus --model runs/entropy_model/export "
+    "--out s3://bucket/corpus_h "
+    "--slurm-parts 16 --nodes 1 --gpus-per-node 1 --device cuda --partition gpu": "SLURM, GPU and s3://: "
+    "tests/test_slurm_entropies.py (--slurm-parts on the local cluster), tests/test_data_entropies.py",
+    'blt submit blt_1b "data.sources=[{uri: s3://bucket/corpus_h}]" --nodes 8 --gpus-per-node 8 '
+    "--time 48:00:00 --partition gpu": "SLURM with 64 GPUs and s3://: tests/test_slurm_submit.py, "
+    "tests/test_slurm_cli.py (--dry-run)",
+    "blt status runs/blt_1b": "reads the SLURM run submitted above: tests/test_slurm_resume.py, "
+    "tests/test_slurm_sbatch.py",
     "blt resume runs/blt_1b --nodes 4": "SLURM (resubmits the run above): tests/test_slurm_resume.py",
-    "blt sweep recipes/sweeps/paper_isoflop.yaml --wait": "SLURM array of GPU-sized runs: tests/test_sweep_slurm.py, tests/test_sweep_local.py (tiny sweeps)",
-    "torchrun --nproc-per-node 8 -m blt_scale.train blt_1b parallel.strategy=fsdp": "GPU (blt_1b on 8 ranks); torchrun's environment: tests/test_train_units.py::test_env_from_torchrun_then_slurm",
+    "blt sweep recipes/sweeps/paper_isoflop.yaml --wait": "SLURM array of GPU-sized runs: "
+    "tests/test_sweep_slurm.py, tests/test_sweep_local.py (tiny sweeps)",
+    "torchrun --nproc-per-node 8 -m blt_scale.train blt_1b parallel.strategy=fsdp": "GPU (blt_1b on 8 "
+    "ranks); torchrun's environment: tests/test_train_units.py::test_env_from_torchrun_then_slurm",
 }
 
 

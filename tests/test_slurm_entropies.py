@@ -36,8 +36,13 @@ def test_parts_as_an_array_then_merged_equal_a_single_run(entropy_dataset, slurm
         str(tmp_path / "slurm"),
     ]
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     assert out[0].startswith("job ") and "2 parts" in out[0]
+    progress = [line for line in captured.err.splitlines() if line.startswith("entropy parts, job")]
+    assert progress and progress[-1].split(" (")[0].endswith("0 pending, 0 running, 2 done of 2"), (
+        captured.err
+    )
     assert json.loads(out[-1])["out"] == str(tmp_path / "arr") and (tmp_path / "arr" / "_COMPLETE").exists()
     assert_same_entropies(tmp / "ent", tmp_path / "arr", tmp_path)
     assert len(list((tmp_path / "slurm" / "logs").glob("*_0_log.out"))) == 2  # one log per array task

@@ -38,6 +38,8 @@ def test_sweep_as_an_array_aggregates_like_local_and_reruns_nothing(tmp_path, sl
     out = blt("sweep", str(path), "--wait", timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["trained"] == 6
+    progress = [line for line in out.stderr.splitlines() if line.startswith("sweep array ")]
+    assert progress and " 6 done of 6 " in progress[-1], out.stderr[-3000:]
 
     on_slurm, here = (
         results(tmp_path / "array" / "results.csv", variant),

@@ -56,7 +56,8 @@ def convert_to_universal(step: str | Path) -> Path:
     if res.returncode != 0:
         lines = (res.stderr or res.stdout).strip().splitlines()
         raise RuntimeError(
-            f"{step}: converting {DS_TAG}/ to DeepSpeed's universal format failed: {lines[-1] if lines else res.returncode}"
+            f"{step}: converting {DS_TAG}/ to DeepSpeed's universal format failed: "
+            f"{lines[-1] if lines else res.returncode}"
         )
     (step / "latest_universal").unlink(missing_ok=True)  # names the temporary folder; we load by tag
     os.replace(tmp, out)

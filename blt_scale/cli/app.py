@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from blt_scale.cli.args import use_help_with_defaults
 from blt_scale.config import ConfigError
 
 EXIT_ERROR = 2
@@ -22,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "blt_scale.cli.generate",
     "blt_scale.cli.checkpoint",
     "blt_scale.cli.measure",
+    "blt_scale.cli.plot",
     "blt_scale.cli.launch",
     "blt_scale.cli.sweep",
 ]
@@ -30,10 +32,21 @@ COMMAND_MODULES: list[str] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blt", description="Byte Latent Transformer training at scale")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    use_help_with_defaults(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("blt-scale")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

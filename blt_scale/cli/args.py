@@ -10,6 +10,30 @@ from blt_scale.config import size_bytes
 from blt_scale.launch.config import parse_time
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it or there is
+    none to say (None, flags off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def use_help_with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give the parser and every subcommand's parser below it HelpWithDefaults."""
+    parser.formatter_class = HelpWithDefaults
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_help_with_defaults(sub)
+
+
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe file, or a name under recipes/ (e.g. cpu_tiny)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.steps=100")

@@ -11,7 +11,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "export", help="consolidated safetensors + config from a run's latest complete checkpoint"
     )
-    p.add_argument("path", metavar="RUN_DIR|CKPT")
+    p.add_argument(
+        "path",
+        metavar="RUN_DIR|CKPT",
+        help="an export, a step_N checkpoint, or a run (its latest complete one)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)
 

@@ -12,7 +12,11 @@ from blt_scale.cli.args import add_json_flag
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="validation bits per byte of a run, checkpoint or exported model")
-    p.add_argument("path", metavar="RUN_DIR|CKPT")
+    p.add_argument(
+        "path",
+        metavar="RUN_DIR|CKPT",
+        help="an export, a step_N checkpoint, or a run (its latest complete one)",
+    )
     p.add_argument("--data", default=None, help="held-out data URI (default: the run's own validation split)")
     p.add_argument(
         "--batches", type=int, default=None, help="validation micro-batches (default: train.eval_batches)"
@@ -23,7 +27,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval-brain", help="brain->text scores (BLEU, ROUGE-L, WER) vs the noise-input control"
     )
-    p.add_argument("path", metavar="RUN_DIR|CKPT")
+    p.add_argument(
+        "path",
+        metavar="RUN_DIR|CKPT",
+        help="an export, a step_N checkpoint, or a run (its latest complete one)",
+    )
     p.add_argument(
         "--data",
         default=None,

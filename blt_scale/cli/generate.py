@@ -12,7 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate", help="sample bytes from an exported model, a run directory or a checkpoint"
     )
-    p.add_argument("path", metavar="EXPORT|RUN_DIR|CKPT")
+    p.add_argument(
+        "path",
+        metavar="EXPORT|RUN_DIR|CKPT",
+        help="an export, a step_N checkpoint, or a run (its latest one)",
+    )
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the prompt text (UTF-8)")
     prompt.add_argument("--prompt-file", help="a file whose bytes are the prompt (any bytes, not only UTF-8)")
@@ -118,8 +122,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, cfg, _ = load_model(args.path, device)
     if not KINDS[cfg.model.kind].text:
         raise ValueError(
-            f"{args.path}: `blt generate` takes a text model (kind {' or '.join(kinds_where(text=True))}), not kind "
-            f"{cfg.model.kind}, which needs a brain signal: use `blt eval-brain`"
+            f"{args.path}: `blt generate` takes a text model (kind {' or '.join(kinds_where(text=True))}), "
+            f"not kind {cfg.model.kind}, which needs a brain signal: use `blt eval-brain`"
         )
     entropy_model = load_entropy_model(args, cfg, device)
     model = model.to(dtype)

@@ -24,12 +24,15 @@ def register(sub) -> None:
     p = sub.add_parser(
         "resume", help="resubmit a stopped or failed SLURM run, on the same or another number of nodes"
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory `blt submit` printed")
     placement_args(p, required=False)
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("status", help="job history, last complete step and last metrics of a SLURM run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser(
+        "status",
+        help="where a run stands (model, checkpoint, metrics, ETA, SLURM jobs), or a sweep's table of runs",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR|SWEEP_DIR", help="a run directory or a sweep's run_dir")
     add_json_flag(p, "the status")
     p.set_defaults(func=cmd_status)
 
@@ -72,7 +75,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from blt_scale.launch.status import format_status, run_status
+    from blt_scale.sweep.status import format_sweep_status, is_sweep_dir, sweep_status
 
+    if is_sweep_dir(args.run_dir):
+        status = sweep_status(args.run_dir)
+        print(json.dumps(status, indent=2) if args.json else format_sweep_status(status))
+        return 0
     status = run_status(args.run_dir)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0

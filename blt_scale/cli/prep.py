@@ -117,14 +117,19 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p = prep.add_parser("text", help="text corpora -> MDS or webdataset shards")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs; any fsspec URI")
     p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
-    p.add_argument("--format", choices=["mds", "wds"], default="mds")
+    p.add_argument(
+        "--format",
+        choices=["mds", "wds"],
+        default="mds",
+        help="mds: mosaicml-streaming; wds: webdataset tars",
+    )
     p.add_argument("--text-field", default="text", help="jsonl key / parquet column holding the text")
     p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out by hash")
-    p.add_argument("--shard-size", type=parse_size, default=64 << 20, help="uncompressed bytes per shard")
+    p.add_argument("--shard-size", type=parse_size, default="64MB", help="uncompressed bytes per shard")
     p.add_argument(
-        "--part-size", type=parse_size, default=16 << 20, help="input bytes per part (parallelism, resume)"
+        "--part-size", type=parse_size, default="16MB", help="input bytes per part (parallelism, resume)"
     )
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="parts converted in parallel (processes)")
     p.add_argument(
         "--skip-bad", action="store_true", help="skip malformed lines/unreadable files, count them"
     )
@@ -133,8 +138,10 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_text)
 
     p = prep.add_parser("entropies", help="per-byte entropies of a dataset under an entropy model")
-    p.add_argument("--data", help="prepared text dataset (URI)")
-    p.add_argument("--model", help="exported entropy-model checkpoint directory")
+    p.add_argument("--data", metavar="URI", help="prepared text dataset (required unless --merge)")
+    p.add_argument(
+        "--model", metavar="EXPORT", help="exported entropy model directory (required unless --merge)"
+    )
     p.add_argument("--out", required=True, help="entropy dataset directory (path or URI)")
     p.add_argument(
         "--part", type=parse_part, default=None, metavar="I/N", help="do only part I of N (SLURM arrays)"
@@ -147,13 +154,15 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overlap", type=int, default=None, help="context kept from the previous window (default: context/2)"
     )
-    p.add_argument("--shard-size", type=parse_size, default=64 << 20)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--shard-size", type=parse_size, default="64MB", help="uncompressed bytes per shard")
+    p.add_argument("--device", default="cpu", help="torch device of the entropy model")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     slurm = p.add_argument_group(
         "SLURM array", "--slurm-parts N: the N parts as one job array, then --merge here"
     )
-    slurm.add_argument("--slurm-parts", type=int, default=None, metavar="N")
+    slurm.add_argument(
+        "--slurm-parts", type=int, default=None, metavar="N", help="parts, one array task each"
+    )
     slurm.add_argument(
         "--slurm-folder", default="runs/prep_entropies", help="submitit folder: code snapshot and logs"
     )

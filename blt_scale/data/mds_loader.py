@@ -222,7 +222,8 @@ class MDSLoader:
         n = int(state["num_streams"])
         if self.configured_streams not in (None, n):
             raise ValueError(
-                f"loader state has {n} streams but data.streams={self.configured_streams}; set data.streams={n}"
+                f"loader state has {n} streams but data.streams={self.configured_streams}; set "
+                f"data.streams={n}"
             )
         missing = [s for s in range(n) if str(s) not in state["streams"]]
         if missing:

@@ -163,7 +163,8 @@ class MDSSplit:
         return set().union(*self._held.values()) if self._held else set()
 
     def hold(self, stream: int, shards) -> None:
-        """The shards `stream` reads now (replacing what it held): no process sharing the cache evicts them."""
+        """The shards `stream` reads now (replacing what it held): no process sharing the cache evicts
+        them."""
         self._held[stream] = {int(i) for i in shards}
         for i in self._held[stream]:  # just used: last in the least-recently-used order
             try:

@@ -74,7 +74,8 @@ class EntropyComputer:
     def __init__(self, model: torch.nn.Module, context: int, overlap: int, batch_size: int, device: str):
         if not hasattr(model, "entropies"):
             raise ValueError(
-                f"--model: a {type(model).__name__} has no next-byte entropies; give an entropy model (byte_lm)"
+                f"--model: a {type(model).__name__} has no next-byte entropies; give an entropy model "
+                "(byte_lm)"
             )
         if not 0 <= overlap < context:
             raise ValueError(f"--overlap ({overlap}) must be at least 0 and below --context ({context})")
@@ -128,7 +129,8 @@ def prep_entropies(cfg: EntropyPrepConfig, progress: bool = True) -> dict:
         old = root.read_json(PLAN)
         keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
         raise ValueError(
-            f"{root.name(PLAN)}: holds entropies made with other settings (differs in {keys}); use another --out"
+            f"{root.name(PLAN)}: holds entropies made with other settings (differs in {keys}); use another "
+            "--out"
         )
     if root.is_complete():
         return {**root.read_json(MANIFEST), "converted_parts": 0, "complete": True}

@@ -93,7 +93,8 @@ class WdsLoader:
     ):
         if patcher.mode == "entropy":
             raise ValueError(
-                "patcher.mode=entropy needs MDS entropy shards (`blt prep entropies`); webdataset sources have none"
+                "patcher.mode=entropy needs MDS entropy shards (`blt prep entropies`); webdataset sources "
+                "have none"
             )
         self.patcher, self.micro_batch, self.rank, self.seed = patcher, micro_batch, rank, seed
         self.row_len, self.workers = cfg.seq_len + 1, cfg.workers

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from blt_scale.data.prep_entropies import EntropyPrepConfig, merge_parts, prep_entropies
 from blt_scale.launch.config import LaunchConfig
+from blt_scale.launch.wait import wait_jobs
 
 
 def submit_entropy_parts(
@@ -30,6 +31,7 @@ def submit_entropy_parts(
 
 def wait_and_merge(jobs: list, out: str) -> dict:
     """Wait for every part (a failed one is named with its log folder), then merge them."""
+    wait_jobs(jobs, f"entropy parts, job {str(jobs[0].job_id).split('_')[0]}")
     for i, job in enumerate(jobs):
         try:
             job.result()

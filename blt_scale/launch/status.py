@@ -1,5 +1,7 @@
-"""`blt status RUN_DIR`: the run's job history (jobs.jsonl, with SLURM's view of each job where
-sacct answers), its latest complete checkpoint and its last metrics."""
+"""`blt status RUN_DIR`: where any run stands, whether `blt train` or `blt submit` started it: what
+it trains (model kind, parameters, strategy, world size), its latest complete checkpoint, its
+last training and validation metrics with throughput and ETA, and for SLURM runs the job history
+(jobs.jsonl, with SLURM's view of each job where sacct answers)."""
 
 from __future__ import annotations
 
@@ -34,15 +36,27 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def run_status(run_dir: str | Path) -> dict:
-    from blt_scale.launch.task import last_step
-    from blt_scale.train.metrics import read_metrics
+def config_summary(run_dir: Path) -> dict | None:
+    """Model kind, parameters, strategy and schedule from the run's resolved config.yaml."""
+    from blt_scale.checkpoint.layout import CONFIG
+    from blt_scale.model.flops import model_flops
+    from blt_scale.train.recipe import saved_recipe
 
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / rundir.JOBS).exists() and not (run_dir / rundir.LAUNCH).exists():
-        raise FileNotFoundError(
-            f"{run_dir}: no {rundir.JOBS} or {rundir.LAUNCH}; not a run submitted with `blt submit`"
-        )
+    if not (run_dir / CONFIG).is_file():
+        return None
+    cfg = saved_recipe(run_dir)
+    return {
+        "model": cfg.model.kind,
+        "params": model_flops(cfg.model, cfg.data.seq_len, 1.0).total_params,
+        "strategy": cfg.parallel.strategy,
+        "steps": cfg.train.steps,
+        "global_batch": cfg.train.global_batch,
+        "seq_len": cfg.data.seq_len,
+    }
+
+
+def slurm_jobs(run_dir: Path) -> list[dict]:
+    """One entry per SLURM job of the run, oldest first ([] for a run never submitted)."""
     rows = rundir.history(run_dir)
     order: list[str] = []
     for r in rows:
@@ -71,13 +85,50 @@ def run_status(run_dir: str | Path) -> dict:
                 "slurm_state": slurm.get(job),
             }
         )
-    metrics = [m for m in read_metrics(run_dir) if "split" not in m]
-    last = {k: metrics[-1][k] for k in METRIC_KEYS if k in metrics[-1]} if metrics else None
+    return jobs
+
+
+def run_status(run_dir: str | Path) -> dict:
+    from blt_scale.checkpoint.layout import latest_complete
+    from blt_scale.launch.task import last_step
+    from blt_scale.train.metrics import read_metrics
+
+    run_dir = Path(run_dir).resolve()
+    known = ("config.yaml", "metrics.jsonl", rundir.JOBS, rundir.LAUNCH)
+    if not any((run_dir / name).exists() for name in known):
+        raise FileNotFoundError(
+            f"{run_dir}: none of {', '.join(known)}; "
+            "not a run directory (`blt train` or `blt submit` makes one)"
+        )
+    summary = config_summary(run_dir)
+    rows = read_metrics(run_dir)
+    train = [m for m in rows if "split" not in m]
+    val = [m for m in rows if m.get("split") == "val"]
+    last = {k: train[-1][k] for k in METRIC_KEYS if k in train[-1]} if train else None
+    jobs = slurm_jobs(run_dir)
+    step = train[-1]["step"] if train else 0
+    total = summary["steps"] if summary else None
+    eta = None
+    if train and total and step < total and train[-1].get("bytes_per_s"):
+        eta = (total - step) * summary["global_batch"] * summary["seq_len"] / train[-1]["bytes_per_s"]
+    checkpoint = latest_complete(run_dir)
+    if jobs:
+        state = jobs[-1]["state"]
+    elif total is not None and step >= total:
+        state = "finished"
+    else:
+        state = "not started" if not train else "incomplete"
     return {
         "run_dir": str(run_dir),
-        "state": jobs[-1]["state"] if jobs else "not submitted",
+        "state": state,
+        "config": summary,
+        "world_size": train[-1].get("world_size") if train else None,
+        "step": step,
+        "eta_s": eta,
         "last_complete_step": last_step(run_dir),
+        "checkpoint": str(checkpoint) if checkpoint else None,
         "last_metrics": last,
+        "last_val": {"step": val[-1]["step"], "bpb": val[-1]["bpb"]} if val else None,
         "jobs": jobs,
     }
 
@@ -104,11 +155,17 @@ def _state(exits: list[dict], slurm: str | None) -> str:
 
 
 def format_status(s: dict) -> str:
-    lines = [
-        f"run_dir {s['run_dir']}",
-        f"state {s['state']}",
-        f"last_complete_step {s['last_complete_step']}",
-    ]
+    lines = [f"run_dir {s['run_dir']}", f"state {s['state']}"]
+    c = s["config"]
+    if c:
+        lines.append(
+            f"model {c['model']} ({c['params']:,} parameters), strategy {c['strategy']}, "
+            f"world size {s['world_size'] or '?'}, step {s['step']}/{c['steps']}"
+            + (f", eta {s['eta_s']:.0f} s at the last throughput" if s["eta_s"] is not None else "")
+        )
+    lines.append(
+        f"last_complete_step {s['last_complete_step']}" + (f" ({s['checkpoint']})" if s["checkpoint"] else "")
+    )
     if s["last_metrics"]:
         lines.append(
             "last_metrics "
@@ -116,6 +173,8 @@ def format_status(s: dict) -> str:
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["last_metrics"].items()
             )
         )
+    if s["last_val"]:
+        lines.append(f"last_val step={s['last_val']['step']} bpb={s['last_val']['bpb']:.4f}")
     for j in s["jobs"]:
         exits = ", ".join(
             f"{e['status']}@{e.get('step', '?')}"

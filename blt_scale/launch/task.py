@@ -137,8 +137,8 @@ class TrainTask:
                 run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="none"
             )
             raise RuntimeError(
-                f"stopped at step {step} after {used} requeues (max_requeues={budget} in {run_dir / rundir.LAUNCH}); "
-                f"`blt resume {run_dir}` continues"
+                f"stopped at step {step} after {used} requeues (max_requeues={budget} in "
+                f"{run_dir / rundir.LAUNCH}); `blt resume {run_dir}` continues"
             )
         rundir.record(
             run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="self"

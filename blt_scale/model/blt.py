@@ -1,6 +1,7 @@
 """The Byte Latent Transformer.
 
-    bytes ─▶ local encoder ─▶ k queries per patch ─▶ latent transformer over patches ─▶ local decoder ─▶ byte logits
+    bytes ─▶ local encoder ─▶ k queries per patch ─▶ latent transformer over patches
+          ─▶ local decoder ─▶ byte logits
 
 - Local encoder: byte embedding + hash n-gram embeddings, windowed causal layers over bytes. Each
   patch gets k queries, initialised by max-pooling its bytes' encoder states (at the first
@@ -56,8 +57,8 @@ class BLTConfig(Config):
     decoder_cross_window: int | None = Field(
         default=1,
         gt=0,
-        description="latest complete patches whose latents a byte's decoder cross-attention sees (besides the "
-        "start slot); 1 as in the paper, None = all",
+        description="latest complete patches whose latents a byte's decoder cross-attention sees (besides "
+        "the start slot); 1 as in the paper, None = all",
     )
 
     @model_validator(mode="after")

@@ -6,8 +6,9 @@
 
 The BLT is reused unchanged: forward hooks on the chosen latent blocks apply the fusion to their
 output, reading the brain features of the current call. One more gated cross-attention conditions
-the decoder's start slot (what the first patch's bytes see instead of a latent output). With the gates at 0 (init) the logits
-equal those of the same BLT without the brain parts, so a text checkpoint is a valid start.
+the decoder's start slot (what the first patch's bytes see instead of a latent output). With the
+gates at 0 (init) the logits equal those of the same BLT without the brain parts, so a text
+checkpoint is a valid start.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A brain encoder for EEG and MEG windows: sensors -> a sequence of feature vectors over time.
 
-    signal [B, C, T] ─▶ spatial attention (sensor positions) ─▶ per-subject linear ─▶ conv stem ─▶ transformer ─▶ [B, N, dim]
+    signal [B, C, T] ─▶ spatial attention (sensor positions) ─▶ per-subject linear ─▶ conv stem
+                     ─▶ transformer ─▶ [B, N, dim]
 
 - Spatial attention (Défossez et al. 2023): S virtual channels, each a softmax-weighted mix of the
   real sensors. The weights come from Fourier features of each sensor's 3-D position, so the same

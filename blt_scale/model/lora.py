@@ -65,8 +65,8 @@ def apply_lora(module: nn.Module, cfg: LoRAConfig) -> int:
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> int:
-    """requires_grad=False for parameters under the named submodules or named parameters (dotted prefixes), except LoRA
-    adapters. Returns the number of frozen tensors; an unknown prefix is an error."""
+    """requires_grad=False for parameters under the named submodules or named parameters (dotted
+    prefixes), except LoRA adapters. Returns the number of frozen tensors; an unknown prefix is an error."""
     names = set(dict(model.named_modules())) | set(dict(model.named_parameters()))
     for prefix in prefixes:
         if prefix not in names:

@@ -1,6 +1,7 @@
 """MEG -> text: a brain encoder whose residual-VQ codes prefix a causal byte decoder.
 
-    signal ─▶ BrainEncoder ─▶ h [B, N, E] ─▶ rvq_in ─▶ RVQ ─▶ rvq_out ─▶ ĥ ≈ h ─▶ to_decoder ─▶ prefix [B, N, Dd]
+    signal ─▶ BrainEncoder ─▶ h [B, N, E] ─▶ rvq_in ─▶ RVQ ─▶ rvq_out ─▶ ĥ ≈ h ─▶ to_decoder
+           ─▶ prefix [B, N, Dd]
     [prefix ; BOS text bytes] ─▶ ByteLM layers (causal) ─▶ logits of the byte positions
 
 Trained in three phases (recipes meg_to_text_phase{1,2,3}_*.yaml, chained by `init_from`):

@@ -41,8 +41,8 @@ class PatcherConfig(Config):
     max_patch_len: int | None = Field(default=None, gt=0)
     entropy_model: str | None = Field(
         default=None,
-        description="mode entropy: the entropy model's export directory (`blt export`), which `blt generate` runs "
-        "beside the BLT (training reads entropies from the shards)",
+        description="mode entropy: the entropy model's export directory (`blt export`), which `blt "
+        "generate` runs beside the BLT (training reads entropies from the shards)",
     )
 
 
@@ -155,7 +155,8 @@ def calibrate_threshold(
 
     if not size(lo) <= target <= size(hi):
         raise ValueError(
-            f"target {target} bytes/patch is outside what this sample allows ({size(lo):.3f} to {size(hi):.3f})"
+            f"target {target} bytes/patch is outside what this sample allows ({size(lo):.3f} to "
+            f"{size(hi):.3f})"
         )
     for _ in range(iters):
         mid = (lo + hi) / 2

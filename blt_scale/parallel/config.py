@@ -24,8 +24,9 @@ class ParallelConfig(Config):
     )
     deepspeed: dict[str, Any] = Field(
         default={},
-        description="raw DeepSpeed config keys merged into the one generated from the recipe (parallel/ds_config.py); "
-        "a key the recipe already sets (batch sizes, clipping, precision, stage, offload, optimizer) is an error",
+        description="raw DeepSpeed config keys merged into the one generated from the recipe "
+        "(parallel/ds_config.py); a key the recipe already sets (batch sizes, clipping, precision, stage, "
+        "offload, optimizer) is an error",
     )
     mixed_precision: Literal["fp32", "bf16"] = Field(
         default="fp32",
@@ -50,7 +51,8 @@ class ParallelConfig(Config):
     def _consistent(self) -> ParallelConfig:
         if self.cpu_offload and self.strategy != "fsdp":
             raise ValueError(
-                "parallel.cpu_offload needs parallel.strategy=fsdp (deepspeed: parallel.offload_optimizer / parallel.offload_param)"
+                "parallel.cpu_offload needs parallel.strategy=fsdp (deepspeed: parallel.offload_optimizer / "
+                "parallel.offload_param)"
             )
         ds = self.strategy == "deepspeed"
         for key in ("offload_optimizer", "offload_param", "deepspeed"):

@@ -1,9 +1,9 @@
 """`parallel.strategy: deepspeed`: DeepSpeed ZeRO stage 1, 2 or 3 behind the Strategy interface.
 
 The model is wrapped in a DeepSpeed engine whose config is generated from the recipe
-(parallel/ds_config.py). The optimizer is the trainer's AdamW (the factory given to setup) handed to the engine, so the
-lr schedule, weight-decay groups and optimizer hyper-parameters are the same as with FSDP; the
-engine reduces, partitions, clips (its `gradient_clipping`) and steps. Activation checkpointing
+(parallel/ds_config.py). The optimizer is the trainer's AdamW (the factory given to setup) handed to
+the engine, so the lr schedule, weight-decay groups and optimizer hyper-parameters are the same as
+with FSDP; the engine reduces, partitions, clips (its `gradient_clipping`) and steps. Activation checkpointing
 is parallel/apply.py's, applied before the engine wraps the model.
 
 Checkpoints: the engine writes its sharded files into `step_N/ds/` inside our checkpoint

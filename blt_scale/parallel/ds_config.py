@@ -91,8 +91,8 @@ def deepspeed_config(cfg, world_size: int, accelerator: bool = False) -> dict:
         section = key.split(".")[0]
         if section in OWNED_SECTIONS:
             raise ConfigError(
-                f"{RAW}.{key} conflicts with {OWNED_SECTIONS[section]}: the trainer builds the optimizer and lr schedule "
-                f"from optim.* and hands them to DeepSpeed; set them there"
+                f"{RAW}.{key} conflicts with {OWNED_SECTIONS[section]}: the trainer builds the optimizer and "
+                "lr schedule from optim.* and hands them to DeepSpeed; set them there"
             )
         for ds_key, value, recipe_key, recipe_value in entries:
             # Same key, or one inside the other (a raw section replacing generated leaves).

@@ -235,8 +235,9 @@ def plan_sweep(sweep: SweepConfig, sweep_file: Path) -> list[PlannedRun]:
                 gap = abs(run.train_flops / budget - 1)
                 if gap > sweep.budget_tolerance:
                     raise ValueError(
-                        f"run {run.name}: {steps} steps give {run.train_flops:.3g} FLOPs, {gap:.1%} off the budget "
-                        f"(tolerance {sweep.budget_tolerance:.0%}); lower train.global_batch or raise the budget"
+                        f"run {run.name}: {steps} steps give {run.train_flops:.3g} FLOPs, {gap:.1%} off the "
+                        f"budget (tolerance {sweep.budget_tolerance:.0%}); lower train.global_batch or raise "
+                        "the budget"
                     )
                 runs.append(run)
     if sweep.mode == "fixed_inference":
@@ -264,7 +265,8 @@ def plan_table(runs: list[PlannedRun]) -> str:
     for r in runs:
         target = f" ({r.target_patch_bytes:.2f})" if r.target_patch_bytes is not None else ""
         lines.append(
-            f"| {r.name} | {r.params:,} | {r.mean_patch_bytes:.2f}{target} | {r.steps} | {r.train_flops:.3g} | "
-            f"{r.budget_flops:.3g} | {r.train_flops / r.budget_flops - 1:+.2%} | {r.inference_flops_per_byte:.3g} |"
+            f"| {r.name} | {r.params:,} | {r.mean_patch_bytes:.2f}{target} | {r.steps} | {r.train_flops:.3g} "
+            f"| {r.budget_flops:.3g} | {r.train_flops / r.budget_flops - 1:+.2%} | "
+            f"{r.inference_flops_per_byte:.3g} |"
         )
     return "\n".join(lines)

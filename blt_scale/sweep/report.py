@@ -117,44 +117,85 @@ def fit_results(rows: list[dict]) -> dict[str, dict]:
     return fits
 
 
-def fits_markdown(fits: dict[str, dict]) -> str:
+def fits_markdown(fits: dict[str, dict], rows: list[dict] = ()) -> str:
+    """The fits, and for every variant the fits it lacks and why (an IsoFLOP fit needs 3 sizes
+    at a budget; the N*(C), D*(C) laws need fits at 2 budgets or more)."""
     lines = ["| variant | budget | N* | D* | bpb at N* |", "|---|---:|---:|---:|---:|"]
     for variant, entry in fits.items():
         for f in entry["isoflop"]:
             lines.append(
-                f"| {variant} | {f.budget:.3g} | {f.optimal_params:.4g} | {f.optimal_bytes:.4g} | {f.optimal_bpb:.4f} |"
+                f"| {variant} | {f.budget:.3g} | {f.optimal_params:.4g} | {f.optimal_bytes:.4g} | "
+                f"{f.optimal_bpb:.4f} |"
             )
     for variant, entry in fits.items():
         for key, label in (("params_law", "N*(C)"), ("bytes_law", "D*(C)")):
             law: PowerLaw | None = entry.get(key)
             if law:
                 lines.append(f"\n{variant}: {label} = {law.coefficient:.4g} * C^{law.exponent:.3f}")
+    missing = []
+    for (variant, budget), rs in _group(list(rows), "variant", "budget_flops").items():
+        if len(rs) < 3:
+            missing.append(
+                f"- {variant} at {budget:.3g} FLOPs: {len(rs)} finished size(s); an IsoFLOP fit needs 3"
+            )
+    for variant, entry in fits.items():
+        finite = [f for f in entry["isoflop"] if math.isfinite(f.optimal_params)]
+        if "params_law" not in entry:
+            missing.append(
+                f"- {variant}: no N*(C), D*(C) law: {len(finite)} budget(s) with a fitted minimum; "
+                "a law needs 2"
+            )
+    if missing:
+        lines += ["", "Not fitted:", *missing]
     return "\n".join(lines) + "\n"
 
 
-def plot_results(rows: list[dict], fits: dict[str, dict], out_dir: Path) -> list[Path]:
+def sweep_figures(rows: list[dict], fits: dict[str, dict]) -> dict[str, object]:
+    """The pictures the data supports, by file name. With one budget there is no FLOP axis to
+    draw (runs differ by FLOP-matching noise only): bpb per run as bars grouped by variant. The
+    frontier needs a power law, so at least two budgets with an IsoFLOP fit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    plots = out_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for (variant, size), rs in _group(rows, "variant", "size").items():
-        rs = sorted(rs, key=lambda r: r["train_flops"])
-        ax.plot([r["train_flops"] for r in rs], [r["val_bpb"] for r in rs], "o-", label=f"{variant} {size}")
-    ax.set(
-        xscale="log",
-        xlabel="training FLOPs",
-        ylabel="validation bits per byte",
-        title="bpb vs FLOPs per model size",
-    )
-    ax.legend(fontsize=7)
-    written.append(_save(fig, plots / "bpb_vs_flops.png"))
+    figures = {}
+    budgets = sorted({r["budget_flops"] for r in rows})
+    if len(budgets) > 1:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for (variant, size), rs in _group(rows, "variant", "size").items():
+            rs = sorted(rs, key=lambda r: r["train_flops"])
+            ax.plot(
+                [r["train_flops"] for r in rs], [r["val_bpb"] for r in rs], "o-", label=f"{variant} {size}"
+            )
+        ax.set(
+            xscale="log",
+            xlabel="training FLOPs",
+            ylabel="validation bits per byte",
+            title="bpb vs FLOPs per model size",
+        )
+        ax.legend(fontsize=7)
+        figures["bpb_vs_flops.png"] = fig
+    else:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        variants = sorted({r["variant"] for r in rows})
+        sizes = sorted(
+            {r["size"] for r in rows}, key=lambda sz: min(r["params"] for r in rows if r["size"] == sz)
+        )
+        width = 0.8 / max(len(sizes), 1)
+        for k, size in enumerate(sizes):
+            bpb = {r["variant"]: r["val_bpb"] for r in rows if r["size"] == size}
+            xs = [v + k * width for v, name in enumerate(variants) if name in bpb]
+            ax.bar(xs, [bpb[name] for name in variants if name in bpb], width, label=f"size {size}")
+        ax.set_xticks([v + width * (len(sizes) - 1) / 2 for v in range(len(variants))], variants)
+        ax.set(
+            xlabel="variant",
+            ylabel="validation bits per byte",
+            title=f"bpb per run at {budgets[0]:.3g} training FLOPs" if budgets else "bpb per run",
+        )
+        ax.legend(fontsize=7)
+        figures["bpb_by_variant.png"] = fig
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for (variant, budget), rs in _group(rows, "variant", "budget_flops").items():
@@ -177,29 +218,38 @@ def plot_results(rows: list[dict], fits: dict[str, dict], out_dir: Path) -> list
         title="IsoFLOP curves",
     )
     ax.legend(fontsize=7)
-    written.append(_save(fig, plots / "isoflop.png"))
+    figures["isoflop.png"] = fig
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for variant, entry in fits.items():
-        finite = [f for f in entry["isoflop"] if math.isfinite(f.optimal_params)]
-        if finite:
+    laws = {v: e for v, e in fits.items() if e.get("params_law")}
+    if laws:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for variant, entry in laws.items():
+            finite = [f for f in entry["isoflop"] if math.isfinite(f.optimal_params)]
             line = ax.plot(
                 [f.budget for f in finite], [f.optimal_params for f in finite], "o", label=variant
             )[0]
-            law: PowerLaw | None = entry.get("params_law")
-            if law:
-                c = np.geomspace(finite[0].budget, finite[-1].budget, 20)
-                ax.plot(c, law(c), "-", color=line.get_color(), label=f"{variant}: N* ~ C^{law.exponent:.2f}")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="training FLOPs",
-        ylabel="compute-optimal parameters",
-        title="compute-optimal frontier",
-    )
-    ax.legend(fontsize=7)
-    written.append(_save(fig, plots / "frontier.png"))
-    return written
+            law: PowerLaw = entry["params_law"]
+            c = np.geomspace(finite[0].budget, finite[-1].budget, 20)
+            ax.plot(c, law(c), "-", color=line.get_color(), label=f"{variant}: N* ~ C^{law.exponent:.2f}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="training FLOPs",
+            ylabel="compute-optimal parameters",
+            title="compute-optimal frontier",
+        )
+        ax.legend(fontsize=7)
+        figures["frontier.png"] = fig
+    return figures
+
+
+def plot_results(rows: list[dict], fits: dict[str, dict], out_dir: Path) -> list[Path]:
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for stale in plots.glob("*.png"):  # a picture the data no longer supports must not linger
+        if stale.name in ("bpb_vs_flops.png", "bpb_by_variant.png", "isoflop.png", "frontier.png"):
+            stale.unlink()
+    return [_save(fig, plots / name) for name, fig in sweep_figures(rows, fits).items()]
 
 
 def _group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
+from blt_scale.launch.wait import wait_jobs
 from blt_scale.sweep.plan import PlannedRun, SweepConfig, plan_sweep, plan_table
 from blt_scale.sweep.report import (
     collect,
@@ -49,7 +49,7 @@ def aggregate(sweep: SweepConfig, runs: list[PlannedRun]) -> dict:
     rows = collect(runs)
     write_results(rows, out)
     fits = fit_results(rows)
-    (out / "fits.md").write_text(fits_markdown(fits))
+    (out / "fits.md").write_text(fits_markdown(fits, rows))
     plot_results(rows, fits, out)
     return {"results": str(out / "results.csv"), "runs": len(rows)}
 
@@ -61,16 +61,6 @@ def submit_slurm(sweep_cfg: SweepConfig, runs: list[PlannedRun]) -> list:
 
     cfgs = [load_recipe(r.recipe, r.overrides) for r in runs]
     return submit_runs(cfgs, sweep_cfg.launch, Path(sweep_cfg.run_dir) / "array", sweep_cfg.max_parallel)
-
-
-def wait_for(jobs: list, timeout_s: float, poll_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(job.done() for job in jobs):
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"sweep array not finished after {timeout_s:.0f} s; run `blt sweep` again later"
-            )
-        time.sleep(poll_s)
 
 
 def sweep(sweep_cfg: SweepConfig, sweep_file: Path, local: bool, dry_run: bool, wait: bool = False) -> dict:
@@ -89,7 +79,10 @@ def sweep(sweep_cfg: SweepConfig, sweep_file: Path, local: bool, dry_run: bool, 
         summary = {"planned": len(runs), "submitted": len(pending), "job": str(jobs[0].job_id).split("_")[0]}
         if not wait:
             return summary
-        wait_for(jobs, sweep_cfg.wait_timeout_s)
+        try:
+            wait_jobs(jobs, f"sweep array {summary['job']}", sweep_cfg.wait_timeout_s)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}; run `blt sweep` again later") from None
         unfinished = [r.name for r in pending if not run_finished(r)]
         if unfinished:
             raise RuntimeError(

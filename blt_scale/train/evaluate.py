@@ -17,14 +17,17 @@ from blt_scale.train.objectives import loss_fn
 def evaluate_bpb(
     model,
     cfg,
-    env: DistEnv = DistEnv(),
-    device=torch.device("cpu"),
+    env: DistEnv | None = None,
+    device: torch.device | None = None,
     autocast=contextlib.nullcontext,
     batches: int | None = None,
 ) -> dict:
     """bpb over `train.eval_batches` (or `batches`) batches of train.micro_batch validation rows
     (train.global_batch rows when it is unset), dealt over the ranks in micro-batches of the run's
     size: the same rows at any world size that divides the count."""
+    env = env or DistEnv()
+    if device is None:
+        device = torch.device("cpu")
     t = cfg.train
     rows = (batches or t.eval_batches) * t.micro_batch_for(1)
     micro = t.micro_batch_for(env.world_size)

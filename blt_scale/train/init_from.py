@@ -32,7 +32,8 @@ def load_init(model: nn.Module, sources) -> list[str]:
         for k, v in state.items():
             if v.shape != own[k].shape:
                 raise ConfigError(
-                    f"model.init_from {where}: {k!r} has shape {list(v.shape)}, this model {list(own[k].shape)}"
+                    f"model.init_from {where}: {k!r} has shape {list(v.shape)}, this model "
+                    f"{list(own[k].shape)}"
                 )
         model.load_state_dict(state, strict=False)
         provided |= set(state)

@@ -46,8 +46,8 @@ class TrainConfig(Config):
     micro_batch: int | None = Field(
         default=None,
         gt=0,
-        description="sequences per forward pass on one rank; global_batch / (micro_batch x world size) micro-batches "
-        "are accumulated per step. unset = global_batch / world size (no accumulation)",
+        description="sequences per forward pass on one rank; global_batch / (micro_batch x world size) "
+        "micro-batches are accumulated per step. unset = global_batch / world size (no accumulation)",
     )
     log_every: int = Field(default=10, gt=0)
     eval_every: int | None = Field(
@@ -56,7 +56,8 @@ class TrainConfig(Config):
     eval_batches: int = Field(
         default=4,
         gt=0,
-        description="validation batches over all ranks, of micro_batch rows each (global_batch rows when it is unset)",
+        description="validation batches over all ranks, of micro_batch rows each (global_batch rows when "
+        "it is unset)",
     )
     max_bad_steps: int = Field(default=5, gt=0, description="halt after this many non-finite steps in a row")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -87,8 +88,9 @@ class TrainConfig(Config):
         if self.micro_batch is None:
             if self.global_batch % world_size:
                 raise ConfigError(
-                    f"train.global_batch ({self.global_batch}) must be a multiple of the world size ({world_size}) "
-                    f"when train.micro_batch is unset (no accumulation: global_batch / world size per rank)"
+                    f"train.global_batch ({self.global_batch}) must be a multiple of the world size "
+                    f"({world_size}) when train.micro_batch is unset (no accumulation: global_batch / world "
+                    "size per rank)"
                 )
             return self.global_batch // world_size
         if self.global_batch % (self.micro_batch * world_size):
@@ -96,12 +98,13 @@ class TrainConfig(Config):
                 ""
                 if self.global_batch % world_size
                 else (
-                    "; or unset train.micro_batch (train.micro_batch=null) for global_batch / world size per rank, without accumulation"
+                    "; or unset train.micro_batch (train.micro_batch=null) for global_batch / world size "
+                    "per rank, without accumulation"
                 )
             )
             raise ConfigError(
-                f"train.global_batch ({self.global_batch}) must be a multiple of train.micro_batch ({self.micro_batch}) "
-                f"x world size ({world_size}){hint}"
+                f"train.global_batch ({self.global_batch}) must be a multiple of train.micro_batch "
+                f"({self.micro_batch}) x world size ({world_size}){hint}"
             )
         return self.micro_batch
 
@@ -123,7 +126,8 @@ class StopRequested(Exception):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, env: DistEnv = DistEnv(), resume: str = "auto"):
+    def __init__(self, cfg: RunConfig, env: DistEnv | None = None, resume: str = "auto"):
+        env = env or DistEnv()
         self.cfg, self.env = cfg, env
         t = cfg.train
         self.micro_batch = t.micro_batch_for(env.world_size)

@@ -33,3 +33,54 @@ def plot_losses(run_dir: str | Path, marks: dict[str, int] | None = None) -> Pat
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def compare_runs(run_dirs: list[str | Path], x: str = "step"):
+    """One figure of several runs: training bpb (thin) and validation bpb (dots) of each, in one
+    color per run, against `x` (step, or bytes seen). Returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if x not in ("step", "bytes"):
+        raise ValueError(f"x must be step or bytes, got {x!r}")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run_dir in run_dirs:
+        rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+        if not rows:
+            raise FileNotFoundError(f"{run_dir}: no metrics.jsonl rows to plot")
+        train = [r for r in rows if "split" not in r]
+        # bytes seen at a validation step: those of the training row of the same step
+        seen = {r["step"]: r.get("bytes_consumed", 0) for r in train}
+
+        def pos(r: dict, seen: dict = seen) -> float:
+            return r["step"] if x == "step" else seen.get(r["step"], 0)
+
+        name = Path(run_dir).name
+        line = ax.plot([pos(r) for r in train], [r["bpb"] for r in train], lw=1, label=f"{name} train")[0]
+        val = [r for r in rows if r.get("split") == "val"]
+        if val:
+            ax.plot(
+                [pos(r) for r in val],
+                [r["bpb"] for r in val],
+                "o--",
+                color=line.get_color(),
+                label=f"{name} val",
+            )
+    ax.set_xlabel("step" if x == "step" else "training bytes")
+    ax.set_ylabel("bits per byte")
+    ax.set_title(f"{len(run_dirs)} run(s)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

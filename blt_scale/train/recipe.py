@@ -40,7 +40,8 @@ class RunConfig(Config):
         brain = self.data.brain
         if brain is not None and self.data.seq_len != brain.text_bytes + 1:
             raise ValueError(
-                f"data.seq_len ({self.data.seq_len}) must be data.brain.text_bytes + 1 ({brain.text_bytes + 1}) for brain data"
+                f"data.seq_len ({self.data.seq_len}) must be data.brain.text_bytes + 1 "
+                f"({brain.text_bytes + 1}) for brain data"
             )
         return self
 

@@ -86,7 +86,7 @@ def sentences(words: list[tuple[float, str]], gap_s: float) -> list[tuple[float,
     first word's."""
     out: list[tuple[float, str]] = []
     current: list[tuple[float, str]] = []
-    for i, (onset, word) in enumerate(words):
+    for _, (onset, word) in enumerate(words):
         if current and onset - current[-1][0] > gap_s:
             out.append((current[0][0], " ".join(w for _, w in current)))
             current = []

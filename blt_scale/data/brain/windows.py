@@ -1,6 +1,7 @@
 """Windows: which samples of a preprocessed recording become training samples.
 
-events:  for an event at onset t (s), samples [round(t*f) + round(tmin*f), ... + n), n = round((tmax - tmin)*f)
+events:  for an event at onset t (s), samples [round(t*f) + round(tmin*f), ... + n),
+         n = round((tmax - tmin)*f)
 sliding: starts 0, s, 2s, ... (s = round(step_s*f)), n = round(length_s*f); the text is the
          events whose onset falls inside, joined by spaces (possibly empty).
 Windows that do not fit inside the recording are skipped and counted.
