@@ -38,6 +38,8 @@ RUN = {
     'blt generate runs/cpu_tiny/export --prompt "def main(" --max-bytes 200': ["--max-bytes", "8"],
     # --json: tests/test_flops.py::test_cli_json_reports_the_same_numbers.
     "blt flops blt_1b --patch-bytes 4.5 [--json]": [],
+    "blt status runs/cpu_tiny [--json]": [],
+    "blt plot runs/one_process runs/cpu_tiny --out compare.png": [],
 }
 
 # README line -> why it is not run here (and what tests it instead).
@@ -184,3 +186,5 @@ def test_readme_commands_run_as_written(tmp_path):
         "def main("
     )
     assert "training FLOPs/byte" in outputs["blt flops blt_1b --patch-bytes 4.5 [--json]"]
+    assert "state finished" in outputs["blt status runs/cpu_tiny [--json]"]
+    assert (cwd / "compare.png").stat().st_size > 5_000
