@@ -12,7 +12,9 @@ def register(sub) -> None:
         "export", help="consolidated safetensors + config from a run's latest complete checkpoint"
     )
     p.add_argument("path", metavar="RUN_DIR|CKPT")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--out", required=True, help="output directory: new, empty, or an earlier export (replaced)"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -27,12 +29,13 @@ def register(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from blt_scale.checkpoint.export import save_exported
+    from blt_scale.checkpoint.export import check_export_target, save_exported
     from blt_scale.checkpoint.restore import load_model
     from blt_scale.train.recipe import saved_recipe
 
+    check_export_target(args.out)  # before the (slow) load: a refused --out costs nothing
     model, _, source = load_model(args.path)
-    out = save_exported(model.state_dict(), saved_recipe(source), args.out)
+    out = save_exported(model.state_dict(), saved_recipe(source), args.out, source=source)
     print(json.dumps({"from": str(source), "out": str(out)}))
     return 0
 
