@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import blt
+from data_helpers import make_documents, write_text_files
 from dist_helpers import TINY
 
 from blt_scale.checkpoint.export import EXPORT_MARKER, load_exported
@@ -77,3 +78,40 @@ def test_export_fills_an_empty_dir_and_replaces_only_its_own_export(run_copy, tm
     one_line_error(capsys, main(["export", str(run_copy), "--out", str(out)]))
     assert (out / "notes.txt").read_text() == "added by the user"
     assert (out / "model.safetensors").is_file()
+
+
+# -- item 2: prep deletes only a dataset it wrote ---------------------------------------------
+def prep_text(capsys, src: Path, out: Path, *extra: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["prep", "text", str(src), "--out", str(out), "--val-fraction", "0.2", "--quiet", *extra])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_prep_refuses_a_folder_with_a_foreign_prep_json(tmp_path, capsys, overwrite):
+    write_text_files(tmp_path / "src", make_documents(5, seed=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    # Someone else's prep.json, even one with a "kind", in a folder of theirs.
+    (out / "prep.json").write_text(json.dumps({"steps": ["tokenize"], "kind": "recipe notes"}))
+    (out / "data.csv").write_text("a,b\n1,2\n")
+    before = tree(out)
+    code, err = prep_text(capsys, tmp_path / "src", out, *overwrite)
+    assert code == 2 and "\n" not in err and str(out) in err and "blt prep" in err
+    assert tree(out) == before
+
+
+def test_prep_overwrite_replaces_only_its_own_dataset(tmp_path, capsys):
+    write_text_files(tmp_path / "a", make_documents(5, seed=1))
+    write_text_files(tmp_path / "b", make_documents(6, seed=2))
+    out = tmp_path / "out"
+    assert prep_text(capsys, tmp_path / "a", out)[0] == 0
+    assert prep_text(capsys, tmp_path / "b", out, "--overwrite")[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(s["documents"] for s in manifest["splits"].values()) == 6
+
+    (out / "README.md").write_text("my notes")  # something the tool did not write
+    before = tree(out)
+    code, err = prep_text(capsys, tmp_path / "a", out, "--overwrite")
+    assert code == 2 and "README.md" in err and "\n" not in err
+    assert tree(out) == before
