@@ -4,11 +4,14 @@ recovers or says so in one line."""
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from cli_helpers import blt
 from data_helpers import make_documents, write_text_files
 from dist_helpers import TINY
@@ -115,3 +118,89 @@ def test_prep_overwrite_replaces_only_its_own_dataset(tmp_path, capsys):
     code, err = prep_text(capsys, tmp_path / "a", out, "--overwrite")
     assert code == 2 and "README.md" in err and "\n" not in err
     assert tree(out) == before
+
+
+# -- item 8 of the issue: loading never unpickles untrusted bytes ------------------------------
+class Payload:
+    """Unpickling this creates `marker`: the code a crafted checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_crafted_dcp_metadata_runs_no_code(run_copy, tmp_path, capsys, command):
+    marker = tmp_path / "pwned"
+    newest = run_copy / "checkpoints" / "step_000004"
+    (newest / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    extra = ["--out", str(tmp_path / "export")] if command == "export" else []
+    err = one_line_error(capsys, main([command, str(newest), *extra]))
+    assert ".metadata" in err and str(newest) in err
+    assert not marker.exists()
+
+    # The payload inside otherwise genuine metadata (a field DCP never reads) is refused too.
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+    metadata = FileSystemReader(str(run_copy / "checkpoints" / "step_000002")).read_metadata()
+    metadata.planner_data = Payload(marker)
+    (newest / ".metadata").write_bytes(pickle.dumps(metadata))
+    one_line_error(capsys, main([command, str(newest), *extra]))
+    assert not marker.exists() and not (tmp_path / "export").exists()
+
+
+def test_crafted_optimizer_item_runs_no_code_on_resume(run_copy, tmp_path):
+    """DCP stores non-tensor items (the optimizer's param_groups) as torch.save pickles and read
+    them with weights_only=False: point one at a payload appended to the shard file."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
+
+    from blt_scale.checkpoint.safe_dcp import CheckpointLoadError
+    from blt_scale.model.build import build_model
+    from blt_scale.parallel.env import DistEnv
+    from blt_scale.parallel.strategy import build_strategy
+    from blt_scale.train.optim import build_optimizer
+    from blt_scale.train.recipe import saved_recipe
+
+    marker = tmp_path / "pwned"
+    ckpt = run_copy / "checkpoints" / "step_000004"
+    metadata = FileSystemReader(str(ckpt)).read_metadata()
+    index = next(i for i in metadata.storage_data if i.fqn.startswith("optim.param_groups"))
+    info = metadata.storage_data[index]
+    payload = io.BytesIO()
+    torch.save(Payload(marker), payload)
+    shard = ckpt / info.relative_path
+    offset = shard.stat().st_size
+    with open(shard, "ab") as f:
+        f.write(payload.getvalue())
+    metadata.storage_data[index] = _StorageInfo(info.relative_path, offset, len(payload.getvalue()))
+    (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
+
+    cfg = saved_recipe(ckpt)
+    strategy = build_strategy(cfg.parallel, DistEnv(), torch.device("cpu"))
+    model = build_model(cfg.model)
+    with pytest.raises(CheckpointLoadError) as err:
+        strategy.load(model, build_optimizer(model, cfg=cfg.optim), ckpt)
+    assert "\n" not in str(err.value) and str(ckpt) in str(err.value)
+    assert not marker.exists()
+
+
+def test_crafted_deepspeed_files_run_no_code(tiny_run, tmp_path, capsys):
+    """zero_to_fp32 reads the ZeRO files with weights_only=False; a step dir whose ds/ files are
+    payloads must be refused by `blt export` without running them."""
+    marker = tmp_path / "pwned"
+    step = tmp_path / "run" / "checkpoints" / "step_000002"
+    (step / "ds").mkdir(parents=True)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        torch.save(
+            {"optimizer_state_dict": Payload(marker), "buffer_names": Payload(marker)}, step / "ds" / name
+        )
+    (step / "ds" / "latest").write_text("ds")
+    for name in ("config.yaml", "train_state.json", "COMPLETE"):
+        shutil.copy(tiny_run / "checkpoints" / "step_000002" / name, step / name)
+    code = main(["export", str(step), "--out", str(tmp_path / "export")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after DeepSpeed's own log lines
+    assert code == 2 and err.startswith("blt export: error: ") and "states.pt: refused to load" in err
+    assert "not an allowed global" in err
+    assert not marker.exists() and not (tmp_path / "export").exists()

@@ -4,17 +4,16 @@ complete checkpoint). DCP (and DeepSpeed's zero_to_fp32) read sharded checkpoint
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from blt_scale.checkpoint.deepspeed import consolidated_state_dict, is_deepspeed_checkpoint
 from blt_scale.checkpoint.export import WEIGHTS, SavedModel, load_exported, read_saved_model
 from blt_scale.checkpoint.layout import is_complete, latest_complete
+from blt_scale.checkpoint.safe_dcp import safe_load
 from blt_scale.model.build import build_model
 
 
@@ -41,9 +40,7 @@ def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, SavedModel]:
         model.load_state_dict(consolidated_state_dict(ckpt))
         return model.eval(), cfg
     state = {"model": get_model_state_dict(model)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: expected
-        dcp.load(state, checkpoint_id=str(ckpt))
+    safe_load(state, ckpt)  # no pickled code runs, and any failure is one line
     set_model_state_dict(model, state["model"])
     return model.eval(), cfg
 
