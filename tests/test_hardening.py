@@ -17,6 +17,7 @@ from data_helpers import make_documents, write_text_files
 from dist_helpers import TINY
 
 from blt_scale.checkpoint.export import EXPORT_MARKER, load_exported
+from blt_scale.checkpoint.layout import file_manifest, marker_text
 from blt_scale.cli import main
 
 RUN = TINY + ["train.steps=4", "checkpoint.every=2"]
@@ -38,6 +39,12 @@ def tiny_run(tmp_path_factory) -> Path:
 def run_copy(tiny_run, tmp_path) -> Path:
     """A copy of the tiny run this test may change."""
     return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def remark(step: Path) -> None:
+    """Rewrite the marker's manifest for the files as they are now: a crafted checkpoint whose
+    author also forged the manifest, so only the loader stands between it and the user."""
+    (step / "COMPLETE").write_text(marker_text(int(step.name.split("_")[1]), file_manifest(step)))
 
 
 def one_line_error(capsys, code: int) -> str:
@@ -136,9 +143,10 @@ def test_crafted_dcp_metadata_runs_no_code(run_copy, tmp_path, capsys, command):
     marker = tmp_path / "pwned"
     newest = run_copy / "checkpoints" / "step_000004"
     (newest / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    remark(newest)
     extra = ["--out", str(tmp_path / "export")] if command == "export" else []
     err = one_line_error(capsys, main([command, str(newest), *extra]))
-    assert ".metadata" in err and str(newest) in err
+    assert ".metadata: refused to load" in err and str(newest) in err
     assert not marker.exists()
 
     # The payload inside otherwise genuine metadata (a field DCP never reads) is refused too.
@@ -147,6 +155,7 @@ def test_crafted_dcp_metadata_runs_no_code(run_copy, tmp_path, capsys, command):
     metadata = FileSystemReader(str(run_copy / "checkpoints" / "step_000002")).read_metadata()
     metadata.planner_data = Payload(marker)
     (newest / ".metadata").write_bytes(pickle.dumps(metadata))
+    remark(newest)
     one_line_error(capsys, main([command, str(newest), *extra]))
     assert not marker.exists() and not (tmp_path / "export").exists()
 
@@ -197,10 +206,43 @@ def test_crafted_deepspeed_files_run_no_code(tiny_run, tmp_path, capsys):
             {"optimizer_state_dict": Payload(marker), "buffer_names": Payload(marker)}, step / "ds" / name
         )
     (step / "ds" / "latest").write_text("ds")
-    for name in ("config.yaml", "train_state.json", "COMPLETE"):
+    for name in ("config.yaml", "train_state.json"):
         shutil.copy(tiny_run / "checkpoints" / "step_000002" / name, step / name)
+    remark(step)
     code = main(["export", str(step), "--out", str(tmp_path / "export")])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after DeepSpeed's own log lines
     assert code == 2 and err.startswith("blt export: error: ") and "states.pt: refused to load" in err
     assert "not an allowed global" in err
     assert not marker.exists() and not (tmp_path / "export").exists()
+
+
+# -- item 7 of the issue: damaged checkpoints are detected and skipped --------------------------
+def test_resume_skips_a_truncated_checkpoint_and_eval_names_it(run_copy, capsys):
+    newest = run_copy / "checkpoints" / "step_000004"
+    marker = json.loads((newest / "COMPLETE").read_text())
+    shard = newest / "__0_0.distcp"
+    assert marker["files"]["__0_0.distcp"]["size"] == shard.stat().st_size  # the manifest, as written
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+
+    err = one_line_error(capsys, main(["eval", str(newest)]))
+    assert str(newest) in err and "__0_0.distcp" in err and "damaged" in err
+
+    r = blt("train", "cpu_tiny", *TINY, "train.steps=6", "checkpoint.every=2", f"run_dir={run_copy}")
+    assert f"skipping checkpoint {newest}: __0_0.distcp has" in r.stderr
+    assert f"resumed from {run_copy / 'checkpoints' / 'step_000002'} at step 2/6" in r.stderr
+    steps = [row["step"] for row in map(json.loads, (run_copy / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [1, 2, 3, 4, 5, 6]  # rows of the skipped steps were trained again, once
+    assert (
+        json.loads((newest / "COMPLETE").read_text())["files"]["__0_0.distcp"]["size"] == shard.stat().st_size
+    )
+
+
+def test_resume_with_every_checkpoint_damaged_is_one_line(run_copy):
+    for step in ("step_000002", "step_000004"):
+        (run_copy / "checkpoints" / step / "train_state.json").write_text("{}")
+    r = blt("train", "cpu_tiny", *RUN, "train.steps=6", f"run_dir={run_copy}", check=False)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "every complete checkpoint is damaged" in last and "Traceback" not in r.stderr
+    assert "skipping checkpoint" in r.stderr and "train_state.json has 2 bytes" in r.stderr

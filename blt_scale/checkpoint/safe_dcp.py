@@ -138,6 +138,11 @@ def _failure(err: CheckpointException) -> str:
     return "unknown failure"
 
 
+def describe(err: BaseException) -> str:
+    """One line for any exception, DCP's CheckpointException (a page of tracebacks) included."""
+    return f"CheckpointException: {_failure(err)}" if isinstance(err, CheckpointException) else one_line(err)
+
+
 def one_line(err: BaseException) -> str:
     """An exception as one short line; torch.load's weights_only refusal as its essential part."""
     text = str(err)

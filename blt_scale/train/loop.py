@@ -9,6 +9,7 @@ is spread over ranks, so FSDP, one plain process and DeepSpeed share it.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import zlib
 from functools import partial
@@ -21,7 +22,15 @@ from pydantic import Field, model_validator
 
 from blt_scale import config
 from blt_scale.checkpoint.checkpointer import Checkpointer
-from blt_scale.checkpoint.layout import is_complete, latest_complete, remove_partial
+from blt_scale.checkpoint.layout import (
+    complete_checkpoints,
+    is_complete,
+    latest_complete,
+    latest_verified,
+    remove_partial,
+    verify,
+)
+from blt_scale.checkpoint.safe_dcp import CheckpointLoadError
 from blt_scale.config import Config, ConfigError
 from blt_scale.data.loader import build_loader, merge_states
 from blt_scale.model.build import build_model
@@ -163,17 +172,40 @@ class Trainer:
         self.trace = records.DataTrace(self.run_dir, env.rank) if t.trace_data else None
 
     # -- resume -------------------------------------------------------------------------------
+    def _pick_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint that matches its manifest (rank 0 checks, every rank
+        gets its answer); newer damaged ones are skipped with a line saying why."""
+        choice = [None]
+        if self.env.is_main:
+            say = partial(print, file=sys.stderr, flush=True)
+            path = latest_verified(self.run_dir, say=lambda line: say(f"[rank 0] {line}"))
+            if path is None and complete_checkpoints(self.run_dir):
+                choice = ["damaged"]
+            else:
+                choice = [str(path) if path else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(choice, src=0)
+        if choice[0] == "damaged":
+            raise CheckpointLoadError(
+                f"{self.run_dir}: every complete checkpoint is damaged (rank 0 said why); "
+                "--resume never starts over"
+            )
+        return Path(choice[0]) if choice[0] else None
+
     def _resume(self, resume: str) -> Path | None:
         if resume == "never":
             path = None
         elif resume == "auto":
-            path = latest_complete(self.run_dir)
+            path = self._pick_checkpoint()
         else:
             path = Path(resume)
             if not is_complete(path):
                 raise FileNotFoundError(
                     f"--resume {resume}: not a complete checkpoint directory (step_N with a COMPLETE marker)"
                 )
+            reason = verify(path)
+            if reason is not None:
+                raise CheckpointLoadError(f"--resume {resume}: damaged checkpoint: {reason}")
         if path is not None:
             state = self.checkpointer.load(path, self.model, self.optimizer)
             self.step, self.skipped_steps = state["step"], state["skipped_steps"]

@@ -8,7 +8,9 @@ import sys
 import traceback
 
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
+from blt_scale.checkpoint.safe_dcp import CheckpointLoadError, describe
 from blt_scale.config import ConfigError
 from blt_scale.parallel.env import read_env
 from blt_scale.train.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK, EXIT_STOPPED
@@ -44,6 +46,14 @@ def run_training(cfg, resume: str = "auto", debug: bool = False) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"{tag} error: {err}", file=sys.stderr, flush=True)
         code = EXIT_CONFIG
+    except CheckpointLoadError as err:
+        print(f"{tag} failed: {err}", file=sys.stderr, flush=True)
+        code = EXIT_FAILED
+    except CheckpointException as err:  # DCP's save/load failures derive from BaseException
+        if debug:
+            traceback.print_exc()
+        print(f"{tag} failed: {describe(err)}", file=sys.stderr, flush=True)
+        code = EXIT_FAILED
     except Exception as err:  # noqa: BLE001 - every failure must end in an exit code
         if debug or not isinstance(err, (ValueError, RuntimeError)):
             traceback.print_exc()
