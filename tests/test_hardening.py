@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from cli_helpers import blt
 from data_helpers import make_documents, write_text_files
-from dist_helpers import TINY
+from dist_helpers import FSDP, TINY
 
 from blt_scale.checkpoint.export import EXPORT_MARKER, load_exported
 from blt_scale.checkpoint.layout import file_manifest, marker_text
 from blt_scale.cli import main
+from blt_scale.files import read_jsonl
 
 RUN = TINY + ["train.steps=4", "checkpoint.every=2"]
 
@@ -246,3 +253,92 @@ def test_resume_with_every_checkpoint_damaged_is_one_line(run_copy):
     last = r.stderr.strip().splitlines()[-1]
     assert "every complete checkpoint is damaged" in last and "Traceback" not in r.stderr
     assert "skipping checkpoint" in r.stderr and "train_state.json has 2 bytes" in r.stderr
+
+
+# -- item 4 of the issue: one writer per run directory; ranks die with their launcher ---------
+def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(read_jsonl(run_dir / "metrics.jsonl")) < n:
+        assert proc.poll() is None, f"training ended early ({proc.returncode})"
+        assert time.monotonic() < deadline, "no metrics rows in time"
+        time.sleep(0.1)
+
+
+def start_blt(*args: str, log: Path) -> subprocess.Popen:
+    out = open(log, "w")
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "blt_scale.cli", *args]
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_second_trainer_on_a_run_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    first = start_blt(
+        "train", "cpu_tiny", *TINY, "train.steps=80", f"run_dir={run_dir}", log=tmp_path / "1.log"
+    )
+    try:
+        wait_for_rows(run_dir, 1, first)
+        config = (run_dir / "config.yaml").read_bytes()
+        r = blt("train", "cpu_tiny", *TINY, "train.steps=30", f"run_dir={run_dir}", check=False)
+        assert r.returncode == 2
+        last = r.stderr.strip().splitlines()[-1]
+        assert "another trainer is writing this run directory" in last
+        assert f"held by pid {first.pid} on host {socket.gethostname()}" in last
+        assert (run_dir / "config.yaml").read_bytes() == config  # the second wrote nothing
+        assert first.wait(timeout=240) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 81))
+    # The lock died with its holder: the next trainer resumes (and finds the run finished).
+    r = blt("train", "cpu_tiny", *TINY, "train.steps=80", f"run_dir={run_dir}")
+    assert "at step 80/80" in r.stderr
+
+
+@pytest.mark.multiproc
+def test_kill_9_of_the_launcher_takes_its_ranks_along(tmp_path):
+    run_dir = tmp_path / "run"
+    launcher = start_blt(
+        "train",
+        "cpu_tiny",
+        *TINY,
+        *FSDP,
+        "train.steps=5000",
+        f"run_dir={run_dir}",
+        "--nproc",
+        "2",
+        log=tmp_path / "l.log",
+    )
+    ranks = []
+    try:
+        wait_for_rows(run_dir, 2, launcher)
+        ranks = children(launcher.pid)
+        assert len(ranks) == 2 and all(alive(p) for p in ranks)
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in ranks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in ranks if alive(p)], "ranks outlived their launcher by 5 s"
+    finally:
+        for p in [*ranks, launcher.pid]:  # never leave orphans behind, even when the test fails
+            if alive(p):
+                os.kill(p, signal.SIGKILL)

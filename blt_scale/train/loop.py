@@ -42,6 +42,7 @@ from blt_scale.train.init_from import load_init
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
 from blt_scale.train.objectives import loss_fn
 from blt_scale.train.optim import build_optimizer, lr_factor
+from blt_scale.train.run_lock import RunDirLocked, RunLock
 from blt_scale.train.signals import StopFlag
 
 if TYPE_CHECKING:
@@ -144,8 +145,8 @@ class Trainer:
         init_distributed(env, self.device, self.strategy.needs_process_group)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
+        self.lock = self._lock_run_dir()  # before anything is written there
         if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config.dump(cfg))
         torch.manual_seed(t.seed)  # the same initial weights on every rank, before sharding
         model = build_model(cfg.model)
@@ -170,6 +171,21 @@ class Trainer:
         self.metrics = MetricsLogger(self.run_dir, t.steps, enabled=env.is_main)
         self.stop = StopFlag().install()
         self.trace = records.DataTrace(self.run_dir, env.rank) if t.trace_data else None
+
+    def _lock_run_dir(self) -> RunLock | None:
+        """Rank 0 takes the run directory's lock; every rank fails together when it is held."""
+        lock = error = None
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lock = RunLock(self.run_dir)
+            except RunDirLocked as err:
+                error = err
+        if all_reduce([float(error is not None)])[0]:
+            raise error or RunDirLocked(
+                f"{self.run_dir}: another trainer is writing this run directory (rank 0 names it)"
+            )
+        return lock
 
     # -- resume -------------------------------------------------------------------------------
     def _pick_checkpoint(self) -> Path | None:

@@ -62,6 +62,8 @@ def run_training(cfg, resume: str = "auto", debug: bool = False) -> int:
     finally:
         if wandb is not None:
             wandb.finish()
+        if trainer is not None and trainer.lock is not None:
+            trainer.lock.release()  # the process may live on (a SLURM task requeueing itself)
     return code
 
 
