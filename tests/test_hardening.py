@@ -342,3 +342,24 @@ def test_kill_9_of_the_launcher_takes_its_ranks_along(tmp_path):
         for p in [*ranks, launcher.pid]:  # never leave orphans behind, even when the test fails
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+# -- item 5 of the issue: resume checks the saved config before writing anything ----------------
+def test_resume_with_a_changed_model_is_refused_before_writing(run_copy):
+    before = tree(run_copy)
+    r = blt(
+        "train", "cpu_tiny", *RUN, "model.global.dim=128", "train.steps=6", f"run_dir={run_copy}", check=False
+    )
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "model.global.dim: 64 -> 128" in last and str(run_copy / "config.yaml") in last
+    assert "--resume never" in last and "model.init_from=" in last and "Traceback" not in r.stderr
+    assert tree(run_copy) == before  # not even the lock file was touched
+
+    r = blt("train", "cpu_tiny", *RUN, "train.seed=7", "data.seq_len=32", f"run_dir={run_copy}", check=False)
+    assert r.returncode == 2 and "data.seq_len: 64 -> 32" in r.stderr and "train.seed: 0 -> 7" in r.stderr
+    assert tree(run_copy) == before
+
+    # What does not touch the weights or the data order resumes: more steps, another log interval.
+    r = blt("train", "cpu_tiny", *RUN, "train.steps=5", "train.log_every=2", f"run_dir={run_copy}")
+    assert "resumed from" in r.stderr and "at step 4/5" in r.stderr

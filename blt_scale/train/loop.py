@@ -38,6 +38,7 @@ from blt_scale.model.flops import model_flops
 from blt_scale.parallel.env import DistEnv, init_distributed, pick_device
 from blt_scale.parallel.strategy import all_reduce, build_strategy
 from blt_scale.train import records
+from blt_scale.train.config_check import check_resume_config
 from blt_scale.train.init_from import load_init
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
 from blt_scale.train.objectives import loss_fn
@@ -145,6 +146,12 @@ class Trainer:
         init_distributed(env, self.device, self.strategy.needs_process_group)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
+        # A changed model or data order is refused before anything in the run directory is written.
+        recipe = cfg.model_dump(mode="json", by_alias=True)
+        if resume == "auto" and latest_complete(self.run_dir):
+            check_resume_config(self.run_dir / "config.yaml", recipe, self.run_dir)
+        elif resume not in ("auto", "never"):
+            check_resume_config(Path(resume) / "config.yaml", recipe, self.run_dir)
         self.lock = self._lock_run_dir()  # before anything is written there
         if env.is_main:
             (self.run_dir / "config.yaml").write_text(config.dump(cfg))
