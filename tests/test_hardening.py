@@ -363,3 +363,30 @@ def test_resume_with_a_changed_model_is_refused_before_writing(run_copy):
     # What does not touch the weights or the data order resumes: more steps, another log interval.
     r = blt("train", "cpu_tiny", *RUN, "train.steps=5", "train.log_every=2", f"run_dir={run_copy}")
     assert "resumed from" in r.stderr and "at step 4/5" in r.stderr
+
+
+# -- item 11 of the issue: `blt resume` of a finished run submits nothing ------------------------
+def test_resume_of_a_finished_run_submits_nothing(tmp_path, capsys):
+    from blt_scale.launch import rundir
+    from blt_scale.launch.config import LaunchConfig
+    from blt_scale.train.recipe import load_recipe
+
+    cfg = load_recipe("cpu_tiny", [*RUN, f"run_dir={tmp_path / 'run'}"])
+    run_dir = rundir.prepare(cfg, LaunchConfig(nodes=1, tasks_per_node=1, time_min=10, signal_delay_s=60))
+    job_config = str(run_dir / rundir.JOB_CONFIG)
+    blt("train", job_config, "train.steps=2")  # stopped half way, as a preempted job would be
+    assert main(["resume", str(run_dir), "--dry-run"]) == 0
+    assert "#SBATCH" in capsys.readouterr().out  # an unfinished run is resubmitted
+
+    blt("train", job_config)  # the job's own recipe to its last step
+    before = {
+        name: (run_dir / name).read_bytes()
+        for name in (rundir.LAUNCH, rundir.JOBS)
+        if (run_dir / name).exists()
+    }
+    for extra in (["--dry-run"], ["--nodes", "2"]):  # would fail without SLURM if it tried to submit
+        assert main(["resume", str(run_dir), *extra]) == 0
+        out = capsys.readouterr().out
+        assert "finished (step 4 of 4 is checkpointed)" in out and "no job submitted" in out
+        assert "#SBATCH" not in out and "job " not in out.replace("no job submitted", "")
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
