@@ -390,3 +390,54 @@ def test_resume_of_a_finished_run_submits_nothing(tmp_path, capsys):
         assert "finished (step 4 of 4 is checkpointed)" in out and "no job submitted" in out
         assert "#SBATCH" not in out and "job " not in out.replace("no job submitted", "")
     assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+# -- minor ones ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "export"
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 0
+    return out
+
+
+def test_bad_counts_are_refused_in_one_line(tiny_run, exported, capsys):
+    capsys.readouterr()
+    err = one_line_error(capsys, main(["eval", str(tiny_run), "--batches", "0"]))
+    assert "--batches must be at least 1, got 0" in err
+    err = one_line_error(
+        capsys, main(["generate", str(exported), "--prompt", "import os", "--max-bytes", "-5"])
+    )
+    assert "--max-bytes must be at least 1, got -5" in err
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(exported):
+    r = subprocess.run(
+        [sys.executable, "-m", "blt_scale.cli", "generate", str(exported), "--prompt", b"import \xff\xfe"],
+        capture_output=True,
+        timeout=120,
+    )
+    err = r.stderr.decode().strip()
+    assert r.returncode == 2 and "\n" not in err, err
+    assert "--prompt is not valid UTF-8" in err and "--prompt-file" in err and "codec" not in err
+
+
+def test_a_truncated_safetensors_export_is_one_line(exported, tmp_path, capsys):
+    broken = Path(shutil.copytree(exported, tmp_path / "broken"))
+    weights = broken / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    capsys.readouterr()
+    for cmd in (["eval", str(broken)], ["generate", str(broken), "--prompt", "import os\ndef "]):
+        err = one_line_error(capsys, main(cmd))
+        assert f"{weights}: not a readable safetensors file" in err
+
+
+def test_debug_after_the_subcommand(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    assert main(["eval", missing]) == 2  # one line without --debug
+    assert "does not exist" in capsys.readouterr().err
+    for argv in (["--debug", "eval", missing], ["eval", missing, "--debug"], ["eval", "--debug", missing]):
+        with pytest.raises(FileNotFoundError):  # the traceback, wherever --debug stands
+            main(argv)
+    with pytest.raises(FileNotFoundError):  # a nested command (prep text) too
+        main(["prep", "text", missing, "--out", str(tmp_path / "o"), "--quiet", "--debug"])

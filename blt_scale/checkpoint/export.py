@@ -22,6 +22,7 @@ from torch import nn
 
 from blt_scale import config
 from blt_scale.checkpoint.layout import CONFIG
+from blt_scale.checkpoint.safe_dcp import CheckpointLoadError, one_line
 from blt_scale.config import Config
 from blt_scale.model.build import ModelConfig, build_model
 from blt_scale.model.patcher import PatcherConfig
@@ -108,5 +109,16 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
             raise FileNotFoundError(f"{path}: not an exported checkpoint (missing {name})")
     cfg = read_saved_model(path)
     model = build_model(cfg.model)
-    model.load_state_dict(load_file(str(path / WEIGHTS), device=str(device)))
+    try:
+        weights = load_file(str(path / WEIGHTS), device=str(device))
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type: truncated, not safetensors
+        raise CheckpointLoadError(
+            f"{path / WEIGHTS}: not a readable safetensors file ({one_line(err)})"
+        ) from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointLoadError(
+            f"{path / WEIGHTS}: does not fit the model its {CONFIG} describes ({one_line(err)})"
+        ) from None
     return model.to(device).eval(), cfg

@@ -33,7 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _debug_everywhere(sub)
     return parser
+
+
+def _debug_everywhere(subparsers) -> None:
+    """`--debug` after the subcommand too (`blt eval RUN --debug`); given nowhere, it stays False."""
+    for parser in subparsers.choices.values():
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        for action in parser._subparsers._group_actions if parser._subparsers else ():
+            if isinstance(action, argparse._SubParsersAction):
+                _debug_everywhere(action)
 
 
 def main(argv: list[str] | None = None) -> int:
