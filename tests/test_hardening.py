@@ -222,6 +222,13 @@ def test_crafted_deepspeed_files_run_no_code(tiny_run, tmp_path, capsys):
     assert "not an allowed global" in err
     assert not marker.exists() and not (tmp_path / "export").exists()
 
+    # The conversion to the universal format (a resume at another world size, `blt convert-ds`)
+    # runs DeepSpeed's ds_to_universal in a child process: it reads safely too.
+    code = main(["convert-ds", str(step)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "refused to load" in err and "not an allowed global" in err
+    assert not marker.exists() and not (step / "universal").exists()
+
 
 # -- item 7 of the issue: damaged checkpoints are detected and skipped --------------------------
 def test_resume_skips_a_truncated_checkpoint_and_eval_names_it(run_copy, capsys):

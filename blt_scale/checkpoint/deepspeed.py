@@ -27,6 +27,8 @@ import torch
 
 from blt_scale.checkpoint.safe_dcp import CheckpointLoadError, one_line
 
+_torch_load = torch.load  # the real one, whatever is patched later (ds_convert replaces torch.load)
+
 DS_TAG, UNIVERSAL_TAG = "ds", "universal"
 WRAPPER_PREFIX = "_checkpoint_wrapped_module."  # activation checkpointing's wrapper, not part of the model
 
@@ -48,7 +50,7 @@ def convert_to_universal(step: str | Path) -> Path:
     cmd = [
         sys.executable,
         "-m",
-        "deepspeed.checkpoint.ds_to_universal",
+        "blt_scale.checkpoint.ds_convert",  # DeepSpeed's ds_to_universal, reading with weights_only=True
         "--input_folder",
         str(step / DS_TAG),
         "--output_folder",
@@ -86,7 +88,7 @@ def safe_torch_load(f, map_location=None, **kwargs):
     kwargs["weights_only"] = True
     try:
         with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-            return torch.load(f, map_location=map_location, **kwargs)
+            return _torch_load(f, map_location=map_location, **kwargs)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise CheckpointLoadError(f"{f}: refused to load: {one_line(err)}") from None
 
@@ -100,15 +102,25 @@ class _TorchWithSafeLoad:
         return getattr(torch, name)
 
 
+@contextlib.contextmanager
+def safe_torch_loads(*modules):
+    """While inside, `torch.load` as seen by each of `modules` (DeepSpeed's, which import torch
+    as `torch`) is safe_torch_load."""
+    for module in modules:
+        module.torch = _TorchWithSafeLoad()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.torch = torch
+
+
 def consolidated_state_dict(step: str | Path) -> dict[str, torch.Tensor]:
     """The full fp32 model weights of step_N/ds on one process (no process group), named as in
     the bare model: what `blt export` writes for FSDP runs too."""
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's log lines must not mix with a command's JSON
         from deepspeed.utils import zero_to_fp32
 
-        zero_to_fp32.torch = _TorchWithSafeLoad()  # its torch.load calls ask for weights_only=False
-        try:
+        with safe_torch_loads(zero_to_fp32):  # its torch.load calls ask for weights_only=False
             state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(step), tag=DS_TAG)
-        finally:
-            zero_to_fp32.torch = torch
     return {k.replace(WRAPPER_PREFIX, ""): v for k, v in state.items()}
