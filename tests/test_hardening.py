@@ -448,3 +448,66 @@ def test_debug_after_the_subcommand(tmp_path, capsys):
             main(argv)
     with pytest.raises(FileNotFoundError):  # a nested command (prep text) too
         main(["prep", "text", missing, "--out", str(tmp_path / "o"), "--quiet", "--debug"])
+
+
+# -- item 10 of the issue: a job's SIGTERM that also reaches wandb's service -----------------------
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [d for c in found for d in descendants(c)]
+
+
+def test_sigterm_to_every_process_with_wandb_on_stops_cleanly(tmp_path):
+    """What `scancel` does (SIGTERM to every process of the job, wandb's service included), without
+    SLURM: the trainer saves and exits 75 with its stop line last, and the resume adds each row once."""
+    run_dir = tmp_path / "run"
+    wandb_env = {
+        "WANDB_MODE": "offline",
+        **{var: str(tmp_path / var.lower()) for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")},
+        "WANDB_DATA_DIR": str(tmp_path / "wandb_data"),
+    }
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        Path(wandb_env[var]).mkdir()
+    with_wandb = [o for o in TINY if not o.startswith("wandb.")] + ["wandb.enabled=true", "train.steps=30"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"} | wandb_env
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blt_scale.cli", "train", "cpu_tiny", *with_wandb, f"run_dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_for_rows(run_dir, 3, proc)
+        everyone = [proc.pid, *descendants(proc.pid)]
+        assert len(everyone) >= 2, "wandb's service process did not start"
+        for pid in everyone:
+            os.kill(pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert "stopped by signal after step" in last and "checkpoint saved (exit 75)" in last
+    assert "ConnectionResetError" not in last and "Traceback" not in err
+    stopped = int(last.split("after step ")[1].split(";")[0])
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, stopped + 1))
+
+    r = blt("train", "cpu_tiny", *with_wandb, f"run_dir={run_dir}", env=wandb_env)
+    assert f"at step {stopped}/30" in r.stderr
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 31))
+
+
+def test_the_outcome_is_the_last_line_with_wandb_on(tmp_path):
+    wandb_env = {"WANDB_MODE": "offline"}
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        wandb_env[var] = str(tmp_path / var.lower())
+        Path(wandb_env[var]).mkdir()
+    with_wandb = [o for o in TINY if not o.startswith("wandb.")] + ["wandb.enabled=true"]
+    halt = ["train.steps=5", "train.inject_nan_at=[2]", "train.max_bad_steps=1"]
+    r = blt(
+        "train", "cpu_tiny", *with_wandb, *halt, f"run_dir={tmp_path / 'run'}", env=wandb_env, check=False
+    )
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("[rank 0/1] halted: 1 steps in a row")
