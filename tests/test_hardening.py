@@ -511,3 +511,26 @@ def test_the_outcome_is_the_last_line_with_wandb_on(tmp_path):
     )
     assert r.returncode == 3, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith("[rank 0/1] halted: 1 steps in a row")
+
+
+def test_a_mistyped_section_names_where_it_was_set(tmp_path, capsys):
+    err = one_line_error(capsys, main(["flops", "cpu_tiny", "model.golbal.dim=8"]))
+    assert "unknown key 'model.golbal' set on the command line; did you mean 'model.global'?" in err
+    recipe = tmp_path / "mine.yaml"
+    tiny = Path(__file__).parent.parent / "recipes" / "cpu_tiny.yaml"
+    recipe.write_text(f"extends: {tiny}\nmodel:\n  golbal: {{dim: 8}}\n")
+    err = one_line_error(capsys, main(["flops", str(recipe)]))
+    assert f"unknown key 'model.golbal' set in {recipe}" in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.global.dim=10"], "dim (10) must be a multiple of heads (4)"),
+        (["model.global.dim=12"], "dim/heads (12/4 = 3) must be even"),
+        (["model.encoder.dim=102", "model.decoder.dim=102"], "dim (102) must be a multiple of heads (4)"),
+    ],
+)
+def test_dims_that_do_not_split_into_heads_are_config_errors(overrides, expected, capsys):
+    err = one_line_error(capsys, main(["flops", "cpu_tiny", *overrides]))
+    assert expected in err and "section 'model." in err
