@@ -296,6 +296,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # ~35 s on 2 busy cores: three trainer launches, one of 80 steps
 def test_a_second_trainer_on_a_run_dir_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     first = start_blt(
