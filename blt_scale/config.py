@@ -161,7 +161,11 @@ def _explain(err: ValidationError, schema: type[BaseModel], data: dict, sources,
 
 
 def _source_of(key: str, sources: dict[str, str], path: Path) -> str:
-    """Where the key was set, phrased to follow the word 'set'."""
+    """Where the key was set, phrased to follow the word 'set'. A section that is no leaf (a typo
+    such as model.golbal, set through model.golbal.dim=8) comes from where its keys were set."""
+    below = [source for k, source in sources.items() if k.startswith(key + ".")]
+    if below:
+        return f"on {CLI}" if CLI in below else f"in {below[-1]}"
     while key:
         if key in sources:
             return f"on {CLI}" if sources[key] == CLI else f"in {sources[key]}"

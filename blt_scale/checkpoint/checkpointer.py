@@ -4,7 +4,8 @@ or DeepSpeed's own files), `train_state.json` (step, scheduler, merged loader st
 `rank_R.pt` per rank (RNG states), `config.yaml` (the resolved recipe), and the marker, last.
 
 A process killed at any point leaves either a complete checkpoint or one that `latest_complete`
-never returns. Only the newest `keep_last` complete checkpoints are kept.
+never returns. Only the newest `keep_last` complete checkpoints are kept. The marker lists
+every file's size and xxh64 (layout.verify checks them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from blt_scale.checkpoint.layout import (
     MARKER,
     TRAIN_STATE,
     complete_checkpoints,
+    file_manifest,
+    marker_text,
     read_train_state,
     step_dir,
 )
@@ -111,9 +114,12 @@ class Checkpointer:
             if self.rank == 0:
                 write_atomic(tmp / TRAIN_STATE, json.dumps(train_state))
                 write_atomic(tmp / CONFIG, self.config_text)
-                shutil.rmtree(final, ignore_errors=True)  # an unmarked leftover of a killed save
+                manifest = file_manifest(tmp)  # every rank's files are written (barrier above)
+                # An unmarked leftover of a killed save, or a damaged one a resume skipped: unmark first.
+                (final / MARKER).unlink(missing_ok=True)
+                shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
-                write_atomic(final / MARKER, f"step {step}\n")
+                write_atomic(final / MARKER, marker_text(step, manifest))
                 _fsync_dir(final.parent)
                 self._prune()
             self.last_saved = step

@@ -4,30 +4,36 @@ complete checkpoint). DCP (and DeepSpeed's zero_to_fp32) read sharded checkpoint
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from blt_scale.checkpoint.deepspeed import consolidated_state_dict, is_deepspeed_checkpoint
 from blt_scale.checkpoint.export import WEIGHTS, SavedModel, load_exported, read_saved_model
-from blt_scale.checkpoint.layout import is_complete, latest_complete
+from blt_scale.checkpoint.layout import complete_checkpoints, is_complete, latest_verified, verify
+from blt_scale.checkpoint.safe_dcp import CheckpointLoadError, safe_load
 from blt_scale.model.build import build_model
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
+    """A complete checkpoint that matches its manifest: `path` itself, or the newest such one of
+    run directory `path` (newer damaged ones are skipped with a line on stderr)."""
     path = Path(path)
     if is_complete(path):
+        reason = verify(path)
+        if reason is not None:
+            raise CheckpointLoadError(f"{path}: damaged checkpoint: {reason}; pick an earlier one")
         return path
     if path.is_dir() and path.name.startswith("step_"):
         raise FileNotFoundError(
             f"{path}: checkpoint is not complete (no COMPLETE marker); pick an earlier one"
         )
-    latest = latest_complete(path)
+    latest = latest_verified(path)
     if latest is None:
+        if complete_checkpoints(path):
+            raise CheckpointLoadError(f"{path}: every complete checkpoint is damaged (see the lines above)")
         raise FileNotFoundError(
             f"{path}: no complete checkpoint under {path / 'checkpoints'} (and not an exported model)"
         )
@@ -41,9 +47,7 @@ def load_checkpoint_model(ckpt: Path) -> tuple[nn.Module, SavedModel]:
         model.load_state_dict(consolidated_state_dict(ckpt))
         return model.eval(), cfg
     state = {"model": get_model_state_dict(model)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # one process: expected
-        dcp.load(state, checkpoint_id=str(ckpt))
+    safe_load(state, ckpt)  # no pickled code runs, and any failure is one line
     set_model_state_dict(model, state["model"])
     return model.eval(), cfg
 

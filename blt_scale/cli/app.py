@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _debug_everywhere(sub)
     use_help_with_defaults(parser)
     return parser
 
@@ -47,6 +48,15 @@ def _version() -> str:
         return version("blt-scale")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown (not installed)"
+
+
+def _debug_everywhere(subparsers) -> None:
+    """`--debug` after the subcommand too (`blt eval RUN --debug`); given nowhere, it stays False."""
+    for parser in subparsers.choices.values():
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        for action in parser._subparsers._group_actions if parser._subparsers else ():
+            if isinstance(action, argparse._SubParsersAction):
+                _debug_everywhere(action)
 
 
 def main(argv: list[str] | None = None) -> int:

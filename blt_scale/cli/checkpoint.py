@@ -16,7 +16,9 @@ def register(sub) -> None:
         metavar="RUN_DIR|CKPT",
         help="an export, a step_N checkpoint, or a run (its latest complete one)",
     )
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--out", required=True, help="output directory: new, empty, or an earlier export (replaced)"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -31,12 +33,13 @@ def register(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from blt_scale.checkpoint.export import save_exported
+    from blt_scale.checkpoint.export import check_export_target, save_exported
     from blt_scale.checkpoint.restore import load_model
     from blt_scale.train.recipe import saved_recipe
 
+    check_export_target(args.out)  # before the (slow) load: a refused --out costs nothing
     model, _, source = load_model(args.path)
-    out = save_exported(model.state_dict(), saved_recipe(source), args.out)
+    out = save_exported(model.state_dict(), saved_recipe(source), args.out, source=source)
     print(json.dumps({"from": str(source), "out": str(out)}))
     return 0
 

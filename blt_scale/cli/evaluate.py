@@ -63,6 +63,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from blt_scale.train.evaluate import evaluate_bpb
     from blt_scale.train.recipe import saved_recipe
 
+    if args.batches is not None and args.batches < 1:
+        raise ValueError(f"--batches must be at least 1, got {args.batches}")
     model, _, source = load_model(args.path)
     cfg = data_override(args.data, saved_recipe(source))
     row = evaluate_bpb(model, cfg, batches=args.batches) | {"from": str(source)}

@@ -64,7 +64,13 @@ def register(sub) -> None:
 def read_prompts(args: argparse.Namespace) -> list[bytes]:
     """The prompt bytes of --prompt, --prompt-file or --prompts; each must hold at least one byte."""
     if args.prompt is not None:
-        prompts, where = [args.prompt.encode()], "--prompt"
+        try:
+            prompts, where = [args.prompt.encode()], "--prompt"
+        except UnicodeEncodeError as err:  # bytes of an argv that is not UTF-8 (surrogate escapes)
+            raise ValueError(
+                f"--prompt is not valid UTF-8 (character {err.start}); "
+                "for a prompt of arbitrary bytes use --prompt-file FILE"
+            ) from None
     elif args.prompt_file is not None:
         prompts, where = [Path(args.prompt_file).read_bytes()], f"--prompt-file {args.prompt_file}"
     else:

@@ -67,9 +67,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from blt_scale.launch.submit import resume
+    from blt_scale.launch.submit import RunFinished, resume
 
-    job, run_dir = resume(args.run_dir, placement_changes(args), dry_run=args.dry_run)
+    try:
+        job, run_dir = resume(args.run_dir, placement_changes(args), dry_run=args.dry_run)
+    except RunFinished as done:
+        print(f"{done}; no job submitted")
+        return 0
     return _report(job, run_dir, args.dry_run)
 
 

@@ -133,7 +133,9 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-bad", action="store_true", help="skip malformed lines/unreadable files, count them"
     )
-    p.add_argument("--overwrite", action="store_true", help="delete --out and start over")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete --out (a dataset blt prep wrote) and start over"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_text)
 
@@ -185,7 +187,9 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="recordings converted in parallel")
     p.add_argument("--skip-bad", action="store_true", help="skip bad recordings, count them in the manifest")
-    p.add_argument("--overwrite", action="store_true", help="delete --out and start over")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete --out (a dataset blt prep wrote) and start over"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_brain, overrides=[])
 

@@ -55,8 +55,14 @@ def plan_parts(files: list[InputFile], part_size: int) -> list[list[int]]:
 
 def check_plan(root: Root, plan: dict) -> None:
     """Refuse to mix two different conversions in one directory. An unfinished conversion with
-    other settings (say, re-run with --skip-bad after an error) is discarded and started over."""
+    other settings (say, re-run with --skip-bad after an error) is discarded and started over.
+    A directory `blt prep` did not write is never touched."""
     if root.exists(PLAN):
+        if not root.is_own():
+            raise ValueError(
+                f"{root.name(PLAN)}: not written by `blt prep` (no dataset kind in it); "
+                "choose another --out, nothing was changed"
+            )
         old = root.read_json(PLAN)
         if old != plan:
             keys = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
@@ -65,7 +71,7 @@ def check_plan(root: Root, plan: dict) -> None:
                     f"{root.name(PLAN)}: this directory holds a different finished conversion "
                     f"(differs in {keys}); pass --overwrite to replace it"
                 )
-            root.remove_all()
+            root.remove_dataset()
     elif root.exists() and root.fs.ls(root.path):
         raise ValueError(
             f"{root.uri}: exists and is not a blt-scale dataset; pass --overwrite or choose another --out"
@@ -104,7 +110,7 @@ def convert_text(cfg: TextPrepConfig, progress: bool = True) -> dict:
     `converted_parts`, the number of parts this call did (0 when it was already complete)."""
     root = Root(cfg.out)
     if cfg.overwrite:
-        root.remove_all()
+        root.remove_dataset()  # only a dataset this tool wrote
     files = expand_inputs(cfg.inputs)
     parts = plan_parts(files, cfg.part_size)
     options = cfg.model_dump(exclude={"inputs", "out", "workers", "overwrite"})

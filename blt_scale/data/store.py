@@ -21,6 +21,8 @@ import uuid
 import fsspec
 
 PLAN, MANIFEST, COMPLETE, PARTS = "prep.json", "manifest.json", "_COMPLETE", "parts"
+KINDS = ("text", "brain", "entropies")  # the "kind" of every plan `blt prep` writes
+OWN_ENTRIES = {PLAN, MANIFEST, COMPLETE, PARTS, "train", "val"}  # and temporaries named .tmp-*
 
 
 class Root:
@@ -76,9 +78,36 @@ class Root:
         self.fs.put_file(local_path, tmp)
         self._commit(tmp, rel)
 
-    def remove_all(self) -> None:
-        if self.exists():
-            self.fs.rm(self.path, recursive=True)
+    def is_own(self) -> bool:
+        """Whether this directory holds a dataset `blt prep` wrote: its plan is a JSON object with
+        one of our kinds (a file merely named prep.json is not enough)."""
+        try:
+            plan = json.loads(self.read_bytes(PLAN))
+        except (OSError, ValueError):
+            return False
+        return isinstance(plan, dict) and plan.get("kind") in KINDS and "parts" in plan
+
+    def remove_dataset(self) -> None:
+        """Delete a dataset `blt prep` wrote, entry by entry; a directory holding anything else is
+        refused with nothing deleted."""
+        if not self.exists():
+            return
+        entries = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False)]
+        if not entries:
+            return
+        if not self.is_own():
+            raise ValueError(
+                f"{self.uri}: not a dataset written by `blt prep` (no {PLAN} of ours); "
+                "refusing to delete it: choose another --out"
+            )
+        foreign = sorted(e for e in entries if e not in OWN_ENTRIES and not e.startswith(".tmp-"))
+        if foreign:
+            raise ValueError(
+                f"{self.uri}: also holds {foreign[:3]}, which `blt prep` did not write; "
+                "refusing to delete it: move them or choose another --out"
+            )
+        for entry in entries:
+            self.fs.rm(self.join(entry), recursive=True)
 
     def remove(self, rel: str) -> None:
         if self.exists(rel):

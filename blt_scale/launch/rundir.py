@@ -68,6 +68,14 @@ def load_launch(run_dir: Path) -> LaunchConfig:
     return config.load(LaunchConfig, run_dir / LAUNCH)
 
 
+def total_steps(run_dir: Path) -> int:
+    """train.steps of the recipe the job runs."""
+    try:
+        return int(yaml.safe_load((run_dir / JOB_CONFIG).read_text())["train"]["steps"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{run_dir / JOB_CONFIG}: no train.steps ({type(err).__name__}: {err})") from None
+
+
 def check_run_dir(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir).resolve()
     for name in (JOB_CONFIG, LAUNCH):

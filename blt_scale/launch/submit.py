@@ -16,7 +16,11 @@ from pathlib import Path
 from blt_scale.config import ConfigError
 from blt_scale.launch import rundir
 from blt_scale.launch.config import LaunchConfig
-from blt_scale.launch.task import TrainTask
+from blt_scale.launch.task import TrainTask, last_step
+
+
+class RunFinished(Exception):
+    """`blt resume` of a run whose last step is trained and checkpointed: nothing to submit."""
 
 
 def sbatch_parameters(launch: LaunchConfig, code: Path, array_parallelism: int | None = None) -> dict:
@@ -107,8 +111,12 @@ def plain_sbatch_command(run_dir: Path, launch: LaunchConfig) -> str:
 
 def resume(run_dir: str | Path, changes: dict | None = None, dry_run: bool = False):
     """Resubmit a stopped or failed run with its saved launch settings updated by `changes`
-    (e.g. {"nodes": 1}); the trainer resumes from the latest complete checkpoint and reshards."""
+    (e.g. {"nodes": 1}); the trainer resumes from the latest complete checkpoint and reshards.
+    A finished run raises RunFinished before anything is written or submitted."""
     run_dir = rundir.check_run_dir(run_dir)
+    steps, done = rundir.total_steps(run_dir), last_step(run_dir)
+    if done >= steps:
+        raise RunFinished(f"{run_dir}: finished (step {done} of {steps} is checkpointed); nothing to resume")
     saved = rundir.load_launch(run_dir).model_dump()
     try:
         launch = LaunchConfig.model_validate(saved | (changes or {}))

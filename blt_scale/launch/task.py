@@ -9,7 +9,8 @@ is no torchrun. The trainer's exit code decides what happens next (blt_scale.tra
          warning before the time limit, `--signal`), rank 0 requeues the job with `scontrol
          requeue` while the job's requeue budget (launch.yaml max_requeues) lasts.  If it came
          from SIGTERM, SLURM itself is ending the allocation (preemption, `scontrol requeue`,
-         scancel): SLURM decides whether the job comes back, and the task only records the stop.
+         scancel): SLURM decides whether the job comes back, and the task only records the stop
+         (status "cancelled" when accounting says scancel ended it, else "stopped").
     else a real error (exception, non-finite halt, bad recipe): the task raises, the job fails and
          is not requeued.
 
@@ -122,9 +123,18 @@ class TrainTask:
             raise SystemExit(EXIT_STOPPED)
         step = last_step(run_dir)
         if signal.SIGTERM in signals or signal.SIGUSR2 not in signals:
-            rundir.record(
-                run_dir, "exit", job=job_id, status="stopped", code=EXIT_STOPPED, step=step, requeue="slurm"
-            )
+            if cancelled(job_id):  # scancel: the job does not come back; `blt resume` continues it
+                rundir.record(run_dir, "exit", job=job_id, status="cancelled", code=EXIT_STOPPED, step=step)
+            else:
+                rundir.record(
+                    run_dir,
+                    "exit",
+                    job=job_id,
+                    status="stopped",
+                    code=EXIT_STOPPED,
+                    step=step,
+                    requeue="slurm",
+                )
             raise SystemExit(EXIT_STOPPED)
         from blt_scale.launch.rundir import load_launch
 
@@ -145,6 +155,21 @@ class TrainTask:
         )
         subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
         raise SystemExit(EXIT_STOPPED)
+
+
+def cancelled(job_id: str) -> bool:
+    """Whether SLURM's accounting says the job was cancelled (scancel), not requeued or preempted:
+    inside the job both look the same (SIGTERM, state COMPLETING). False where sacct cannot say."""
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.strip().startswith("CANCELLED")
 
 
 def _ignore_stop_signals() -> None:

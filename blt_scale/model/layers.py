@@ -9,7 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from blt_scale.config import Config
@@ -29,6 +29,19 @@ class TransformerConfig(Config):
     dropout: float = Field(
         default=0.0, ge=0, lt=1, description="attention-probability and residual dropout while training"
     )
+
+    @model_validator(mode="after")
+    def _heads_split_dim(self) -> TransformerConfig:
+        if self.dim % self.heads:
+            raise ValueError(
+                f"dim ({self.dim}) must be a multiple of heads ({self.heads}): each head gets dim/heads"
+            )
+        if (self.dim // self.heads) % 2:
+            raise ValueError(
+                f"dim/heads ({self.dim}/{self.heads} = {self.dim // self.heads}) must be even: "
+                "rotary embeddings turn channel pairs"
+            )
+        return self
 
     @property
     def head_dim(self) -> int:

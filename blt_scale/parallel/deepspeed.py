@@ -29,6 +29,8 @@ from blt_scale.checkpoint.deepspeed import (
     UNIVERSAL_TAG,
     convert_to_universal,
     is_deepspeed_checkpoint,
+    safe_torch_load,
+    safe_torch_loads,
 )
 from blt_scale.config import ConfigError
 from blt_scale.parallel.apply import apply_activation_checkpointing
@@ -144,8 +146,13 @@ class DeepSpeedStrategy(Strategy):
             tag = UNIVERSAL_TAG
         # Read through this accessor only; later saves are ordinary ZeRO checkpoints again.
         model._config.load_universal_checkpoint = tag == UNIVERSAL_TAG
+        # The engine reads its files with weights_only=False: through safe_torch_load instead.
+        from deepspeed.checkpoint import universal_checkpoint
+
+        model.checkpoint_engine.load = safe_torch_load
         try:
-            loaded, _ = model.load_checkpoint(str(path), tag=tag, load_lr_scheduler_states=False)
+            with safe_torch_loads(universal_checkpoint):
+                loaded, _ = model.load_checkpoint(str(path), tag=tag, load_lr_scheduler_states=False)
         finally:
             model._config.load_universal_checkpoint = False
         if loaded is None:

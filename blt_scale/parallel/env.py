@@ -69,6 +69,12 @@ def read_env(environ: dict | None = None) -> DistEnv:
     return DistEnv()
 
 
+def slurm_job_id(environ: dict | None = None) -> str | None:
+    """The SLURM job this process runs in (None outside SLURM)."""
+    env = os.environ if environ is None else environ
+    return env.get("SLURM_JOB_ID") or None
+
+
 def wandb_settings(environ: dict | None = None) -> dict:
     """WANDB_MODE/WANDB_DIR/WANDB_PROJECT as the user set them (empty when unset)."""
     env = os.environ if environ is None else environ

@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.tensor import DTensor
 
 from blt_scale.checkpoint.deepspeed import is_deepspeed_checkpoint
+from blt_scale.checkpoint.safe_dcp import safe_load
 from blt_scale.config import ConfigError
 from blt_scale.parallel.apply import parallelize
 from blt_scale.parallel.config import ParallelConfig
@@ -112,7 +113,7 @@ class Strategy:
             )
         msd, osd = get_state_dict(model, optimizer)
         state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(path))
+        safe_load(state, path)  # no pickled code runs, and any failure is one line
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

@@ -1,9 +1,12 @@
 """`blt train --nproc N`: N local rank processes of `python -m blt_scale.train` with the torchrun
 environment variables, stop signals forwarded to all of them, and their exit code returned
-(torchrun would turn every non-zero code into 1, hiding the stop code a requeue relies on)."""
+(torchrun would turn every non-zero code into 1, hiding the stop code a requeue relies on).
+Ranks die with the launcher: each asks the kernel for SIGKILL when its parent dies (Linux
+PR_SET_PDEATHSIG), so a `kill -9` of the launcher leaves no orphan finishing the run unseen."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,6 +17,23 @@ from blt_scale.parallel.env import free_port
 from blt_scale.train.exit_codes import EXIT_FAILED
 
 GRACE_S = 30.0  # how long the other ranks may take to follow one that exited with an error
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int):
+    """preexec_fn for a rank: SIGKILL when `parent` (the launcher) dies, even if it already has.
+    libc is looked up here, before the fork: the child only makes two system calls."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(EXIT_FAILED)
+        if os.getppid() != parent:  # it died between fork and prctl
+            os._exit(EXIT_FAILED)
+
+    return preexec
 
 
 def spawn_ranks(args: list[str], nproc: int, env: dict | None = None, **popen) -> list[subprocess.Popen]:
@@ -33,6 +53,8 @@ def spawn_ranks(args: list[str], nproc: int, env: dict | None = None, **popen) -
         # Own session: a terminal's Ctrl-C reaches only the launcher, which turns it into a
         # graceful stop (SIGTERM) for every rank.
         popen.setdefault("start_new_session", True)
+        if sys.platform == "linux":
+            popen.setdefault("preexec_fn", _die_with(os.getpid()))
         procs.append(
             subprocess.Popen([sys.executable, "-m", "blt_scale.train", *args], env=rank_env, **popen)
         )

@@ -9,6 +9,7 @@ is spread over ranks, so FSDP, one plain process and DeepSpeed share it.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import zlib
 from functools import partial
@@ -21,7 +22,15 @@ from pydantic import Field, model_validator
 
 from blt_scale import config
 from blt_scale.checkpoint.checkpointer import Checkpointer
-from blt_scale.checkpoint.layout import is_complete, latest_complete, remove_partial
+from blt_scale.checkpoint.layout import (
+    complete_checkpoints,
+    is_complete,
+    latest_complete,
+    latest_verified,
+    remove_partial,
+    verify,
+)
+from blt_scale.checkpoint.safe_dcp import CheckpointLoadError
 from blt_scale.config import Config, ConfigError
 from blt_scale.data.loader import build_loader, merge_states
 from blt_scale.model.build import build_model
@@ -29,10 +38,12 @@ from blt_scale.model.flops import model_flops
 from blt_scale.parallel.env import DistEnv, init_distributed, pick_device
 from blt_scale.parallel.strategy import all_reduce, build_strategy
 from blt_scale.train import records
+from blt_scale.train.config_check import check_resume_config
 from blt_scale.train.init_from import load_init
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
 from blt_scale.train.objectives import loss_fn
 from blt_scale.train.optim import build_optimizer, lr_factor
+from blt_scale.train.run_lock import RunDirLocked, RunLock
 from blt_scale.train.signals import StopFlag
 
 if TYPE_CHECKING:
@@ -139,8 +150,14 @@ class Trainer:
         init_distributed(env, self.device, self.strategy.needs_process_group)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
+        # A changed model or data order is refused before anything in the run directory is written.
+        recipe = cfg.model_dump(mode="json", by_alias=True)
+        if resume == "auto" and latest_complete(self.run_dir):
+            check_resume_config(self.run_dir / "config.yaml", recipe, self.run_dir)
+        elif resume not in ("auto", "never"):
+            check_resume_config(Path(resume) / "config.yaml", recipe, self.run_dir)
+        self.lock = self._lock_run_dir()  # before anything is written there
         if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config.dump(cfg))
         torch.manual_seed(t.seed)  # the same initial weights on every rank, before sharding
         model = build_model(cfg.model)
@@ -166,18 +183,56 @@ class Trainer:
         self.stop = StopFlag().install()
         self.trace = records.DataTrace(self.run_dir, env.rank) if t.trace_data else None
 
+    def _lock_run_dir(self) -> RunLock | None:
+        """Rank 0 takes the run directory's lock; every rank fails together when it is held."""
+        lock = error = None
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lock = RunLock(self.run_dir)
+            except RunDirLocked as err:
+                error = err
+        if all_reduce([float(error is not None)])[0]:
+            raise error or RunDirLocked(
+                f"{self.run_dir}: another trainer is writing this run directory (rank 0 names it)"
+            )
+        return lock
+
     # -- resume -------------------------------------------------------------------------------
+    def _pick_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint that matches its manifest (rank 0 checks, every rank
+        gets its answer); newer damaged ones are skipped with a line saying why."""
+        choice = [None]
+        if self.env.is_main:
+            say = partial(print, file=sys.stderr, flush=True)
+            path = latest_verified(self.run_dir, say=lambda line: say(f"[rank 0] {line}"))
+            if path is None and complete_checkpoints(self.run_dir):
+                choice = ["damaged"]
+            else:
+                choice = [str(path) if path else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(choice, src=0)
+        if choice[0] == "damaged":
+            raise CheckpointLoadError(
+                f"{self.run_dir}: every complete checkpoint is damaged (rank 0 said why); "
+                "--resume never starts over"
+            )
+        return Path(choice[0]) if choice[0] else None
+
     def _resume(self, resume: str) -> Path | None:
         if resume == "never":
             path = None
         elif resume == "auto":
-            path = latest_complete(self.run_dir)
+            path = self._pick_checkpoint()
         else:
             path = Path(resume)
             if not is_complete(path):
                 raise FileNotFoundError(
                     f"--resume {resume}: not a complete checkpoint directory (step_N with a COMPLETE marker)"
                 )
+            reason = verify(path)
+            if reason is not None:
+                raise CheckpointLoadError(f"--resume {resume}: damaged checkpoint: {reason}")
         if path is not None:
             state = self.checkpointer.load(path, self.model, self.optimizer)
             self.step, self.skipped_steps = state["step"], state["skipped_steps"]

@@ -8,7 +8,9 @@ import sys
 import traceback
 
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
+from blt_scale.checkpoint.safe_dcp import CheckpointLoadError, describe
 from blt_scale.config import ConfigError
 from blt_scale.parallel.env import read_env
 from blt_scale.train.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK, EXIT_STOPPED
@@ -21,6 +23,7 @@ def run_training(cfg, resume: str = "auto", debug: bool = False) -> int:
     env = read_env()
     tag = f"[rank {env.rank}/{env.world_size}]"
     trainer = wandb = None
+    last = ""
     try:
         trainer = Trainer(cfg, env, resume)
         if env.is_main:
@@ -36,22 +39,28 @@ def run_training(cfg, resume: str = "auto", debug: bool = False) -> int:
         trainer.fit()
         code = EXIT_OK
     except StopRequested as stop:
-        print(f"{tag} {stop} (exit {EXIT_STOPPED})", file=sys.stderr, flush=True)
-        code = EXIT_STOPPED
+        last, code = f"{tag} {stop} (exit {EXIT_STOPPED})", EXIT_STOPPED
     except NonFiniteHalt as err:
-        print(f"{tag} halted: {err}", file=sys.stderr, flush=True)
-        code = EXIT_NONFINITE
+        last, code = f"{tag} halted: {err}", EXIT_NONFINITE
     except (ConfigError, FileNotFoundError) as err:
-        print(f"{tag} error: {err}", file=sys.stderr, flush=True)
-        code = EXIT_CONFIG
+        last, code = f"{tag} error: {err}", EXIT_CONFIG
+    except CheckpointLoadError as err:
+        last, code = f"{tag} failed: {err}", EXIT_FAILED
+    except CheckpointException as err:  # DCP's save/load failures derive from BaseException
+        if debug:
+            traceback.print_exc()
+        last, code = f"{tag} failed: {describe(err)}", EXIT_FAILED
     except Exception as err:  # noqa: BLE001 - every failure must end in an exit code
         if debug or not isinstance(err, (ValueError, RuntimeError)):
             traceback.print_exc()
-        print(f"{tag} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-        code = EXIT_FAILED
+        last, code = f"{tag} failed: {type(err).__name__}: {err}", EXIT_FAILED
     finally:
         if wandb is not None:
-            wandb.finish()
+            wandb.finish()  # its own lines come before ours: the outcome is the last line
+        if trainer is not None and trainer.lock is not None:
+            trainer.lock.release()  # the process may live on (a SLURM task requeueing itself)
+    if last:
+        print(last, file=sys.stderr, flush=True)
     return code
 
 

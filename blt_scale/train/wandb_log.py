@@ -3,6 +3,7 @@ online only when the recipe or WANDB_MODE says so. Optional: `wandb.enabled: fal
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -40,18 +41,36 @@ class WandbSink:
         )
 
     def log(self, row: dict) -> None:
+        if self.run is None:
+            return
         prefix = f"{row['split']}/" if "split" in row else "train/"
-        self.run.log(
-            {
-                prefix + k: v
-                for k, v in row.items()
-                if k not in ("step", "split") and isinstance(v, (int, float))
-            },
-            step=row["step"],
-        )
+        values = {
+            prefix + k: v
+            for k, v in row.items()
+            if k not in ("step", "split") and isinstance(v, (int, float))
+        }
+        try:
+            self.run.log(values, step=row["step"])
+        except Exception as err:  # noqa: BLE001 - wandb's service is gone: training goes on without it
+            self._lost(err)
 
     def finish(self) -> None:
-        self.run.finish()
+        if self.run is None:
+            return
+        try:
+            self.run.finish()
+        except Exception as err:  # noqa: BLE001
+            self._lost(err)
+
+    def _lost(self, err: Exception) -> None:
+        """wandb's service process died (`scancel` sends SIGTERM to every process of the job, and
+        it does not survive it): say so once and go on; metrics.jsonl holds every row."""
+        self.run = None
+        print(
+            f"wandb: logging stopped ({type(err).__name__}: {err}); metrics.jsonl keeps every row",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _run_id(run_dir: Path) -> str:

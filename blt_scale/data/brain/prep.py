@@ -143,7 +143,7 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     `converted_parts` (0 when it was already complete)."""
     root = Root(cfg.out)
     if cfg.overwrite:
-        root.remove_all()
+        root.remove_dataset()  # only a dataset this tool wrote
     recs = find_recordings(cfg.inputs)
     options = cfg.model_dump(exclude={"inputs", "out", "overwrite", "preset", "workers"})
     sizes = [os.path.getsize(r.path) if os.path.isfile(r.path) else 0 for r in recs]
