@@ -58,11 +58,13 @@ def test_status_of_a_killed_run_says_where_it_stopped(tmp_path):
     procs, log = start(run_dir, [*TINY, "train.steps=400", "checkpoint.every=2"], nproc=1)
     try:
         wait_for(lambda: latest_complete(run_dir) is not None and len(losses(run_dir)) >= 3, what="3 steps")
+        live = status(run_dir)
+        assert live["state"] == "running" and live["trainer"]["pid"] == procs[0].pid
     finally:
         kill(procs)
         log.close()
     s = status(run_dir)
-    assert s["state"] == "incomplete" and s["jobs"] == []
+    assert s["state"] == "incomplete" and s["jobs"] == [] and s["trainer"] is None
     assert 3 <= s["step"] < 400 and s["last_metrics"]["step"] == s["step"]
     assert 2 <= s["last_complete_step"] <= s["step"] and s["last_complete_step"] % 2 == 0
     rate = s["last_metrics"]["bytes_per_s"]

@@ -92,6 +92,7 @@ def run_status(run_dir: str | Path) -> dict:
     from blt_scale.checkpoint.layout import latest_complete
     from blt_scale.launch.task import last_step
     from blt_scale.train.metrics import read_metrics
+    from blt_scale.train.run_lock import live_holder
 
     run_dir = Path(run_dir).resolve()
     known = ("config.yaml", "metrics.jsonl", rundir.JOBS, rundir.LAUNCH)
@@ -112,8 +113,11 @@ def run_status(run_dir: str | Path) -> dict:
     if train and total and step < total and train[-1].get("bytes_per_s"):
         eta = (total - step) * summary["global_batch"] * summary["seq_len"] / train[-1]["bytes_per_s"]
     checkpoint = latest_complete(run_dir)
+    holder = live_holder(run_dir)
     if jobs:
         state = jobs[-1]["state"]
+    elif holder is not None:
+        state = "running"
     elif total is not None and step >= total:
         state = "finished"
     else:
@@ -129,6 +133,7 @@ def run_status(run_dir: str | Path) -> dict:
         "checkpoint": str(checkpoint) if checkpoint else None,
         "last_metrics": last,
         "last_val": {"step": val[-1]["step"], "bpb": val[-1]["bpb"]} if val else None,
+        "trainer": holder,
         "jobs": jobs,
     }
 

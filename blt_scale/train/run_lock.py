@@ -56,3 +56,22 @@ def describe(holder: str) -> str:
         return f"lock file {LOCK}: {holder.strip()[:200]!r}"
     job = f", SLURM job {info['job']}" if info.get("job") else ""
     return f"held by pid {info.get('pid')} on host {info.get('host')}{job}"
+
+
+def live_holder(run_dir: str | Path) -> dict | None:
+    """The host/pid/job of a trainer still running on this run directory, as far as this host can
+    tell: the lock file names it and, on this host, its process exists (the file outlives its
+    holder; the lock itself does not). A holder on another host is reported as is."""
+    try:
+        info = json.loads((Path(run_dir) / LOCK).read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("host") != socket.gethostname():
+        return info
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return None
+    except PermissionError:  # exists, owned by someone else
+        pass
+    return info
