@@ -360,7 +360,7 @@ def test_resume_with_a_changed_model_is_refused_before_writing(run_copy):
     )
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert "model.global.dim: 64 -> 128" in last and str(run_copy / "config.yaml") in last
+    assert "model.global.dim: 64 -> 128" in last and "checkpoints/step_000004/config.yaml" in last
     assert "--resume never" in last and "model.init_from=" in last and "Traceback" not in r.stderr
     assert tree(run_copy) == before  # not even the lock file was touched
 

@@ -84,17 +84,23 @@ def save_exported(state_dict: dict[str, torch.Tensor], cfg, out_dir: str | Path,
     out = check_export_target(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    try:  # everything is written under the temporary name first
         save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(config.dump(cfg))
         (tmp / EXPORT_MARKER).write_text(json.dumps({"kind": EXPORT_KIND, "from": str(source)}) + "\n")
-        old = None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    try:
         if out.exists() and any(out.iterdir()):  # an earlier export: moved aside, deleted once replaced
-            check_export_target(out)
+            check_export_target(out)  # still nothing but that export
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old)
         os.replace(tmp, out)  # rename(2) replaces an empty directory
     except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old, out)  # the earlier export stays
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:

@@ -150,12 +150,15 @@ class Trainer:
         init_distributed(env, self.device, self.strategy.needs_process_group)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
-        # A changed model or data order is refused before anything in the run directory is written.
+        # A changed model or data order is refused before anything in the run directory is written,
+        # against the config the checkpoint was written with (`blt submit` rewrites RUN_DIR/config.yaml).
         recipe = cfg.model_dump(mode="json", by_alias=True)
-        if resume == "auto" and latest_complete(self.run_dir):
-            check_resume_config(self.run_dir / "config.yaml", recipe, self.run_dir)
-        elif resume not in ("auto", "never"):
-            check_resume_config(Path(resume) / "config.yaml", recipe, self.run_dir)
+        saved = (
+            latest_complete(self.run_dir) if resume == "auto" else None if resume == "never" else Path(resume)
+        )
+        if saved is not None:
+            own = saved / "config.yaml"
+            check_resume_config(own if own.is_file() else self.run_dir / "config.yaml", recipe, self.run_dir)
         self.lock = self._lock_run_dir()  # before anything is written there
         if env.is_main:
             (self.run_dir / "config.yaml").write_text(config.dump(cfg))
