@@ -2,8 +2,9 @@
 
 Forward FLOPs per byte, by component, split into
 - `linear`: products with weight matrices (2 * in * out per row they are applied to);
-- `attention`: score (QK^T) and value (AV) products, 2 * 2 * dim per visible key, honouring
-  causality and sliding windows (document masks are not counted: this is the upper bound).
+- `attention`: score (QK^T) and value (AV) products, 2 * 2 * dim per visible key (2 * 3 * dim for
+  differential attention), honouring causality and sliding windows (document masks are not
+  counted: this is the upper bound).
 Embedding and hash-table lookups cost 0. Per-patch work (the latent transformer and the
 projections into and out of it) is divided by the mean bytes per patch. Training = 3 x forward.
 
@@ -53,7 +54,8 @@ class FlopReport:
 
 
 def _block_params(t: TransformerConfig) -> int:
-    return 4 * t.dim * t.dim + 3 * t.dim * t.ffn_dim + 2 * t.dim
+    lambdas = 4 * t.head_dim if t.attention_kind == "differential" else 0
+    return 4 * t.dim * t.dim + 3 * t.dim * t.ffn_dim + 2 * t.dim + lambdas
 
 
 def _block_linear(t: TransformerConfig) -> float:
@@ -73,7 +75,13 @@ def _plus_one(window: int | None) -> int | None:
 
 
 def _stack_attention(t: TransformerConfig, length: float) -> float:
-    return t.layers * 4.0 * t.dim * mean_visible_keys(length, t.window)
+    return t.layers * attention_per_key(t) * mean_visible_keys(length, t.window)
+
+
+def attention_per_key(t: TransformerConfig) -> float:
+    """FLOPs of one query against one visible key in a layer: 2 * dim for the scores and 2 * dim for
+    the values; differential attention multiplies values of twice the width by both of its maps."""
+    return (6.0 if t.attention_kind == "differential" else 4.0) * t.dim
 
 
 def byte_lm_flops(cfg: ByteLMConfig, seq_len: int) -> FlopReport:
