@@ -8,6 +8,11 @@ Forward FLOPs per byte, by component, split into
 Embedding and hash-table lookups cost 0. Per-patch work (the latent transformer and the
 projections into and out of it) is divided by the mean bytes per patch. Training = 3 x forward.
 
+A Titans memory in the latent blocks (titans.py, memory.py) counts its projections as `linear`
+and the products inside the memory (writes, reads, the chunk's decay coefficients) under
+`attention` ("latent_memory"), per patch, for full chunks and no document reset inside a chunk
+(a reset adds the initial weights' products for that chunk).
+
 Sequences are taken to be `seq_len` bytes cut into patches of `patch_bytes` bytes each, the
 quantity a trainer measures and a sweep plans with.
 """
@@ -22,6 +27,7 @@ from blt_scale.model.brain_encoder import BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLMConfig
 from blt_scale.model.layers import TransformerConfig
 from blt_scale.model.meg_to_text import MegToTextConfig
+from blt_scale.model.titans import LatentConfig
 from blt_scale.model.vocab import VOCAB_SIZE
 
 
@@ -84,6 +90,26 @@ def attention_per_key(t: TransformerConfig) -> float:
     return (6.0 if t.attention_kind == "differential" else 4.0) * t.dim
 
 
+def memory_parts(lat: LatentConfig) -> tuple[int, float, float]:
+    """Per latent layer with a Titans memory: (params, linear FLOPs per patch, FLOPs inside the
+    memory per patch)."""
+    m, D = lat.memory, lat.dim
+    n, H, shapes = m.chunk, m.heads, m.shapes(lat.dim)
+    params = 4 * D * D + 3 * H * D + 3 * H + sum(H * o * i for o, i in shapes) + D
+    # Per head and position: the keys through the base weights, the write's backward (layers
+    # after the first), reads of base and momentum terms, the chunk's [n, n] products of reads
+    # with earlier keys and errors, the state after the chunk (weights, momentum), the decay
+    # coefficients (an [n, n] @ [n, n] and an [n, n] @ [n, 1] product per chunk).
+    inner = sum(10 * o * i + 2 * n * (i + o) for o, i in shapes) + sum(2 * o * i for o, i in shapes[1:])
+    inner += 2 * n * n + 2 * n
+    if m.variant == "mag":
+        return params, 2.0 * (4 * D * D + 3 * H * D), float(H * inner)
+    # MAC: a read before the segment (wq, memory, wo), the write's wq/wk/wv/gates and read-out wo
+    # on the attention output, and q/k/v of the read-outs interleaved in the attention.
+    inner += sum(2 * o * i for o, i in shapes)
+    return params, 2.0 * (6 * D * D + 3 * H * D) + 2.0 * 3 * D * D, float(H * inner)
+
+
 def byte_lm_flops(cfg: ByteLMConfig, seq_len: int) -> FlopReport:
     d = cfg.dim
     params = {
@@ -136,6 +162,15 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
         * mean_visible_keys(P, _plus_one(cfg.decoder_cross_window)),
         "local_decoder": _stack_attention(dec, T),
     }
+    if lat.memory is not None:
+        mem_params, mem_linear, mem_inner = memory_parts(lat)
+        params["latent_memory"] = lat.layers * mem_params
+        linear["latent_memory"] = lat.layers * mem_linear * P / T
+        if lat.memory.variant == "mac":
+            # Within segments of 2 * chunk interleaved positions, position p seeing p + 1 keys:
+            # 2 * chunk + 1 keys per patch.
+            attention["latent"] = lat.layers * attention_per_key(lat) * (2 * lat.memory.chunk + 1) * P / T
+        attention["latent_memory"] = lat.layers * mem_inner * P / T
     return FlopReport(params, linear, attention, seq_len, patch_bytes)
 
 

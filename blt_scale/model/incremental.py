@@ -259,9 +259,16 @@ class BLTStepper:
         return m.output(m.norm(x))
 
 
+def cacheable(model) -> bool:
+    """Whether incremental decoding runs this model: a Titans memory has no cached path (yet)."""
+    return isinstance(model, ByteLM) or (type(model) is BLT and model.cfg.global_.memory is None)
+
+
 def make_stepper(model, batch: int, patcher: PatcherConfig, entropy_model: ByteLM | None = None):
+    if not cacheable(model):
+        raise ValueError(
+            f"incremental decoding takes a byte LM or a BLT without latent memory, not {type(model).__name__}"
+        )
     if isinstance(model, ByteLM):
         return ByteLMStepper(model, batch)
-    if type(model) is BLT:
-        return BLTStepper(model, batch, patcher, entropy_model)
-    raise ValueError(f"incremental decoding takes a byte LM or a BLT, not {type(model).__name__}")
+    return BLTStepper(model, batch, patcher, entropy_model)
