@@ -5,7 +5,8 @@ weights are the state. A token x_t writes by one step of gradient descent with m
 weight decay on the associative loss ℓ = ||M(k_t) - v_t||², and reads with its query:
 
     k_t, v_t, q_t = x_t W_K, x_t W_V, x_t W_Q         (k and q L2-normalised per head)
-    α_t, η_t, θ_t = sigmoid(x_t W_g + b)              (forget, momentum, step size; per head)
+    α_t, η_t = sigmoid(x_t W_g + b)                    (forget, momentum; per head)
+    θ_t = max_step * sigmoid(x_t W_g' + b')            (step size, bounded)
     S_t = η_t S_{t-1} - θ_t ∇ℓ(M_base; k_t, v_t)
     M_t = (1 - α_t) M_{t-1} + S_t
     y_t = M_t(q_t)                                     (the memory after x_t's own write)
@@ -32,11 +33,8 @@ from torch import nn
 
 from blt_scale.config import Config
 
-# sigmoid^-1 of the starting forget rate, momentum and step size (0.018, 0.5, 0.047). The
-# effective step is about θ / (1 - η) per position and a chunk's gradients all land at once: at
-# η = 0.88, θ = 0.12 a 2-layer memory diverged within 300 positions on random inputs, at these
-# values it stays bounded (measured at dim 256, 4 heads, chunk 16).
-GATE_BIAS = (-4.0, 0.0, -3.0)
+# sigmoid^-1 of the starting forget rate and momentum (0.018, 0.5) and step / max_step (0.5).
+GATE_BIAS = (-4.0, 0.0, 0.0)
 
 
 class MemoryConfig(Config):
@@ -46,11 +44,17 @@ class MemoryConfig(Config):
         "positions attends to its memory read-out and itself, then writes its attention output (titans.py)",
     )
     heads: int = Field(default=4, gt=0, description="independent memories of dim / heads channels each")
-    depth: int = Field(default=2, ge=1, description="layers of each memory MLP (1: a linear memory)")
+    # Deeper memories diverged (NaN within 30 steps of cpu_tiny_titans at max_step 0.02 and 0.002):
+    # their loss's curvature grows with their own weights, which no fixed step bounds.
+    depth: int = Field(default=1, ge=1, description="layers of each memory MLP (1: a linear memory)")
     hidden_mult: float = Field(default=2.0, gt=0, description="depth >= 2: hidden width / head width")
     chunk: int = Field(
         default=16, gt=0, description="positions whose writes share one base (and MAC's segment)"
     )
+    # A chunk's gradients land at once: with unit keys, a linear memory's loss has curvature up to
+    # 2 * chunk, and heavy-ball descent stays stable below a step of 2 (1 + η) / curvature (0.02 x 32
+    # = 0.64 at chunk 16). Unbounded steps diverged to NaN within 15 steps of cpu_tiny_titans.
+    max_step: float = Field(default=0.02, gt=0, description="largest step size θ of a memory write")
 
     def head_dim(self, dim: int) -> int:
         if dim % self.heads:
@@ -102,7 +106,8 @@ class NeuralMemory(nn.Module):
         g = (self.gates(x).float().view(*x.shape[:2], 3, self.heads) + self.gate_bias.float()).permute(
             2, 0, 3, 1
         )
-        return k, self._split(self.wv(x)), F.logsigmoid(-g[0]), F.logsigmoid(g[1]), torch.sigmoid(g[2])
+        theta = self.cfg.max_step * torch.sigmoid(g[2])
+        return k, self._split(self.wv(x)), F.logsigmoid(-g[0]), F.logsigmoid(g[1]), theta
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._split(self.wq(x)), dim=-1)
