@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from blt_scale.model.attention import Causal, Full
 from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.build import build_model, lm_loss
+from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
 from blt_scale.model.differential import DiffAttention, lambda_init
 from blt_scale.model.flops import attention_per_key, model_flops
 from blt_scale.model.generate import generate_batch
@@ -145,8 +146,16 @@ def test_future_bytes_never_change_past_logits():
             assert not torch.allclose(other[:, t + 1 :], base[:, t + 1 :])
 
 
-def test_cached_decoding_equals_the_full_forward():
-    model, patcher = tiny_diff_blt(), PatcherConfig(mode="space", max_patch_len=6)
+def tiny_diff_lm() -> ByteLM:
+    torch.manual_seed(0)
+    return ByteLM(ByteLMConfig(dim=32, layers=2, heads=4, window=8, **DIFF)).eval()
+
+
+@pytest.mark.parametrize("make", [tiny_diff_blt, tiny_diff_lm], ids=["blt", "byte_lm"])
+def test_cached_decoding_equals_the_full_forward(make):
+    model, patcher = make(), PatcherConfig(mode="space", max_patch_len=6)
+    if isinstance(model, ByteLM):
+        patcher = PatcherConfig(mode="byte")
     ids = encode(b"The quick brown fox jumps", bos=True)
     cached = generate_batch(model, [ids], 60, patcher, stop_at_eos=False)[0]
     reference = generate_batch(model, [ids], 60, patcher, cache=False, stop_at_eos=False)[0]
@@ -159,7 +168,7 @@ def test_cached_decoding_equals_the_full_forward():
         stepper.step(seq[:, t : t + 1], torch.ones(1, 1, dtype=torch.bool)) for t in range(n, seq.shape[1])
     ]
     with torch.no_grad():
-        want = model(seq, patch_lengths_with_next(seq, patcher))
+        want = model(seq) if isinstance(model, ByteLM) else model(seq, patch_lengths_with_next(seq, patcher))
     torch.testing.assert_close(torch.cat(got, 1), want, atol=1e-4, rtol=1e-4)
 
 
