@@ -236,3 +236,18 @@ def test_a_tiny_differential_blt_overfits_a_short_text():
     assert first > 5 and float(loss.detach() / count) < 0.2
     lams = [float(b.attn.lam().detach()) for b in model.latent]
     assert lams != [b.attn.lambda_init for b in model.latent]  # the λ vectors learn
+
+
+def test_bf16_parameters_follow_fp32():
+    model = tiny_diff_blt()
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(OFFSET, OFFSET + 256, (2, 100), generator=g)
+    ids[:, ::5] = OFFSET + ord(" ")
+    lengths = patch_lengths(ids, PatcherConfig(mode="space"))
+    with torch.no_grad():
+        want = model(ids, lengths)
+    got = model.to(torch.bfloat16).train()(ids, lengths)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.05
+    got.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

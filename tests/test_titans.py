@@ -305,3 +305,20 @@ def test_recipe_parameters_and_linear_flops_equal_the_model(recipe):
 def test_mac_with_a_window_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="set the latent window"):
         LatentConfig(dim=16, layers=1, heads=2, window=8, memory=MemoryConfig(variant="mac"))
+
+
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_bf16_parameters_follow_fp32(variant):
+    """FSDP's bf16 policy casts parameters: the memory computes in fp32 inside and stays close."""
+    model, patcher = tiny_titans_blt(variant, doc_mask=True), PatcherConfig(mode="space")
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(OFFSET, OFFSET + 256, (2, 100), generator=g)
+    ids[:, ::5] = OFFSET + ord(" ")
+    lengths = patch_lengths(ids, patcher)
+    with torch.no_grad():
+        want = model(ids, lengths)
+    got = model.to(torch.bfloat16).train()(ids, lengths)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.05
+    got.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
