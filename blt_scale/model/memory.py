@@ -24,6 +24,7 @@ How a transformer block uses the memory (MAG, MAC) is titans.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -74,11 +75,12 @@ def silu_grad(z: torch.Tensor) -> torch.Tensor:
     return s * (1 + z * (1 - s))
 
 
+@dataclass
 class MemoryState:
     """Weights and momentum of every memory layer, [B, heads, out, in] each."""
 
-    def __init__(self, weights: list[torch.Tensor], momentum: list[torch.Tensor]):
-        self.weights, self.momentum = weights, momentum
+    weights: list[torch.Tensor]
+    momentum: list[torch.Tensor]
 
 
 class NeuralMemory(nn.Module):
