@@ -14,6 +14,7 @@ from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import memory_parts, model_flops
 from blt_scale.model.generate import generate_batch
+from blt_scale.model.incremental import make_stepper
 from blt_scale.model.layers import rope
 from blt_scale.model.memory import MemoryConfig, NeuralMemory
 from blt_scale.model.patcher import PatcherConfig, patch_lengths, patch_lengths_with_next
@@ -260,6 +261,8 @@ def test_generation_recomputes_and_equals_the_full_forward_argmax():
     with torch.no_grad():
         logits = model(seq, patch_lengths_with_next(seq, patcher))
     assert out.ids == logits[0, ids.numel() - 1 : -1].argmax(-1).tolist()
+    with pytest.raises(ValueError, match="without latent memory"):
+        make_stepper(model, 1, patcher)
 
 
 @pytest.mark.parametrize("variant", ["mag", "mac"])

@@ -259,16 +259,16 @@ class BLTStepper:
         return m.output(m.norm(x))
 
 
-def cacheable(model) -> bool:
-    """Whether incremental decoding runs this model: a Titans memory has no cached path (yet)."""
-    return isinstance(model, ByteLM) or (type(model) is BLT and model.cfg.global_.memory is None)
+def has_memory(model) -> bool:
+    """A Titans memory in the latent blocks: incremental decoding has no cached path for it (yet)."""
+    return isinstance(model, BLT) and model.cfg.global_.memory is not None
 
 
 def make_stepper(model, batch: int, patcher: PatcherConfig, entropy_model: ByteLM | None = None):
-    if not cacheable(model):
-        raise ValueError(
-            f"incremental decoding takes a byte LM or a BLT without latent memory, not {type(model).__name__}"
-        )
     if isinstance(model, ByteLM):
         return ByteLMStepper(model, batch)
-    return BLTStepper(model, batch, patcher, entropy_model)
+    if type(model) is BLT and not has_memory(model):
+        return BLTStepper(model, batch, patcher, entropy_model)
+    raise ValueError(
+        f"incremental decoding takes a byte LM or a BLT without latent memory, not {type(model).__name__}"
+    )
