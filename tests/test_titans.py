@@ -325,3 +325,35 @@ def test_bf16_parameters_follow_fp32(variant):
     assert (got.float() - want).abs().max() < 0.05
     got.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_a_query_recalls_the_value_written_chunks_earlier():
+    """Associative recall by the mechanism alone: identity keys and queries, a rotation as the
+    value map, no forgetting. Writing (e_2 -> R e_2) at position 2 changes the read of query e_2 at
+    position 12 (two chunks later, after 8 empty positions) along R e_2 and nothing else."""
+    torch.manual_seed(0)
+    dim = 8
+    mem = NeuralMemory(MemoryConfig(heads=1, chunk=4), dim)
+    rotation = torch.linalg.qr(torch.randn(dim, dim))[0]
+    with torch.no_grad():
+        for w, value in (
+            (mem.wq, torch.eye(dim)),
+            (mem.wk, torch.eye(dim)),
+            (mem.wv, rotation),
+            (mem.wo, torch.eye(dim)),
+        ):
+            w.weight.copy_(value)
+        mem.gates.weight.zero_()
+        mem.gate_bias.copy_(torch.tensor([[-30.0], [0.0], [30.0]]))  # α ≈ 0, η = 0.5, θ = max_step
+        mem.initial[0].zero_()
+    eye = torch.eye(dim)
+    x = torch.zeros(1, 13, dim)
+    x[0, :4] = eye[:4]
+    x[0, 12] = eye[2]
+    control = x.clone()
+    control[0, 2] = eye[5]  # key 2 never written
+    with torch.no_grad():
+        change = mem(x)[0, 12] - mem(control)[0, 12]
+    stored = rotation @ eye[2]
+    assert F.cosine_similarity(change, stored, dim=0) > 0.999
+    assert change.norm() > 0.05  # θ / (1 - η) * 2 ||v|| = 0.08 written, less the second write's pull
