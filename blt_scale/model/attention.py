@@ -167,12 +167,13 @@ def _chunked_causal(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
     if p.window is None:
         return _causal_by_blocks(q, k, v, p, dropout)
     B, H, T, D = q.shape
+    Dv = v.shape[-1]
     C = max(p.window, MIN_BLOCK)
     n = math.ceil(T / C)
     pad = n * C - T
 
-    def blocks(x):  # [B, H, T, D] -> [B, n, H, C, D]
-        return F.pad(x, (0, 0, 0, pad)).view(B, H, n, C, D).transpose(1, 2)
+    def blocks(x):  # [B, H, T, D] -> [B, n, H, C, D] (values may be wider than queries)
+        return F.pad(x, (0, 0, 0, pad)).view(B, H, n, C, x.shape[-1]).transpose(1, 2)
 
     def with_previous(x):  # [B, n, ...C...] -> [B, n, ..., 2C, ...] along dim `cat_dim`
         prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
@@ -194,11 +195,11 @@ def _chunked_causal(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
     out = F.scaled_dot_product_attention(
         qb.reshape(B * n, H, C, D),
         kb.reshape(B * n, H, 2 * C, D),
-        vb.reshape(B * n, H, 2 * C, D),
+        vb.reshape(B * n, H, 2 * C, Dv),
         attn_mask=mask,
         dropout_p=dropout,
     )
-    return out.view(B, n, H, C, D).transpose(1, 2).reshape(B, H, n * C, D)[:, :, :T]
+    return out.view(B, n, H, C, Dv).transpose(1, 2).reshape(B, H, n * C, Dv)[:, :, :T]
 
 
 def _causal_by_blocks(q, k, v, p: Causal, dropout: float) -> torch.Tensor:

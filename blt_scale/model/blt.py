@@ -8,7 +8,7 @@
   cross-attention) and a linear map; they cross-attend to the bytes of their own patch (after
   the last encoder layer, or after every one).
 - Latent transformer: causal over patches; its input is the k queries of a patch concatenated and
-  projected to the latent width.
+  projected to the latent width. Optionally a Titans memory in every block (titans.py).
 - Local decoder: starts from the encoder's byte states; each byte cross-attends to k slots of a
   learned start vector and to the latent outputs of the latest `decoder_cross_window` patches
   that are *complete* at that byte (the paper's decoder sees one). The last byte of a patch, which
@@ -34,6 +34,7 @@ from blt_scale.model.byte_lm import document_ids
 from blt_scale.model.layers import Block, CrossAttentionBlock, RMSNorm, TransformerConfig, init_weights
 from blt_scale.model.ngram import HashNgramEmbedding, NgramConfig
 from blt_scale.model.patcher import closed_patches, patch_ids_from_lengths
+from blt_scale.model.titans import LatentConfig, latent_block
 from blt_scale.model.vocab import VOCAB_SIZE
 
 
@@ -46,7 +47,7 @@ class LocalConfig(TransformerConfig):
 class BLTConfig(Config):
     kind: Literal["blt"] = "blt"
     encoder: LocalConfig
-    global_: TransformerConfig = Field(alias="global")
+    global_: LatentConfig = Field(alias="global")
     decoder: LocalConfig
     patch_queries: int = Field(default=2, gt=0, description="k: queries (and latent slots) per patch")
     ngram: NgramConfig = NgramConfig()
@@ -81,14 +82,14 @@ class BLT(nn.Module):
         d, D, k = cfg.encoder.dim, cfg.global_.dim, cfg.patch_queries
         self.embed = nn.Embedding(VOCAB_SIZE, d)
         self.ngram = HashNgramEmbedding(cfg.ngram, d)
-        self.encoder = nn.ModuleList(Block(cfg.encoder) for _ in range(cfg.encoder.layers))
+        self.encoder = nn.ModuleList(Block(cfg.encoder, i) for i in range(cfg.encoder.layers))
         self.patch_init = nn.Linear(d, k * d, bias=False)
         self.encoder_cross = nn.ModuleList(
             CrossAttentionBlock(d, cfg.encoder.heads, d, cfg.encoder.norm_eps, cfg.encoder.dropout)
             for _ in range(cfg.cross_layers(cfg.encoder))
         )
         self.to_global = nn.Linear(k * d, D, bias=False)
-        self.latent = nn.ModuleList(Block(cfg.global_) for _ in range(cfg.global_.layers))
+        self.latent = nn.ModuleList(latent_block(cfg.global_, i) for i in range(cfg.global_.layers))
         self.latent_norm = RMSNorm(D, cfg.global_.norm_eps)
         self.start_latent = nn.Parameter(torch.zeros(D))
         self.from_global = nn.Linear(D, k * d, bias=False)
@@ -96,7 +97,7 @@ class BLT(nn.Module):
             CrossAttentionBlock(d, cfg.decoder.heads, d, cfg.decoder.norm_eps, cfg.decoder.dropout)
             for _ in range(cfg.cross_layers(cfg.decoder))
         )
-        self.decoder = nn.ModuleList(Block(cfg.decoder) for _ in range(cfg.decoder.layers))
+        self.decoder = nn.ModuleList(Block(cfg.decoder, i) for i in range(cfg.decoder.layers))
         self.norm = RMSNorm(d, cfg.decoder.norm_eps)
         self.output = nn.Linear(d, VOCAB_SIZE, bias=False)
         init_weights(self)

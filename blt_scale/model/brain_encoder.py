@@ -85,7 +85,7 @@ class BrainEncoder(nn.Module):
         self.subject = nn.Parameter(torch.eye(S).repeat(cfg.subjects, 1, 1))  # [subjects, S, S]
         self.stem = nn.Conv1d(S, E, kernel_size=cfg.stride, stride=cfg.stride)
         self.stem_out = nn.Linear(E, E, bias=False)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.norm = RMSNorm(E, cfg.norm_eps)
         self.reset_parameters()
 

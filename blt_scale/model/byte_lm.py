@@ -40,7 +40,7 @@ class ByteLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(VOCAB_SIZE, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
         init_weights(self)

@@ -2,10 +2,16 @@
 
 Forward FLOPs per byte, by component, split into
 - `linear`: products with weight matrices (2 * in * out per row they are applied to);
-- `attention`: score (QK^T) and value (AV) products, 2 * 2 * dim per visible key, honouring
-  causality and sliding windows (document masks are not counted: this is the upper bound).
+- `attention`: score (QK^T) and value (AV) products, 2 * 2 * dim per visible key (2 * 3 * dim for
+  differential attention), honouring causality and sliding windows (document masks are not
+  counted: this is the upper bound).
 Embedding and hash-table lookups cost 0. Per-patch work (the latent transformer and the
 projections into and out of it) is divided by the mean bytes per patch. Training = 3 x forward.
+
+A Titans memory in the latent blocks (titans.py, memory.py) counts its projections as `linear`
+and the products inside the memory (writes, reads, the chunk's decay coefficients) under
+`attention` ("latent_memory"), per patch, for full chunks and no document reset inside a chunk
+(a reset adds the initial weights' products for that chunk).
 
 Sequences are taken to be `seq_len` bytes cut into patches of `patch_bytes` bytes each, the
 quantity a trainer measures and a sweep plans with.
@@ -21,6 +27,7 @@ from blt_scale.model.brain_encoder import BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLMConfig
 from blt_scale.model.layers import TransformerConfig
 from blt_scale.model.meg_to_text import MegToTextConfig
+from blt_scale.model.titans import LatentConfig
 from blt_scale.model.vocab import VOCAB_SIZE
 
 
@@ -53,7 +60,8 @@ class FlopReport:
 
 
 def _block_params(t: TransformerConfig) -> int:
-    return 4 * t.dim * t.dim + 3 * t.dim * t.ffn_dim + 2 * t.dim
+    lambdas = 4 * t.head_dim if t.attention_kind == "differential" else 0
+    return 4 * t.dim * t.dim + 3 * t.dim * t.ffn_dim + 2 * t.dim + lambdas
 
 
 def _block_linear(t: TransformerConfig) -> float:
@@ -73,7 +81,33 @@ def _plus_one(window: int | None) -> int | None:
 
 
 def _stack_attention(t: TransformerConfig, length: float) -> float:
-    return t.layers * 4.0 * t.dim * mean_visible_keys(length, t.window)
+    return t.layers * attention_per_key(t) * mean_visible_keys(length, t.window)
+
+
+def attention_per_key(t: TransformerConfig) -> float:
+    """FLOPs of one query against one visible key in a layer: 2 * dim for the scores and 2 * dim for
+    the values; differential attention multiplies values of twice the width by both of its maps."""
+    return (6.0 if t.attention_kind == "differential" else 4.0) * t.dim
+
+
+def memory_parts(lat: LatentConfig) -> tuple[int, float, float]:
+    """Per latent layer with a Titans memory: (params, linear FLOPs per patch, FLOPs inside the
+    memory per patch)."""
+    m, D = lat.memory, lat.dim
+    n, H, shapes = m.chunk, m.heads, m.shapes(lat.dim)
+    params = 4 * D * D + 3 * H * D + 3 * H + sum(H * o * i for o, i in shapes) + D
+    # Per head and position: the keys through the base weights, the write's backward (layers
+    # after the first), reads of base and momentum terms, the chunk's [n, n] products of reads
+    # with earlier keys and errors, the state after the chunk (weights, momentum), the decay
+    # coefficients (an [n, n] @ [n, n] and an [n, n] @ [n, 1] product per chunk).
+    inner = sum(10 * o * i + 2 * n * (i + o) for o, i in shapes) + sum(2 * o * i for o, i in shapes[1:])
+    inner += 2 * n * n + 2 * n
+    if m.variant == "mag":
+        return params, 2.0 * (4 * D * D + 3 * H * D), float(H * inner)
+    # MAC: a read before the segment (wq, memory, wo), the write's wq/wk/wv/gates and read-out wo
+    # on the attention output, and q/k/v of the read-outs interleaved in the attention.
+    inner += sum(2 * o * i for o, i in shapes)
+    return params, 2.0 * (6 * D * D + 3 * H * D) + 2.0 * 3 * D * D, float(H * inner)
 
 
 def byte_lm_flops(cfg: ByteLMConfig, seq_len: int) -> FlopReport:
@@ -128,6 +162,15 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
         * mean_visible_keys(P, _plus_one(cfg.decoder_cross_window)),
         "local_decoder": _stack_attention(dec, T),
     }
+    if lat.memory is not None:
+        mem_params, mem_linear, mem_inner = memory_parts(lat)
+        params["latent_memory"] = lat.layers * mem_params
+        linear["latent_memory"] = lat.layers * mem_linear * P / T
+        if lat.memory.variant == "mac":
+            # Within segments of 2 * chunk interleaved positions, position p seeing p + 1 keys:
+            # 2 * chunk + 1 keys per patch.
+            attention["latent"] = lat.layers * attention_per_key(lat) * (2 * lat.memory.chunk + 1) * P / T
+        attention["latent_memory"] = lat.layers * mem_inner * P / T
     return FlopReport(params, linear, attention, seq_len, patch_bytes)
 
 

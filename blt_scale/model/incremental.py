@@ -259,9 +259,16 @@ class BLTStepper:
         return m.output(m.norm(x))
 
 
+def has_memory(model) -> bool:
+    """A Titans memory in the latent blocks: incremental decoding has no cached path for it (yet)."""
+    return isinstance(model, BLT) and model.cfg.global_.memory is not None
+
+
 def make_stepper(model, batch: int, patcher: PatcherConfig, entropy_model: ByteLM | None = None):
     if isinstance(model, ByteLM):
         return ByteLMStepper(model, batch)
-    if type(model) is BLT:
+    if type(model) is BLT and not has_memory(model):
         return BLTStepper(model, batch, patcher, entropy_model)
-    raise ValueError(f"incremental decoding takes a byte LM or a BLT, not {type(model).__name__}")
+    raise ValueError(
+        f"incremental decoding takes a byte LM or a BLT without latent memory, not {type(model).__name__}"
+    )

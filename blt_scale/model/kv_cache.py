@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from blt_scale.model.layers import Block, rope
+from blt_scale.model.layers import Block
 
 
 class KVCache:
@@ -92,16 +92,13 @@ def block_step(
     """`block` on new positions x [B, n, d] against the cache, which then holds them too.
     `documents`: attention stops at document boundaries (the model's doc_mask)."""
     attn = block.attn
-    h = block.attn_norm(x)
-    q, k, v = attn._split(attn.wq(h)), attn._split(attn.wk(h)), attn._split(attn.wv(h))
-    if attn.rope_theta is not None:
-        q, k = rope(q, pos, attn.rope_theta), rope(k, pos, attn.rope_theta)
+    q, k, v = attn.project(block.attn_norm(x), positions=pos)
     keys, values, k_pos, k_doc, k_real = cache.append(k, v, pos, doc, real)
     if x.shape[1] == 1 and not documents and not cache.padded:
         mask = None  # one new byte, every live entry real and within its window: it sees them all
     else:
         mask = visible(pos, doc, real, k_pos, k_doc, k_real, window)[:, None]
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    out = attn.mix(q, keys, values, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     cache.forget_old()
-    x = x + attn.wo(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+    x = x + attn.merge(out)
     return x + block.ffn(block.ffn_norm(x))

@@ -1,11 +1,13 @@
 """Transformer building blocks shared by every model: RMSNorm, RoPE, self- and cross-attention,
 SwiGLU, and a pre-norm block. Which keys a query sees is an attention pattern (attention.py);
-None means plain causal self-attention (or, for cross-attention, every key).
+None means plain causal self-attention (or, for cross-attention, every key). A stack's
+self-attention is softmax attention or differential attention (differential.py).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,20 @@ class TransformerConfig(Config):
     dropout: float = Field(
         default=0.0, ge=0, lt=1, description="attention-probability and residual dropout while training"
     )
+    attention_kind: Literal["softmax", "differential"] = Field(
+        default="softmax",
+        description="self-attention: softmax, or differential (Ye et al. 2024): heads/2 heads, each the "
+        "difference of two softmax maps of head_dim channels over values of 2 * head_dim",
+    )
+
+    @model_validator(mode="after")
+    def _differential_pairs_heads(self) -> TransformerConfig:
+        if self.attention_kind == "differential" and self.heads % 2:
+            raise ValueError(
+                f"attention_kind differential pairs softmax maps into heads/2 heads: heads ({self.heads}) "
+                "must be even"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heads_split_dim(self) -> TransformerConfig:
@@ -102,21 +118,37 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
+    def project(
+        self, x: torch.Tensor, kv: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values [B, H, T, Dh]; self-attention rotates q and k by `positions`
+        ([T] or [B, T]; default 0..T-1)."""
+        source = x if kv is None else kv
+        q, k, v = self._split(self.wq(x)), self._split(self.wk(source)), self._split(self.wv(source))
+        if kv is None and self.rope_theta is not None:
+            positions = torch.arange(x.shape[1], device=x.device) if positions is None else positions
+            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        return q, k, v
+
+    def mix(self, q, k, v, core) -> torch.Tensor:
+        """Per-head outputs [B, H, Tq, Dv] from core(q, k, v), a softmax attention over the keys a
+        query may see (attend with a pattern, or SDPA with a cache's mask)."""
+        return core(q, k, v)
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        return self.wo(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1))
+
     def forward(
         self,
         x: torch.Tensor,
         pattern: Pattern | None = None,
         kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        source = x if kv is None else kv
-        q, k, v = self._split(self.wq(x)), self._split(self.wk(source)), self._split(self.wv(source))
-        if kv is None and self.rope_theta is not None:
-            positions = torch.arange(x.shape[1], device=x.device)
-            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        q, k, v = self.project(x, kv)
         if pattern is None:
             pattern = Causal(x.shape[1], None, None, "auto") if kv is None else Full()
-        out = attend(q, k, v, pattern, self.dropout if self.training else 0.0)
-        return self.wo(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+        dropout = self.dropout if self.training else 0.0
+        return self.merge(self.mix(q, k, v, lambda q, k, v: attend(q, k, v, pattern, dropout)))
 
 
 class SwiGLU(nn.Module):
@@ -133,10 +165,16 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm x), then + ffn(norm x)."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, index: int = 0):
+        """index: the block's place in its stack (0 first), which sets differential attention's λ_init."""
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg.dim, cfg.heads, rope_theta=cfg.rope_theta, dropout=cfg.dropout)
+        if cfg.attention_kind == "differential":
+            from blt_scale.model.differential import DiffAttention  # it subclasses Attention
+
+            self.attn = DiffAttention(cfg, index)
+        else:
+            self.attn = Attention(cfg.dim, cfg.heads, rope_theta=cfg.rope_theta, dropout=cfg.dropout)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.dim, cfg.ffn_dim)
         self.drop = nn.Dropout(cfg.dropout)

@@ -1,0 +1,186 @@
+"""Attention variants at equal training FLOPs on a long-range recall task (issue 18).
+
+Each row is `key: WXYZ. ` + random lowercase words + ` key: WXYZ.`: the second WXYZ (4 random
+letters) can only be predicted by recalling the first, which lies beyond every window of the
+models below (local windows 16 bytes, latent window 8 patches; ~110 bytes away). Variants of one
+tiny BLT (space patches):
+
+- softmax: the windowed latent attention alone (cannot reach the key: ~ln 26 nats per letter);
+- differential: the same with differential attention in every stack;
+- titans_mag / titans_mac: the windowed latent plus a Titans memory (MAC: segments of 8 patches);
+- softmax_full: an unwindowed latent, the reference that sees everything.
+
+Every variant trains for the steps its training FLOPs per byte (flops.py, mean bytes/patch
+measured on the data) allow within one budget, over 3 seeds, on the recalled letters only
+(`--objective recall`) or on every byte (`--objective lm`). Printed per variant: recall loss
+(nats per secret letter) and accuracy on held-out rows, bits per byte of the rest, steps,
+seconds per step, and each figure's ratio to softmax.
+
+Measured (2 shared CPU cores, 2026-11): at `--budget 2e11` (370-460 steps) no variant learns the
+recall, full attention included: with `--objective lm` and 3 seeds every recall loss is within
+0.02 of ln 26 (3.267-3.274) and every accuracy within 0.01 of 1/26; with `--objective recall`
+(1 seed, softmax_full and titans_mag) the same, and at `--budget 1e12` (2000-2300 steps, 1 seed,
+softmax, softmax_full, titans_mag) still 3.260 nats for all three. Seconds per step there measure
+a loaded machine.
+
+    .venv/bin/python benchmarks/bench_variants.py [--budget 3e12] [--seeds 3] [--threads 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+
+from blt_scale.model.blt import BLT, BLTConfig
+from blt_scale.model.build import lm_loss
+from blt_scale.model.flops import model_flops
+from blt_scale.model.patcher import PatcherConfig, patch_lengths
+from blt_scale.model.vocab import PAD, encode
+
+SEQ, BATCH, SECRET = 128, 8, 4
+PATCHER = PatcherConfig(mode="space", max_patch_len=8)
+LOCAL = {"dim": 32, "layers": 1, "heads": 2, "window": 16}
+LATENT = {"dim": 64, "layers": 2, "heads": 2, "window": 8}
+DIFF = {"attention_kind": "differential"}
+VARIANTS = {
+    "softmax": {},
+    "differential": {
+        "encoder": {**LOCAL, **DIFF},
+        "global": {**LATENT, **DIFF},
+        "decoder": {**LOCAL, **DIFF},
+    },
+    "titans_mag": {"global": {**LATENT, "memory": {"variant": "mag", "chunk": 8}}},
+    "titans_mac": {"global": {**LATENT, "window": None, "memory": {"variant": "mac", "chunk": 8}}},
+    "softmax_full": {"global": {**LATENT, "window": None}},
+}
+
+
+def config(name: str) -> BLTConfig:
+    parts = {
+        "encoder": LOCAL,
+        "global": LATENT,
+        "decoder": LOCAL,
+        "ngram": {"sizes": [3, 4], "buckets": 512},
+    }
+    return BLTConfig.model_validate({**parts, **VARIANTS[name], "attention": "chunked"})
+
+
+def rows(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [n, SEQ + 1] (no padding) and a mask over the targets: the recalled letters."""
+    out, mask = torch.empty(n, SEQ + 1, dtype=torch.long), torch.zeros(n, SEQ, dtype=torch.bool)
+
+    def word(length: int) -> bytes:
+        return bytes(97 + int(c) for c in torch.randint(0, 26, (length,), generator=gen))
+
+    for r in range(n):
+        secret = word(SECRET)
+        head, tail = b"key: " + secret + b". ", b" key: " + secret + b"."
+        body = SEQ - len(head) - len(tail)  # filler words and their spaces
+        filler = b""
+        while len(filler) < body - 10:
+            filler += word(2 + int(torch.randint(0, 6, (1,), generator=gen))) + b" "
+        filler += word(body - len(filler))
+        out[r] = encode(head + filler + tail, bos=True)
+        mask[r, SEQ - 1 - SECRET : SEQ - 1] = True  # targets j predict ids[j + 1]: the last letters but "."
+    return out, mask
+
+
+def train(name: str, seed: int, budget: float, objective: str) -> dict:
+    cfg = config(name)
+    torch.manual_seed(seed)
+    model = BLT(cfg)
+    gen = torch.Generator().manual_seed(1000 * seed)
+    sample, _ = rows(64, gen)
+    lengths = patch_lengths(sample[:, :-1], PATCHER)
+    patch_bytes = sample[:, :-1].numel() / float((lengths > 0).sum())
+    per_byte = model_flops(cfg, SEQ, patch_bytes).train_per_byte
+    steps = max(1, round(budget / (per_byte * BATCH * SEQ)))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    start = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:  # linear warmup over 10%, cosine to 10%
+            frac = step / steps
+            group["lr"] = 3e-3 * (frac / 0.1 if frac < 0.1 else 0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+        ids, mask = rows(BATCH, gen)
+        targets = ids[:, 1:] if objective == "lm" else ids[:, 1:].masked_fill(~mask, PAD)
+        loss, count = lm_loss(model(ids[:, :-1], patch_lengths(ids[:, :-1], PATCHER)), targets)
+        (loss / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+    seconds = (time.perf_counter() - start) / steps
+    model.eval()
+    ids, mask = rows(256, torch.Generator().manual_seed(12345))
+    with torch.no_grad():
+        logits = model(ids[:, :-1], patch_lengths(ids[:, :-1], PATCHER)).float()
+    targets = ids[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    rest = ~mask
+    return {
+        "variant": name,
+        "seed": seed,
+        "steps": steps,
+        "s_per_step": seconds,
+        "train_flops": per_byte * BATCH * SEQ * steps,
+        "recall_nats": float(nll[mask].mean()),
+        "recall_acc": float((logits.argmax(-1) == targets)[mask].float().mean()),
+        "rest_bpb": float(nll[rest].mean() / math.log(2)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=float, default=3e12, help="training FLOPs per run")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument(
+        "--objective",
+        choices=["recall", "lm"],
+        default="recall",
+        help="train on the recalled letters only (default), or on every next byte",
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    runs = [train(v, s, args.budget, args.objective) for v in args.variants for s in range(args.seeds)]
+    summary = {}
+    for v in args.variants:
+        mine = [r for r in runs if r["variant"] == v]
+        summary[v] = {
+            key: statistics.mean(r[key] for r in mine)
+            for key in ("recall_nats", "recall_acc", "rest_bpb", "steps", "s_per_step", "train_flops")
+        }
+        summary[v]["recall_nats_sd"] = statistics.pstdev(r["recall_nats"] for r in mine)
+    if args.json:
+        print(json.dumps({"runs": runs, "summary": summary}, indent=1))
+        return
+    base = summary.get("softmax")
+    chance = math.log(26)
+    print(
+        f"budget {args.budget:.3g} training FLOPs per run, {args.seeds} seeds, objective {args.objective}; "
+        f"chance = ln 26 = {chance:.3f}"
+    )
+    head = f"{'recall nats':>16} {'recall acc':>10} {'rest bpb':>9} {'steps':>6} {'s/step':>7}"
+    print(f"{'variant':14} {head}  vs softmax")
+    for v, s in summary.items():
+        ratio = ""
+        if base is not None:
+            ratio = (
+                f"recall nats x{s['recall_nats'] / base['recall_nats']:.2f}, "
+                f"acc {s['recall_acc'] - base['recall_acc']:+.2f}, "
+                f"s/step x{s['s_per_step'] / base['s_per_step']:.2f}"
+            )
+        print(
+            f"{v:14} {s['recall_nats']:8.3f} ± {s['recall_nats_sd']:5.3f} {s['recall_acc']:10.3f} "
+            f"{s['rest_bpb']:9.3f} {s['steps']:6.0f} {s['s_per_step']:7.3f}  {ratio}"
+        )
+
+
+if __name__ == "__main__":
+    main()
