@@ -37,10 +37,10 @@ import time
 import torch
 
 from blt_scale.model.blt import BLT, BLTConfig
-from blt_scale.model.build import lm_loss
 from blt_scale.model.flops import model_flops
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 from blt_scale.model.vocab import PAD, encode
+from blt_scale.train.objectives import lm_loss
 
 SEQ, BATCH, SECRET = 128, 8, 4
 PATCHER = PatcherConfig(mode="space", max_patch_len=8)

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from blt_scale.model.attention import Causal, Full
 from blt_scale.model.blt import BLT, BLTConfig
-from blt_scale.model.build import build_model, lm_loss
+from blt_scale.model.build import build_model
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
 from blt_scale.model.differential import DiffAttention, lambda_init
 from blt_scale.model.flops import attention_per_key, model_flops
@@ -19,7 +19,8 @@ from blt_scale.model.incremental import make_stepper
 from blt_scale.model.layers import Block, TransformerConfig, rope
 from blt_scale.model.patcher import PatcherConfig, patch_lengths, patch_lengths_with_next
 from blt_scale.model.vocab import EOS, OFFSET, encode
-from blt_scale.recipe import load_recipe
+from blt_scale.train.objectives import lm_loss
+from blt_scale.train.recipe import load_recipe
 
 DIFF = {"attention_kind": "differential"}
 

@@ -20,7 +20,7 @@ from blt_scale.model.memory import MemoryConfig, NeuralMemory
 from blt_scale.model.patcher import PatcherConfig, patch_lengths, patch_lengths_with_next
 from blt_scale.model.titans import LatentConfig, TitansBlock
 from blt_scale.model.vocab import EOS, OFFSET, encode
-from blt_scale.recipe import load_recipe
+from blt_scale.train.recipe import load_recipe
 
 
 def mlp(weights, a):
