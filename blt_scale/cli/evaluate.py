@@ -35,12 +35,20 @@ def register(sub) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="brain dataset URI (default: the run's own sources); its val split is read",
+        help="brain dataset URI (default: the run's own sources); its --split is read",
     )
-    p.add_argument("--samples", type=int, default=64, help="windows scored (default 64)")
+    p.add_argument("--samples", type=int, default=64, help="windows scored (default 64; 0: all of the split)")
     p.add_argument("--batch", type=int, default=16, help="windows per forward (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the noise")
-    p.add_argument("--split", default="val", choices=["val", "train"], help="split scored (default val)")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "test", "train"],
+        help="split scored (default val; test: datasets prepared with --test-fraction)",
+    )
+    p.add_argument(
+        "--resamples", type=int, default=1000, help="bootstrap resamples of the 95%% intervals (default 1000)"
+    )
     add_json_flag(p, "the scores")
     p.set_defaults(func=cmd_eval_brain)
 
@@ -76,8 +84,11 @@ def cmd_eval_brain(args: argparse.Namespace) -> int:
     from blt_scale.train.eval_brain import RESULTS, evaluate_brain, format_table, results_dir
     from blt_scale.train.recipe import saved_recipe
 
-    if args.samples < 1 or args.batch < 1:
-        raise ValueError(f"--samples and --batch must be at least 1, got {args.samples} and {args.batch}")
+    if args.samples < 0 or args.batch < 1 or args.resamples < 1:
+        raise ValueError(
+            f"--samples must be >= 0, --batch and --resamples >= 1; got {args.samples}, {args.batch} "
+            f"and {args.resamples}"
+        )
     model, saved, source = load_model(args.path)
     if not KINDS[saved.model.kind].brain:
         raise ValueError(
@@ -86,8 +97,10 @@ def cmd_eval_brain(args: argparse.Namespace) -> int:
         )
     cfg = data_override(args.data, saved_recipe(source))
     result = {"from": str(source), "data": [s.uri for s in cfg.data.sources]}
-    result |= evaluate_brain(model, cfg, args.samples, args.batch, args.seed, args.split)
-    out = results_dir(Path(source)) / RESULTS
+    result |= evaluate_brain(
+        model, cfg, args.samples or None, args.batch, args.seed, args.split, args.resamples
+    )
+    out = results_dir(Path(source)) / (RESULTS if args.split == "val" else f"eval_brain_{args.split}.json")
     out.write_text(json.dumps(result, indent=2))
     result["results_file"] = str(out)
     print(json.dumps(result) if args.json else format_table(result) + f"\nwritten to {out}")
