@@ -49,6 +49,28 @@ def register(sub) -> None:
     p.add_argument(
         "--resamples", type=int, default=1000, help="bootstrap resamples of the 95%% intervals (default 1000)"
     )
+    raw = p.add_argument_group(
+        "raw recording", "--recording FILE: decode a recording end to end instead of scoring a split"
+    )
+    raw.add_argument(
+        "--recording",
+        metavar="FILE",
+        default=None,
+        help="a recording (.fif, .edf, .vhdr, .set, ...) prepared as the run's data was, then decoded",
+    )
+    raw.add_argument(
+        "--preset",
+        default=None,
+        help="prep options for --recording (default: those the run's dataset was prepared with)",
+    )
+    raw.add_argument(
+        "--subject", default=None, help="subject id the run knows (default: the recording's own)"
+    )
+    raw.add_argument(
+        "--out",
+        default=None,
+        help="JSONL of {onset_s, text, reference, subject} (default: RUN_DIR/decoded_<file stem>.jsonl)",
+    )
     add_json_flag(p, "the scores")
     p.set_defaults(func=cmd_eval_brain)
 
@@ -96,6 +118,8 @@ def cmd_eval_brain(args: argparse.Namespace) -> int:
             f"{', '.join(kinds_where(brain=True))}); use `blt eval`"
         )
     cfg = data_override(args.data, saved_recipe(source))
+    if args.recording is not None:
+        return _decode_recording(args, model, cfg, source)
     result = {"from": str(source), "data": [s.uri for s in cfg.data.sources]}
     result |= evaluate_brain(
         model, cfg, args.samples or None, args.batch, args.seed, args.split, args.resamples
@@ -104,4 +128,20 @@ def cmd_eval_brain(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(result, indent=2))
     result["results_file"] = str(out)
     print(json.dumps(result) if args.json else format_table(result) + f"\nwritten to {out}")
+    return 0
+
+
+def _decode_recording(args: argparse.Namespace, model, cfg, source) -> int:
+    from blt_scale.data.brain.recording import preset_options
+    from blt_scale.train.eval_brain import decode_recording, results_dir
+
+    options = preset_options(args.preset) if args.preset else None
+    rows = decode_recording(model, cfg, args.recording, options, args.subject, args.batch)
+    stem = Path(args.recording).name.split(".")[0]
+    out = Path(args.out) if args.out else results_dir(Path(source)) / f"decoded_{stem}.jsonl"
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    summary = {"recording": args.recording, "windows": len(rows), "out": str(out), "from": str(source)}
+    if rows and rows[0]["reference"] is not None:
+        summary["exact"] = sum(r["text"] == r["reference"] for r in rows) / len(rows)
+    print(json.dumps(summary) if args.json else f"{len(rows)} windows of {args.recording} decoded into {out}")
     return 0

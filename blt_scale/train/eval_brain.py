@@ -185,6 +185,48 @@ def intervals(refs: list[str], real: list[str], noise: list[str], resamples: int
     return {"margin": margin, "ci": boot}
 
 
+@torch.no_grad()
+def decode_recording(
+    model, cfg, path: str, options=None, subject: str | None = None, batch_size: int = 16
+) -> list[dict]:
+    """Rows {onset_s, text, reference (None without text events), subject} for every window of the
+    raw recording at `path`, prepared as the run's data was (options: BrainPrepOptions; None: the
+    first data source's own) and decoded greedily like evaluate_brain."""
+    from blt_scale.data.brain.collate import collate
+    from blt_scale.data.brain.loader import brain_layout, brain_manifests
+    from blt_scale.data.brain.recording import dataset_options, recording_samples
+
+    if getattr(cfg.model, "phase", "lm") != "lm":
+        raise ValueError(f"model.phase={cfg.model.phase}: decoding needs a text-generating model (phase lm)")
+    uris = [s.uri for s in cfg.data.sources]
+    options = options or dataset_options(uris[0])
+    layout = brain_layout(cfg.data)
+    sfreq = next(iter(brain_manifests(uris).values()))["sfreq"]
+    samples, has_events = recording_samples(path, options, sfreq)
+    for s in samples:
+        s["subject"] = subject or s["subject"]
+        if s["subject"] not in layout.subjects:
+            raise ValueError(
+                f"{path}: subject {s['subject']!r} is not one the run knows ({layout.subjects[:8]}); "
+                f"pass --subject with one of them"
+            )
+    model.eval()
+    rows = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        texts = greedy(model, collate(chunk, layout, cfg.patcher), cfg.patcher, layout.text_bytes + 1)
+        rows += [
+            {
+                "onset_s": s["onset_s"],
+                "text": t,
+                "reference": s["text"].decode("utf-8") if has_events else None,
+                "subject": s["subject"],
+            }
+            for s, t in zip(chunk, texts)
+        ]
+    return rows
+
+
 def results_dir(source: Path) -> Path:
     """The run directory of a checkpoint (RUN_DIR/checkpoints/step_N), else the directory itself."""
     return source.parent.parent if source.parent.name == "checkpoints" else source

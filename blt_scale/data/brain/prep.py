@@ -97,27 +97,57 @@ def split_plan(recs: list[Recording], cfg: BrainPrepConfig, bad: dict, seconds_o
     return held_out_units(units, cfg)
 
 
-def convert_recording(
-    rec: Recording, cfg: BrainPrepConfig, stager: BrainPartStager, held: dict[str, str] | None = None
-) -> dict:
-    """Write one recording's windows into the splits `held` (split_plan) gives them; returns its
-    statistics for the part marker."""
+def recording_windows(rec: Recording, cfg, events_required: bool = True):
+    """(Prepared recording, its windows, windows left out at its ends, samples per window): the
+    reading, preprocessing and cutting that prep and raw-recording decoding share. Without text
+    events and events_required=False, events-mode windows become consecutive windows of the same
+    length (no text)."""
     raw = open_raw(rec, preload=True)
     events = text_events(raw, rec.events_tsv, cfg.events)
+    windows_cfg = cfg.windows
     if not events and cfg.windows.mode == "events":
         where = rec.events_tsv or "its annotations"
-        raise BadRecording(
-            f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
-            f"ignored {cfg.events.ignore}); expected word or sentence descriptions"
+        if events_required:
+            raise BadRecording(
+                f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
+                f"ignored {cfg.events.ignore}); expected word or sentence descriptions"
+            )
+        seconds = cfg.windows.seconds()
+        windows_cfg = cfg.windows.model_copy(
+            update={"mode": "sliding", "length_s": seconds, "step_s": seconds}
         )
     prep = preprocess(raw, cfg.preprocess, rec.path)
-    windows, outside = cut_windows(events, prep.data.shape[1], prep.sfreq, cfg.windows)
-    n = window_samples(cfg.windows, prep.sfreq)
+    windows, outside = cut_windows(events, prep.data.shape[1], prep.sfreq, windows_cfg)
+    n = window_samples(windows_cfg, prep.sfreq)
     if not windows:
         raise BadRecording(
             f"{rec.path}: none of {len(events)} text events leaves a whole window "
             f"({cfg.windows.tmin:g}...{cfg.windows.tmax:g} s) inside the recording"
         )
+    return prep, windows, outside, n
+
+
+def window_sample(rec: Recording, prep, w, n: int) -> dict:
+    """One window as a shard row (shards.COLUMNS; the signal still float32)."""
+    return {
+        "signal": prep.data[:, w.start : w.start + n],
+        "text": w.text.encode("utf-8"),
+        "subject": rec.subject,
+        "session": rec.session,
+        "recording": rec.name,
+        "sfreq": prep.sfreq,
+        "ch_names": prep.ch_names,
+        "ch_pos": prep.ch_pos,
+        "onset_s": w.onset_s,
+    }
+
+
+def convert_recording(
+    rec: Recording, cfg: BrainPrepConfig, stager: BrainPartStager, held: dict[str, str] | None = None
+) -> dict:
+    """Write one recording's windows into the splits `held` (split_plan) gives them; returns its
+    statistics for the part marker."""
+    prep, windows, outside, n = recording_windows(rec, cfg)
     empty = sum(not w.text for w in windows)
     windows = [w for w in windows if w.text]
     starts = [w.start for w in windows]
@@ -127,20 +157,7 @@ def convert_recording(
     for w, split in zip(windows, splits):
         if split is None:
             continue
-        stager.write(
-            split,
-            {
-                "signal": prep.data[:, w.start : w.start + n],
-                "text": w.text.encode("utf-8"),
-                "subject": rec.subject,
-                "session": rec.session,
-                "recording": rec.name,
-                "sfreq": prep.sfreq,
-                "ch_names": prep.ch_names,
-                "ch_pos": prep.ch_pos,
-                "onset_s": w.onset_s,
-            },
-        )
+        stager.write(split, window_sample(rec, prep, w, n))
     return {
         "subject": rec.subject,
         "session": rec.session,
