@@ -176,3 +176,11 @@ def test_cli_split_options_and_too_few_units(recordings, tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert "split=by-subject: 3 unit(s)" in err and "more subjects" in err and len(err.splitlines()) == 1
+
+
+def test_brain_prep_refuses_webdataset_with_its_reason(recordings, tmp_path, capsys):
+    args = ["prep", "brain", str(recordings[0][0]), "--out", str(tmp_path / "w"), "--format", "wds"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--format wds" in err and "MDS only" in err and "exactly-once resume" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "w").exists()

@@ -102,6 +102,11 @@ def cmd_brain(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={value}")
     if not inputs:
         raise ValueError("blt prep brain: expected at least one INPUT (recording, directory or BIDS root)")
+    if args.format != "mds":
+        raise ValueError(
+            f"blt prep brain --format {args.format}: brain datasets are MDS only (random access to single "
+            f"windows and exactly-once resume at any world size; see README, Brain data)"
+        )
     cfg = load_prep_config(
         inputs, args.out, args.preset, overrides, overwrite=args.overwrite, workers=args.workers
     )
@@ -189,6 +194,12 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
     p.add_argument(
         "--preset", default="eeg-default", help="eeg-default, meg-masc (recipes/brain/) or a YAML path"
+    )
+    p.add_argument(
+        "--format",
+        choices=["mds", "wds"],
+        default="mds",
+        help="mds only: wds is refused with the reason (see README, Brain data)",
     )
     p.add_argument(
         "--split",
