@@ -172,3 +172,22 @@ def test_held_out_subject_beats_noise_only_when_decodable(variant, tmp_path, tmp
     assert main(["eval-brain", str(run_dir), "--split", "test"]) == 2  # prepared without a test split
     err = capsys.readouterr().err.strip()
     assert "no test windows" in err and "--test-fraction" in err and len(err.splitlines()) == 1
+
+
+def test_a_subject_absent_from_training_keeps_its_identity_layer_under_weight_decay():
+    """The per-subject layer is a lookup: AdamW's decoupled decay would shrink the rows of a
+    held-out subject (gradient 0) towards 0; they are not decayed."""
+    from blt_scale.model.build import build_model
+    from blt_scale.train.optim import OptimConfig, build_optimizer
+
+    cfg = load_recipe("brain_aware_blt_tiny", ["model.brain.subjects=3"])
+    model = build_model(cfg.model)
+    opt = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.5, warmup_steps=0))
+    before = model.brain.subject.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (model.brain.subject[:2] ** 2).sum()  # subjects 0 and 1 train, 2 is held out
+        loss.backward()
+        opt.step()
+    assert torch.equal(model.brain.subject[2], before[2])
+    assert not torch.equal(model.brain.subject[0], before[0])
