@@ -315,7 +315,8 @@ def prep_fixture_dataset(
 
     src = tmp_path / f"{name}_src"
     src.mkdir(parents=True, exist_ok=True)
-    base = ["windows.tmin=-0.1", "windows.tmax=0.6", "val_fraction=0.1"]
+    # by-block split (the default) in 5 s blocks: fixtures of a few words still have several
+    base = ["windows.tmin=-0.1", "windows.tmax=0.6", "val_fraction=0.1", "block_s=5"]
     if kind == "eeg":
         inputs = [
             str(

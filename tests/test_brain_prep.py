@@ -179,6 +179,7 @@ def test_rerun_is_idempotent_and_cli_uses_presets_and_overrides(tmp_path, capsys
         f"windows.tmax={TMAX}",
         "events.unit=sentence",
         "events.sentence_gap_s=0.5",
+        "block_s=2",  # by-block: a 10 s recording needs blocks shorter than the default 20 windows
     ]
     assert cli.main(args) == 0
     first = json.loads(capsys.readouterr().out)

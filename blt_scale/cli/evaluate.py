@@ -35,12 +35,42 @@ def register(sub) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="brain dataset URI (default: the run's own sources); its val split is read",
+        help="brain dataset URI (default: the run's own sources); its --split is read",
     )
-    p.add_argument("--samples", type=int, default=64, help="windows scored (default 64)")
+    p.add_argument("--samples", type=int, default=64, help="windows scored (default 64; 0: all of the split)")
     p.add_argument("--batch", type=int, default=16, help="windows per forward (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and of the noise")
-    p.add_argument("--split", default="val", choices=["val", "train"], help="split scored (default val)")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "test", "train"],
+        help="split scored (default val; test: datasets prepared with --test-fraction)",
+    )
+    p.add_argument(
+        "--resamples", type=int, default=1000, help="bootstrap resamples of the 95%% intervals (default 1000)"
+    )
+    raw = p.add_argument_group(
+        "raw recording", "--recording FILE: decode a recording end to end instead of scoring a split"
+    )
+    raw.add_argument(
+        "--recording",
+        metavar="FILE",
+        default=None,
+        help="a recording (.fif, .edf, .vhdr, .set, ...) prepared as the run's data was, then decoded",
+    )
+    raw.add_argument(
+        "--preset",
+        default=None,
+        help="prep options for --recording (default: those the run's dataset was prepared with)",
+    )
+    raw.add_argument(
+        "--subject", default=None, help="subject id the run knows (default: the recording's own)"
+    )
+    raw.add_argument(
+        "--out",
+        default=None,
+        help="JSONL of {onset_s, text, reference, subject} (default: RUN_DIR/decoded_<file stem>.jsonl)",
+    )
     add_json_flag(p, "the scores")
     p.set_defaults(func=cmd_eval_brain)
 
@@ -78,8 +108,11 @@ def cmd_eval_brain(args: argparse.Namespace) -> int:
     from blt_scale.train.eval_brain import RESULTS, evaluate_brain, format_table, results_dir
     from blt_scale.train.recipe import saved_recipe
 
-    if args.samples < 1 or args.batch < 1:
-        raise ValueError(f"--samples and --batch must be at least 1, got {args.samples} and {args.batch}")
+    if args.samples < 0 or args.batch < 1 or args.resamples < 1:
+        raise ValueError(
+            f"--samples must be >= 0, --batch and --resamples >= 1; got {args.samples}, {args.batch} "
+            f"and {args.resamples}"
+        )
     model, saved, source = load_model(args.path)
     if not KINDS[saved.model.kind].brain:
         raise ValueError(
@@ -87,10 +120,30 @@ def cmd_eval_brain(args: argparse.Namespace) -> int:
             f"{', '.join(kinds_where(brain=True))}); use `blt eval`"
         )
     cfg = data_override(args.data, saved_recipe(source))
+    if args.recording is not None:
+        return _decode_recording(args, model, cfg, source)
     result = {"from": str(source), "data": [s.uri for s in cfg.data.sources]}
-    result |= evaluate_brain(model, cfg, args.samples, args.batch, args.seed, args.split)
-    out = results_dir(Path(source)) / RESULTS
+    result |= evaluate_brain(
+        model, cfg, args.samples or None, args.batch, args.seed, args.split, args.resamples
+    )
+    out = results_dir(Path(source)) / (RESULTS if args.split == "val" else f"eval_brain_{args.split}.json")
     out.write_text(json.dumps(result, indent=2))
     result["results_file"] = str(out)
     print(json.dumps(result) if args.json else format_table(result) + f"\nwritten to {out}")
+    return 0
+
+
+def _decode_recording(args: argparse.Namespace, model, cfg, source) -> int:
+    from blt_scale.data.brain.recording import preset_options
+    from blt_scale.train.eval_brain import decode_recording, results_dir
+
+    options = preset_options(args.preset) if args.preset else None
+    rows = decode_recording(model, cfg, args.recording, options, args.subject, args.batch)
+    stem = Path(args.recording).name.split(".")[0]
+    out = Path(args.out) if args.out else results_dir(Path(source)) / f"decoded_{stem}.jsonl"
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    summary = {"recording": args.recording, "windows": len(rows), "out": str(out), "from": str(source)}
+    if rows and rows[0]["reference"] is not None:
+        summary["exact"] = sum(r["text"] == r["reference"] for r in rows) / len(rows)
+    print(json.dumps(summary) if args.json else f"{len(rows)} windows of {args.recording} decoded into {out}")
     return 0

@@ -93,15 +93,27 @@ def cmd_brain(args: argparse.Namespace) -> int:
     items = [*args.inputs, *args.overrides]
     overrides = [i for i in items if _OVERRIDE.match(i)]
     inputs = [i for i in items if not _OVERRIDE.match(i)]
+    for key, value in (
+        ("split", args.split),
+        ("val_fraction", args.val_fraction),
+        ("test_fraction", args.test_fraction),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
     if not inputs:
         raise ValueError("blt prep brain: expected at least one INPUT (recording, directory or BIDS root)")
+    if args.format != "mds":
+        raise ValueError(
+            f"blt prep brain --format {args.format}: brain datasets are MDS only (random access to single "
+            f"windows and exactly-once resume at any world size; see README, Brain data)"
+        )
     cfg = load_prep_config(
         inputs, args.out, args.preset, overrides, overwrite=args.overwrite, workers=args.workers
     )
     if args.skip_bad:
         cfg.skip_bad = True
     report = prep_brain(cfg, progress=not args.quiet)
-    keys = ("converted_parts", "sfreq", "window_samples", "subjects", "skipped", "skipped_inputs")
+    keys = ("converted_parts", "sfreq", "window_samples", "subjects", "split", "skipped", "skipped_inputs")
     splits = {s: {k: v for k, v in d.items() if k != "files"} for s, d in report["splits"].items()}
     print(json.dumps({"out": args.out, **{k: report[k] for k in keys if k in report}, "splits": splits}))
     return 0
@@ -184,6 +196,31 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
     p.add_argument(
         "--preset", default="eeg-default", help="eeg-default, meg-masc (recipes/brain/) or a YAML path"
+    )
+    p.add_argument(
+        "--format",
+        choices=["mds", "wds"],
+        default="mds",
+        help="mds only: wds is refused with the reason (see README, Brain data)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["by-block", "by-recording", "by-subject"],
+        default=None,
+        help="unit held out whole (default: the preset's, by-block): time blocks of each recording "
+        "with a one-window gap to training windows, whole recordings, or whole subjects",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="share of split units held out for validation (default: the preset's, 0.05)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="share of split units held out for the test split (default: the preset's, 0)",
     )
     p.add_argument("--workers", type=int, default=1, help="recordings converted in parallel")
     p.add_argument("--skip-bad", action="store_true", help="skip bad recordings, count them in the manifest")

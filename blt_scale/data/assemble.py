@@ -52,7 +52,7 @@ class PartStager:
 def upload_part(root: Root, fmt: str, record: dict) -> None:
     """Shards first, marker last: a part counts as done only once all its files are in place."""
     name = record["name"]
-    for split in SPLITS:
+    for split in record["shards"]:
         for base in shard_files(fmt, record["shards"][split]):
             root.put(os.path.join(record["dir"], split, base), f"{split}/{name}/{base}")
     shutil.rmtree(record.pop("dir"), ignore_errors=True)
@@ -75,7 +75,9 @@ def part_name(index: int, parts: int) -> str:
     return f"{index:05d}-of-{parts:05d}"
 
 
-def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
+def finalize(
+    root: Root, fmt: str, part_names: list[str], extra: dict, splits: tuple[str, ...] = SPLITS
+) -> dict:
     """Write split indexes and the manifest from the part markers, then the completion marker."""
     records = [root.read_json(f"{PARTS}/{name}.json") for name in part_names]
     manifest = {"format": fmt, "splits": {}, **extra}
@@ -83,7 +85,7 @@ def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
         manifest[key] = sum(r.get(key, 0) for r in records)
     manifest["skipped_inputs"] = [s for r in records for s in r.get("skipped_inputs", [])]
     indexes = {}
-    for split in SPLITS:
+    for split in splits:
         shards = [_relocated(s, r["name"]) for r in records for s in r["shards"][split]]
         manifest["splits"][split] = {
             "documents": sum(r["documents"][split] for r in records),
@@ -97,7 +99,7 @@ def finalize(root: Root, fmt: str, part_names: list[str], extra: dict) -> dict:
                 {"basename": s["basename"], "samples": s["samples"], "bytes": s["bytes"], "xxh64": s["xxh64"]}
                 for s in shards
             ]
-    if sum(manifest["splits"][s]["documents"] for s in SPLITS) == 0:
+    if sum(manifest["splits"][s]["documents"] for s in splits) == 0:
         raise ValueError(
             f"{root.uri}: the corpus has no documents (empty corpus); skipped inputs: "
             f"{manifest['skipped_inputs'][:5]}, bad lines: {manifest['bad_lines']}"

@@ -24,12 +24,15 @@ class OptimConfig(Config):
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # Norm gains, biases and embeddings are not decayed: decay would only pull them to zero.
+    # Norm gains, biases and embeddings are not decayed: decay would only pull them to zero. The
+    # brain encoder's per-subject layer is a lookup too: a subject absent from training batches
+    # (held out by blt prep brain --split by-subject) would see its identity rows decay to zero.
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_matrix = param.dim() >= 2 and "embed" not in name and "ngram" not in name
+        lookup = "embed" in name or "ngram" in name or name.split(".")[-1] == "subject"
+        is_matrix = param.dim() >= 2 and not lookup
         (decay if is_matrix else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)

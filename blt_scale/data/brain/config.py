@@ -110,8 +110,19 @@ class BrainPrepOptions(Config):
     preprocess: PreprocessConfig = PreprocessConfig()
     events: EventsConfig = EventsConfig()
     windows: WindowConfig = WindowConfig()
+    split: Literal["by-block", "by-recording", "by-subject"] = Field(
+        default="by-block",
+        description="unit held out whole: contiguous time blocks of each recording (separated from "
+        "training windows by a gap of one window length), whole recordings, or whole subjects",
+    )
     val_fraction: float = Field(
-        default=0.05, ge=0, lt=1, description="windows held out for validation, by hash"
+        default=0.05, ge=0, lt=1, description="share of the split units held out for validation"
+    )
+    test_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="share of the split units held out for the test split"
+    )
+    block_s: float | None = Field(
+        default=None, gt=0, description="by-block: block length (s); None: 20 window lengths"
     )
     shard_size: int = Field(default=64 << 20, gt=0, description="uncompressed bytes per shard")
     skip_bad: bool = Field(

@@ -10,6 +10,11 @@ is set, and each recording is at least one window long. Recordings that are bad 
 no text events, too many bad channels) stop the conversion with an error naming the file, or,
 with skip_bad, are skipped, logged and counted in the manifest. Windows that cross a
 recording's ends are always skipped and counted.
+
+Splits (split.py): train, val and test hold whole units (time blocks, recordings or subjects)
+chosen once from all inputs; the manifest's `split` records the unit and the held-out ids, and
+every recording is checked before its windows are written: no held-out window comes within one
+window length of a window of another split.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-import zlib
 
 from tqdm import tqdm
 
@@ -30,6 +34,15 @@ from blt_scale.data.brain.events import text_events
 from blt_scale.data.brain.preprocess import preprocess
 from blt_scale.data.brain.read import Recording, find_recordings, open_raw
 from blt_scale.data.brain.shards import COLUMNS, BrainPartStager
+from blt_scale.data.brain.split import (
+    SPLIT_NAMES,
+    assign_windows,
+    block_seconds,
+    check_disjoint,
+    held_out_units,
+    recording_units,
+    window_unit,
+)
 from blt_scale.data.brain.windows import cut_windows, window_samples
 from blt_scale.data.prep_text import _Inline, check_plan
 from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
@@ -37,9 +50,13 @@ from blt_scale.data.store import MANIFEST, PARTS, PLAN, Root
 log = logging.getLogger(__name__)
 
 
-def _check_inputs(recs: list[Recording], cfg: BrainPrepConfig) -> dict[str, BadRecording]:
-    """Header-only checks of every recording; returns the bad ones (errors unless skip_bad)."""
+def _check_inputs(
+    recs: list[Recording], cfg: BrainPrepConfig
+) -> tuple[dict[str, BadRecording], dict[str, float]]:
+    """Header-only checks of every recording; returns the bad ones (errors unless skip_bad) and
+    every readable recording's duration in seconds."""
     bad: dict[str, BadRecording] = {}
+    seconds_of: dict[str, float] = {}
     first: tuple[float, str] | None = None
     for rec in recs:
         if rec.bids is not None and rec.events_tsv is None:
@@ -50,6 +67,7 @@ def _check_inputs(recs: list[Recording], cfg: BrainPrepConfig) -> dict[str, BadR
             continue
         raw = open_raw(rec, preload=False)
         sfreq, seconds = float(raw.info["sfreq"]), raw.n_times / raw.info["sfreq"]
+        seconds_of[rec.name] = seconds
         if cfg.preprocess.resample is None:
             if first is None:
                 first = (sfreq, rec.path)
@@ -65,50 +83,81 @@ def _check_inputs(recs: list[Recording], cfg: BrainPrepConfig) -> dict[str, BadR
             )
     if bad and not cfg.skip_bad:
         raise next(iter(bad.values()))
-    return bad
+    return bad, seconds_of
 
 
-def _is_val(name: str, start: int, fraction: float) -> bool:
-    return zlib.crc32(f"{name}:{start}".encode()) % 10_000 < fraction * 10_000
+def split_plan(recs: list[Recording], cfg: BrainPrepConfig, bad: dict, seconds_of: dict) -> dict[str, str]:
+    """{unit: val|test} of the held-out units of all good inputs (see split.py)."""
+    units = [
+        u
+        for r in recs
+        if r.name not in bad
+        for u in recording_units(cfg, r.name, r.subject, seconds_of[r.name])
+    ]
+    return held_out_units(units, cfg)
 
 
-def convert_recording(rec: Recording, cfg: BrainPrepConfig, stager: BrainPartStager) -> dict:
-    """Write one recording's windows; returns its statistics for the part marker."""
+def recording_windows(rec: Recording, cfg, events_required: bool = True):
+    """(Prepared recording, its windows, windows left out at its ends, samples per window): the
+    reading, preprocessing and cutting that prep and raw-recording decoding share. Without text
+    events and events_required=False, events-mode windows become consecutive windows of the same
+    length (no text)."""
     raw = open_raw(rec, preload=True)
     events = text_events(raw, rec.events_tsv, cfg.events)
+    windows_cfg = cfg.windows
     if not events and cfg.windows.mode == "events":
         where = rec.events_tsv or "its annotations"
-        raise BadRecording(
-            f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
-            f"ignored {cfg.events.ignore}); expected word or sentence descriptions"
+        if events_required:
+            raise BadRecording(
+                f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
+                f"ignored {cfg.events.ignore}); expected word or sentence descriptions"
+            )
+        seconds = cfg.windows.seconds()
+        windows_cfg = cfg.windows.model_copy(
+            update={"mode": "sliding", "length_s": seconds, "step_s": seconds}
         )
     prep = preprocess(raw, cfg.preprocess, rec.path)
-    windows, outside = cut_windows(events, prep.data.shape[1], prep.sfreq, cfg.windows)
-    n = window_samples(cfg.windows, prep.sfreq)
+    windows, outside = cut_windows(events, prep.data.shape[1], prep.sfreq, windows_cfg)
+    n = window_samples(windows_cfg, prep.sfreq)
     if not windows:
         raise BadRecording(
             f"{rec.path}: none of {len(events)} text events leaves a whole window "
             f"({cfg.windows.tmin:g}...{cfg.windows.tmax:g} s) inside the recording"
         )
-    empty = 0
-    for w in windows:
-        if not w.text:
-            empty += 1
+    return prep, windows, outside, n
+
+
+def window_sample(rec: Recording, prep, w, n: int) -> dict:
+    """One window as a shard row (shards.COLUMNS; the signal still float32)."""
+    return {
+        "signal": prep.data[:, w.start : w.start + n],
+        "text": w.text.encode("utf-8"),
+        "subject": rec.subject,
+        "session": rec.session,
+        "recording": rec.name,
+        "sfreq": prep.sfreq,
+        "ch_names": prep.ch_names,
+        "ch_pos": prep.ch_pos,
+        "onset_s": w.onset_s,
+    }
+
+
+def convert_recording(
+    rec: Recording, cfg: BrainPrepConfig, stager: BrainPartStager, held: dict[str, str] | None = None
+) -> dict:
+    """Write one recording's windows into the splits `held` (split_plan) gives them; returns its
+    statistics for the part marker."""
+    prep, windows, outside, n = recording_windows(rec, cfg)
+    empty = sum(not w.text for w in windows)
+    windows = [w for w in windows if w.text]
+    starts = [w.start for w in windows]
+    units = [window_unit(cfg, rec.name, rec.subject, s, prep.sfreq) for s in starts]
+    splits = assign_windows(starts, units, held or {}, n, n)
+    check_disjoint(rec.path, starts, splits, n, n)
+    for w, split in zip(windows, splits):
+        if split is None:
             continue
-        stager.write(
-            "val" if _is_val(rec.name, w.start, cfg.val_fraction) else "train",
-            {
-                "signal": prep.data[:, w.start : w.start + n],
-                "text": w.text.encode("utf-8"),
-                "subject": rec.subject,
-                "session": rec.session,
-                "recording": rec.name,
-                "sfreq": prep.sfreq,
-                "ch_names": prep.ch_names,
-                "ch_pos": prep.ch_pos,
-                "onset_s": w.onset_s,
-            },
-        )
+        stager.write(split, window_sample(rec, prep, w, n))
     return {
         "subject": rec.subject,
         "session": rec.session,
@@ -117,18 +166,21 @@ def convert_recording(rec: Recording, cfg: BrainPrepConfig, stager: BrainPartSta
         "window_samples": n,
         "windows_outside": outside,
         "empty_text": empty,
+        "in_split_gaps": splits.count(None),
         "bad_channels": prep.bad_channels,
         "no_position": prep.dropped_no_position,
     }
 
 
-def _convert_part(cfg: BrainPrepConfig, rec: Recording, name: str, staging: str, bad: str | None) -> dict:
+def _convert_part(
+    cfg: BrainPrepConfig, rec: Recording, name: str, staging: str, bad: str | None, held: dict[str, str]
+) -> dict:
     """One recording -> its part record: its windows, or with skip_bad a skip with the reason."""
     stager = BrainPartStager(staging, name, cfg.shard_size)
     try:
         if bad is not None:
             raise BadRecording(bad)
-        stats = convert_recording(rec, cfg, stager)
+        stats = convert_recording(rec, cfg, stager, held)
         return stager.finish(recording=rec.name, **stats)
     except BadRecording as err:
         if not cfg.skip_bad:
@@ -156,7 +208,8 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     check_plan(root, plan)
     if root.is_complete():
         return {**root.read_json(MANIFEST), "converted_parts": 0}
-    bad = _check_inputs(recs, cfg)
+    bad, seconds_of = _check_inputs(recs, cfg)
+    held = split_plan(recs, cfg, bad, seconds_of)
     root.write_json(PLAN, plan)
     names = [part_name(i, len(recs)) for i in range(len(recs))]
     todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]
@@ -171,7 +224,7 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
         # progress bar stay in this process. Forked workers need no re-import of mne.
         ctx = mp.get_context("fork")
         jobs = [
-            (cfg, recs[i], names[i], staging, str(bad[recs[i].name]) if recs[i].name in bad else None)
+            (cfg, recs[i], names[i], staging, str(bad[recs[i].name]) if recs[i].name in bad else None, held)
             for i in todo
         ]
         with (
@@ -191,11 +244,12 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
                     time.sleep(0.05)
     bar.close()
     records = [root.read_json(f"{PARTS}/{n}.json") for n in names]
-    manifest = finalize(root, "mds", names, _manifest_extra(cfg, records, root))
+    extra = _manifest_extra(cfg, records, root, held)
+    manifest = finalize(root, "mds", names, extra, splits=SPLIT_NAMES)
     return {**manifest, "converted_parts": len(todo)}
 
 
-def _manifest_extra(cfg: BrainPrepConfig, records: list[dict], root: Root) -> dict:
+def _manifest_extra(cfg: BrainPrepConfig, records: list[dict], root: Root, held: dict[str, str]) -> dict:
     done = [r for r in records if "sfreq" in r]
     skipped = [s for r in records for s in r.get("skipped_inputs", [])]
     if not any(sum(r["documents"].values()) for r in done):
@@ -227,10 +281,18 @@ def _manifest_extra(cfg: BrainPrepConfig, records: list[dict], root: Root) -> di
         "channels": {"max": max(len(r["ch_names"]) for r in done), "names": names},
         "subjects": sorted({r["subject"] for r in done}),
         "sessions": sorted({r["session"] for r in done}),
+        "split": {
+            "unit": cfg.split,
+            "val": sorted(u for u, s in held.items() if s == "val"),
+            "test": sorted(u for u, s in held.items() if s == "test"),
+            "gap_samples": done[0]["window_samples"],
+            **({"block_s": block_seconds(cfg)} if cfg.split == "by-block" else {}),
+        },
         "skipped": {
             "recordings": len(skipped),
             "windows_outside_recording": sum(r["windows_outside"] for r in done),
             "windows_without_text": sum(r["empty_text"] for r in done),
+            "windows_in_split_gaps": sum(r.get("in_split_gaps", 0) for r in done),
             "bad_channels": bad_counts,
             "channels_without_position": sum(len(r["no_position"]) for r in done),
             "bad_channels_action": cfg.preprocess.bad_channels.action,

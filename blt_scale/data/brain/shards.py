@@ -19,8 +19,8 @@ import shutil
 import numpy as np
 from streaming import MDSWriter
 
+from blt_scale.data.brain.split import SPLIT_NAMES as SPLITS
 from blt_scale.data.shard_writer import COMPRESSION, HASHES
-from blt_scale.data.splits import SPLITS
 
 COLUMNS = {
     "signal": "ndarray",
