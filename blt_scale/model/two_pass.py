@@ -7,8 +7,8 @@ models that cannot be asked a question in words:
 - `prompt`: the model itself reads the prompt once per expert and the expert under which the prompt
   is most likely (lowest bits per byte) is chosen. (The paper prompts the base LLM to name the
   task; a small byte model has no such ability, but its likelihood of the prompt is its own reading.)
-- `classifier`: a task classifier on what the base model makes of the prompt (the mean of its
-  next-byte log-probabilities over the prompt), fitted on the experts' held-out examples
+- `classifier`: a task classifier on what the base model makes of the prompt (the mean over the
+  prompt of the hidden state its output head reads), fitted on the experts' held-out examples
   (multinomial logistic regression); the most probable expert is chosen. (The paper's classifier is
   itself an SVF expert trained to name the task; this one is a linear probe on the base model.)
 - `mix`: z' = α_0·1 + Σ_k α_k z_k, with α found by the cross-entropy method on few-shot examples of
@@ -93,8 +93,16 @@ def by_prompt(model, experts: list[Expert], prompt: bytes, patcher, entropy_mode
 
 
 def features(model, text: bytes, patcher, entropy_model=None) -> torch.Tensor:
-    """What the base model makes of a text: its mean next-byte log-probabilities ([V])."""
-    return log_probs(model, text, patcher, entropy_model).mean(0)
+    """What the base model makes of a text: the mean over the text of the hidden state its output
+    head reads (the last layer's normalised states, [dim])."""
+    head = model.output
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    try:
+        log_probs(model, text, patcher, entropy_model)
+    finally:
+        hook.remove()
+    return seen[-1][0].float().mean(0)
 
 
 def fit_classifier(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300) -> nn.Linear:
@@ -120,18 +128,25 @@ def fit_classifier(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 
     return probe
 
 
+_PROBES: dict[tuple, nn.Linear] = {}
+
+
 def by_classifier(model, experts: list[Expert], prompt: bytes, patcher, entropy_model=None) -> Choice:
     _check(model, experts)
     lacking = [e.name for e in experts if not e.examples]
     if lacking:
         raise ValueError(f"--dispatch classifier fits on the experts' examples.jsonl; {lacking[0]} has none")
     set_z(model, None)
-    xs, ys = [], []
-    for k, e in enumerate(experts):
-        for text in e.examples:
-            xs.append(features(model, text.encode(), patcher, entropy_model))
-            ys.append(k)
-    probe = fit_classifier(torch.stack(xs).cpu(), torch.tensor(ys), len(experts))
+    key = (id(model), tuple((e.name, tuple(e.examples)) for e in experts))
+    if key not in _PROBES:  # fitted once per model and set of experts, then reused for every prompt
+        xs, ys = [], []
+        for k, e in enumerate(experts):
+            for text in e.examples:
+                xs.append(features(model, text.encode(), patcher, entropy_model))
+                ys.append(k)
+        _PROBES.clear()
+        _PROBES[key] = fit_classifier(torch.stack(xs).cpu(), torch.tensor(ys), len(experts))
+    probe = _PROBES[key]
     with torch.no_grad():
         f = features(model, prompt, patcher, entropy_model).cpu()
         probs = torch.softmax(probe((f - probe.mean) / probe.std), dim=-1).tolist()
