@@ -16,7 +16,7 @@ from pathlib import Path
 from blt_scale.cli.args import add_json_flag
 
 RECIPE = "svf_expert_tiny"
-EXAMPLES = 16  # held-out texts kept with the expert for `--dispatch classifier|mix`
+EXAMPLES = 64  # held-out texts kept with the expert for `--dispatch classifier|mix`
 
 
 def register(sub) -> None:

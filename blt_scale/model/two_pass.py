@@ -141,9 +141,11 @@ def by_classifier(model, experts: list[Expert], prompt: bytes, patcher, entropy_
     if key not in _PROBES:  # fitted once per model and set of experts, then reused for every prompt
         xs, ys = [], []
         for k, e in enumerate(experts):
-            for text in e.examples:
-                xs.append(features(model, text.encode(), patcher, entropy_model))
-                ys.append(k)
+            for text in e.examples:  # each example whole and its first half: prompts are often short
+                data = text.encode()
+                for part in (data, data[: max(1, len(data) // 2)]):
+                    xs.append(features(model, part, patcher, entropy_model))
+                    ys.append(k)
         _PROBES.clear()
         _PROBES[key] = fit_classifier(torch.stack(xs).cpu(), torch.tensor(ys), len(experts))
     probe = _PROBES[key]
