@@ -3,7 +3,7 @@
 For each seed: shards of both tasks (the `blt prep text` converter), a base byte model trained on
 both, one expert per task through `blt adapt` (the CLI, as a user runs it), then on held-out
 documents the bits per byte of the base and of each expert on each task, prompt/classifier dispatch
-accuracy on 60-byte held-out prompts, and the few-shot mix against the base model.
+accuracy on 60- and 100-byte held-out prompts, and the few-shot mix against the base model.
 
     PYTHONPATH=. python benchmarks/bench_neat.py [--seeds 0 1 2] [--base-steps 200] [--expert-steps 30]
 """
@@ -116,13 +116,14 @@ def one_seed(seed: int, base_steps: int, expert_steps: int, work: Path) -> dict:
         bpb[name] = {t: two_pass.bpb(model, test[t], saved.patcher) for t in TASKS}
     dispatch = {}
     for mode in ("prompt", "classifier"):
-        right = total = 0
-        for t in TASKS:
-            for doc in task_docs(t, 25, seed=2000 + seed):
-                c = two_pass.choose(mode, model, experts, doc[:60].encode(), saved.patcher)
-                right += max(c.weights, key=c.weights.get) == t
-                total += 1
-        dispatch[mode] = right / total
+        for length in (60, 100):
+            right = total = 0
+            for t in TASKS:
+                for doc in task_docs(t, 25, seed=2000 + seed):
+                    c = two_pass.choose(mode, model, experts, doc[:length].encode(), saved.patcher)
+                    right += max(c.weights, key=c.weights.get) == t
+                    total += 1
+            dispatch[f"{mode}@{length}"] = right / total
     mix = {}
     for t in TASKS:
         few = [d.encode() for d in task_docs(t, 16, seed=3000 + seed)]
@@ -160,8 +161,11 @@ def main() -> None:
         f"{statistics.mean(g[1] for g in gains):.4f}, of the mix {statistics.mean(g[2] for g in gains):.4f}; "
         f"mix never worse than base: {all(g[2] >= 0 for g in gains)}"
     )
-    for mode in ("prompt", "classifier"):
-        print(f"{mode} dispatch accuracy: " + ", ".join(f"{r['dispatch'][mode]:.2f}" for r in rows))
+    for key in rows[0]["dispatch"]:
+        print(
+            f"{key}-byte prompts, dispatch accuracy per seed: "
+            + ", ".join(f"{r['dispatch'][key]:.2f}" for r in rows)
+        )
 
 
 if __name__ == "__main__":
