@@ -44,6 +44,14 @@ RUN = {
 
 # README line -> why it is not run here (and what tests it instead).
 SKIP = {
+    "blt prep text data/legal/*.jsonl --out data/legal_shards": "example input paths; the SVF flow with "
+    "shards the test writes: tests/test_svf_experts.py",
+    "blt adapt runs/cpu_tiny/export --data data/legal_shards --out experts/legal [--targets PATTERN] "
+    "train.steps=200": "needs task shards and minutes of training: tests/test_svf_experts.py (blt adapt), "
+    "tests/test_svf_fsdp.py (FSDP, resume)",
+    "blt generate runs/cpu_tiny/export --experts experts/legal experts/code --dispatch prompt "
+    '--prompt "Whereas" --json': "needs trained experts: tests/test_svf_experts.py "
+    "(blt generate --experts --dispatch prompt|mix --json)",
     "make demo": "minutes on 2 cores (this file's budget is ~3 min); its steps are tested one by one: "
     "blt prep text (tests/test_data_prep.py), FSDP stop by SIGUSR2 and resume (tests/test_train_resume.py), "
     "eval (tests/test_train_cli.py and the eval line here)",

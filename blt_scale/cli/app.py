@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "blt_scale.cli.train",
     "blt_scale.cli.evaluate",
     "blt_scale.cli.generate",
+    "blt_scale.cli.adapt",
     "blt_scale.cli.checkpoint",
     "blt_scale.cli.measure",
     "blt_scale.cli.plot",

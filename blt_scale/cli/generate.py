@@ -56,7 +56,30 @@ def register(sub) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object per prompt: text, prefill_s, decode_s_per_byte, bytes, patches",
+        help="print one JSON object per prompt: text, prefill_s, decode_s_per_byte, bytes, patches "
+        "(and with --experts: dispatch, weights, scores)",
+    )
+    p.add_argument(
+        "--experts",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="SVF experts of this model (`blt adapt`): pass one picks or mixes them per prompt, pass two "
+        "generates with them",
+    )
+    p.add_argument(
+        "--dispatch",
+        choices=["prompt", "classifier", "mix"],
+        default="prompt",
+        help="pass one: the expert under which the prompt is most likely, a classifier fitted on the "
+        "experts' examples, or a CEM-weighted mix solved on --few-shot",
+    )
+    p.add_argument(
+        "--few-shot",
+        default=None,
+        metavar="FILE",
+        help='--dispatch mix: JSONL of {"text": ...} examples of the target task '
+        "(default: the prompt itself)",
     )
     p.set_defaults(func=cmd_generate)
 
@@ -126,6 +149,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model, cfg, _ = load_model(args.path, device)
+    if cfg.model.kind == "svf":  # a whole SVF run: its base model with its z applied
+        model, cfg.model = model.base, cfg.model.base
     if not KINDS[cfg.model.kind].text:
         raise ValueError(
             f"{args.path}: `blt generate` takes a text model (kind {' or '.join(kinds_where(text=True))}), "
@@ -135,6 +160,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = model.to(dtype)
     entropy_model = entropy_model.to(dtype) if entropy_model is not None else None
 
+    if args.experts:
+        from blt_scale.cli.experts import generate_with_experts
+
+        return generate_with_experts(args, model, cfg, prompts, entropy_model)
     streaming = not args.json and len(prompts) == 1  # the prompt, then each byte as it comes
 
     def show(row: int, data: bytes) -> None:

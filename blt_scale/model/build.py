@@ -15,10 +15,13 @@ from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.brain_blt import BrainBLT, BrainBLTConfig
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
 from blt_scale.model.meg_to_text import MegToText, MegToTextConfig
+from blt_scale.model.svf import SVFConfig, SVFModel
 
 ModelConfig = Annotated[
-    Union[BLTConfig, ByteLMConfig, BrainBLTConfig, MegToTextConfig], Field(discriminator="kind")  # noqa: UP007
+    Union[BLTConfig, ByteLMConfig, BrainBLTConfig, MegToTextConfig, SVFConfig],  # noqa: UP007
+    Field(discriminator="kind"),
 ]
+SVFConfig.model_rebuild(_types_namespace={"ModelConfig": ModelConfig})  # its `base` is any ModelConfig
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ KINDS: dict[str, Kind] = {
     "byte_lm": Kind(ByteLM, patched=False, text=True, brain=False),
     "brain_blt": Kind(BrainBLT, patched=True, text=False, brain=True),
     "meg_to_text": Kind(MegToText, patched=False, text=False, brain=True),
+    # SVF experts (model/svf.py) adapt a text model; batches are patched as the base's recipe says
+    "svf": Kind(SVFModel, patched=True, text=True, brain=False),
 }
 
 

@@ -27,6 +27,7 @@ from blt_scale.model.brain_encoder import BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLMConfig
 from blt_scale.model.layers import TransformerConfig
 from blt_scale.model.meg_to_text import MegToTextConfig
+from blt_scale.model.svf import SVFConfig, svf_vector_size
 from blt_scale.model.titans import LatentConfig
 from blt_scale.model.vocab import VOCAB_SIZE
 
@@ -257,6 +258,10 @@ def meg_to_text_flops(cfg: MegToTextConfig, seq_len: int) -> FlopReport:
 
 
 def model_flops(cfg, seq_len: int, patch_bytes: float = 1.0) -> FlopReport:
+    if isinstance(cfg, SVFConfig):  # the base model's work (W' is formed once per forward); z adds params
+        report = model_flops(cfg.base, seq_len, patch_bytes)
+        report.params["svf"] = svf_vector_size(cfg)
+        return report
     if isinstance(cfg, BrainBLTConfig):
         return brain_blt_flops(cfg, seq_len, patch_bytes)
     if isinstance(cfg, MegToTextConfig):

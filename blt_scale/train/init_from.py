@@ -37,4 +37,7 @@ def load_init(model: nn.Module, sources) -> list[str]:
                 )
         model.load_state_dict(state, strict=False)
         provided |= set(state)
+    for module in model.modules():  # state derived from the loaded weights (SVF's decomposition)
+        if hasattr(module, "after_init_from"):
+            module.after_init_from()
     return [k for k in own if k not in provided]

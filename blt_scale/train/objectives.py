@@ -115,6 +115,7 @@ LOSSES = {
     "byte_lm": text_loss,
     "brain_blt": brain_blt_loss,
     "meg_to_text": meg_to_text_loss,
+    "svf": text_loss,  # next-byte loss through the adapted base model
 }
 
 
