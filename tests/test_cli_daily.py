@@ -182,7 +182,7 @@ def test_every_option_has_help_and_shows_its_default():
             seen += 1
             name = "/".join(action.option_strings) or action.dest
             assert action.help, f"blt {' '.join(path)} {name}: no help text"
-            if action.option_strings and action.default not in (None, False):
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
                 assert "default" in action.help or f"(default: {action.default})" in " ".join(text.split()), (
                     f"blt {' '.join(path)} {name}: default {action.default!r} not shown"
                 )

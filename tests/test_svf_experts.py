@@ -40,7 +40,7 @@ ADAPT = [
 
 def base_overrides(w) -> list[str]:
     return [
-        f"run_dir={w}/base",
+        f"run_dir={w}/base_run",
         "model.dim=64",
         "model.layers=2",
         "model.heads=4",
