@@ -52,17 +52,29 @@ def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
 
 
 def read_mds_split(local_path: str, split: str, tmp: Path) -> list[dict]:
-    """Every sample of a local MDS split, read by mosaicml-streaming's own StreamingDataset."""
-    from streaming import StreamingDataset
+    """Every sample of a local MDS split, decoded by mosaicml-streaming's own shard readers (not
+    ours), each shard's xxh64 checked. Shards are read directly rather than through
+    StreamingDataset, whose shared-memory handles stay open for the life of the process (hundreds
+    per dataset: a whole suite of them runs out of file descriptors)."""
+    from streaming.base.compression import decompress
+    from streaming.base.format import reader_from_json
+    from streaming.base.hashing import get_hash
 
-    ds = StreamingDataset(
-        local=str(tmp / f"cache_{split}"),
-        remote=os.path.join(local_path, split),
-        shuffle=False,
-        batch_size=1,
-        validate_hash="xxh64",
-    )
-    return [ds[i] for i in range(len(ds))]
+    root = Path(local_path) / split
+    local = tmp / f"shards_{split}"
+    samples = []
+    for shard in json.loads((root / "index.json").read_text())["shards"]:
+        raw = shard["raw_data"]
+        zipped = shard.get("zip_data")
+        data = (root / (zipped or raw)["basename"]).read_bytes()
+        if zipped:
+            data = decompress(shard["compression"], data)
+        assert get_hash("xxh64", data) == raw["hashes"]["xxh64"], raw["basename"]
+        (local / raw["basename"]).parent.mkdir(parents=True, exist_ok=True)
+        (local / raw["basename"]).write_bytes(data)
+        reader = reader_from_json(str(local), None, shard)
+        samples += [reader.get_item(i) for i in range(shard["samples"])]
+    return samples
 
 
 def read_wds_split(root: Path, split: str) -> list[bytes]:

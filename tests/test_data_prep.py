@@ -1,4 +1,4 @@
-"""`blt prep text`: round trips (MDS through mosaicml-streaming's StreamingDataset, webdataset
+"""`blt prep text`: round trips (MDS through mosaicml-streaming's shard readers, webdataset
 through tarfile), fsspec URIs, workers, and idempotent / resumable conversion."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_mds_round_trip_every_input_kind(tmp_path, mixed_corpus, capsys):
     assert manifest["splits"]["train"]["bytes"] == sum(len(d) * c for d, c in train.items())
     assert manifest["splits"]["train"]["shards"] > 1  # --shard-size was honoured
     assert (out / "_COMPLETE").exists()
-    # blt's own reader sees the same documents in the same order as StreamingDataset
+    # blt's own reader sees the same documents in the same order as mosaicml-streaming's readers
     ours = MDSSplit(str(out), "train", str(tmp_path / "cache"))
     assert [ours[i]["text"] for i in range(len(ours))] == got_train
 
