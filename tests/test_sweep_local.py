@@ -34,7 +34,13 @@ def test_local_sweep_trains_aggregates_and_then_does_nothing(local_sweep):
         assert abs(float(row["train_flops"]) / float(row["budget_flops"]) - 1) < 0.01, row
         assert 0 < float(row["val_bpb"]) < 9
     assert "blt_space" in (sweep_dir / "results.md").read_text()
-    for png in ("bpb_vs_flops.png", "isoflop.png", "frontier.png"):
+    # two budgets: a FLOP axis; a frontier only where fits.md has a power law, else it says why not
+    fits = (sweep_dir / "fits.md").read_text()
+    has_law = "N*(C) =" in fits
+    assert has_law or "a law needs 2" in fits, fits
+    expected = ["bpb_vs_flops.png", "isoflop.png"] + (["frontier.png"] if has_law else [])
+    assert sorted(p.name for p in (sweep_dir / "plots").glob("*.png")) == sorted(expected)
+    for png in expected:
         data = (sweep_dir / "plots" / png).read_bytes()
         assert data[:4] == b"\x89PNG" and len(data) > 10_000
 
