@@ -48,35 +48,20 @@ def read_few_shot(path: str | None) -> list[bytes] | None:
 
 
 def generate_with_experts(args: argparse.Namespace, model, cfg, prompts: list[bytes], entropy_model) -> int:
-    import torch
 
-    from blt_scale.model.generate import generate_batch
+    from blt_scale.cli.generate import generate_prompts
     from blt_scale.model.svf import apply_svf, set_z
     from blt_scale.model.two_pass import choose
-    from blt_scale.model.vocab import BOS, encode
 
     experts, targets = load_experts(args.experts)
     few_shot = read_few_shot(args.few_shot)
     if args.dtype != "float32":
         raise ValueError("--experts: decompose and generate in float32 (--dtype float32)")
     apply_svf(model, targets)
-    device = next(model.parameters()).device
     for prompt in prompts:
         choice = choose(args.dispatch, model, experts, prompt, cfg.patcher, entropy_model, few_shot)
         set_z(model, choice.z)
-        r = generate_batch(
-            model,
-            [torch.cat([torch.tensor([BOS]), encode(prompt)]).to(device)],
-            args.max_bytes,
-            cfg.patcher,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            generator=torch.Generator(device=device).manual_seed(args.seed),
-            entropy_model=entropy_model,
-            cache=not args.no_cache,
-            stops=[s.encode() for s in args.stop],
-        )[0]
+        r = generate_prompts(args, model, cfg.patcher, [prompt], entropy_model)[0]
         text = r.text.decode("utf-8", errors="replace")
         if args.json:
             row = {

@@ -136,13 +136,37 @@ def load_entropy_model(args: argparse.Namespace, cfg, device):
     return model
 
 
+def generate_prompts(
+    args: argparse.Namespace, model, patcher, prompts: list[bytes], entropy_model, on_bytes=None
+):
+    """generate_batch over the prompts with the sampling options of the command line."""
+    import torch
+
+    from blt_scale.model.generate import generate_batch
+    from blt_scale.model.vocab import BOS, encode
+
+    device = next(model.parameters()).device
+    return generate_batch(
+        model,
+        [torch.cat([torch.tensor([BOS]), encode(p)]).to(device) for p in prompts],
+        args.max_bytes,
+        patcher,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=torch.Generator(device=device).manual_seed(args.seed),
+        entropy_model=entropy_model,
+        cache=not args.no_cache,
+        stops=[s.encode() for s in args.stop],
+        on_bytes=on_bytes,
+    )
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from blt_scale.checkpoint.restore import load_model
     from blt_scale.model.build import KINDS, kinds_where
-    from blt_scale.model.generate import generate_batch
-    from blt_scale.model.vocab import BOS, encode
 
     if args.max_bytes < 1:
         raise ValueError(f"--max-bytes must be at least 1, got {args.max_bytes}")
@@ -173,20 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if streaming:
         show(0, prompts[0])
 
-    results = generate_batch(
-        model,
-        [torch.cat([torch.tensor([BOS]), encode(p)]).to(device) for p in prompts],
-        args.max_bytes,
-        cfg.patcher,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        generator=torch.Generator(device=device).manual_seed(args.seed),
-        entropy_model=entropy_model,
-        cache=not args.no_cache,
-        stops=[s.encode() for s in args.stop],
-        on_bytes=show if streaming else None,
-    )
+    results = generate_prompts(args, model, cfg.patcher, prompts, entropy_model, show if streaming else None)
     for prompt, r in zip(prompts, results):
         text = r.text.decode("utf-8", errors="replace")
         if args.json:
