@@ -299,26 +299,32 @@ def children(pid: int) -> list[int]:
 @pytest.mark.slow  # ~35 s on 2 busy cores: three trainer launches, one of 80 steps
 def test_a_second_trainer_on_a_run_dir_is_refused(tmp_path):
     run_dir = tmp_path / "run"
+    # The first trainer has far more steps than the test needs, so it is still running (and holding
+    # the lock) when the second starts, however fast the machine; SIGTERM ends it afterwards.
     first = start_blt(
-        "train", "cpu_tiny", *TINY, "train.steps=80", f"run_dir={run_dir}", log=tmp_path / "1.log"
+        "train", "cpu_tiny", *TINY, "train.steps=100000", f"run_dir={run_dir}", log=tmp_path / "1.log"
     )
     try:
         wait_for_rows(run_dir, 1, first)
         config = (run_dir / "config.yaml").read_bytes()
-        r = blt("train", "cpu_tiny", *TINY, "train.steps=30", f"run_dir={run_dir}", check=False)
-        assert r.returncode == 2
+        r = blt("train", "cpu_tiny", *TINY, "train.steps=100000", f"run_dir={run_dir}", check=False)
+        assert r.returncode == 2, r.stderr[-2000:]
         last = r.stderr.strip().splitlines()[-1]
         assert "another trainer is writing this run directory" in last
         assert f"held by pid {first.pid} on host {socket.gethostname()}" in last
         assert (run_dir / "config.yaml").read_bytes() == config  # the second wrote nothing
-        assert first.wait(timeout=240) == 0
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=240) == 75
     finally:
         if first.poll() is None:
             first.kill()
-    assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 81))
-    # The lock died with its holder: the next trainer resumes (and finds the run finished).
-    r = blt("train", "cpu_tiny", *TINY, "train.steps=80", f"run_dir={run_dir}")
-    assert "at step 80/80" in r.stderr
+    last = (tmp_path / "1.log").read_text().strip().splitlines()[-1]
+    stopped = int(last.split("after step ")[1].split(";")[0])
+    assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, stopped + 1))
+    # The lock died with its holder: the next trainer resumes where the first stopped.
+    r = blt("train", "cpu_tiny", *TINY, f"train.steps={stopped + 2}", f"run_dir={run_dir}")
+    assert f"at step {stopped}/{stopped + 2}" in r.stderr
+    assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, stopped + 3))
 
 
 @pytest.mark.multiproc
