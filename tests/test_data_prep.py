@@ -91,7 +91,7 @@ def test_wds_round_trip(tmp_path, mixed_corpus):
     assert len(list((out / "train").rglob("*.tar"))) > 1
 
 
-def test_fsspec_uris_memory_and_file(tmp_path):
+def test_fsspec_uris_memory_and_file(tmp_path, capsys):
     docs = make_documents(15, seed=2)
     write_text_files(tmp_path / "src", docs)
     mem = "memory://blt-test-prep/out"
@@ -101,6 +101,11 @@ def test_fsspec_uris_memory_and_file(tmp_path):
         assert fs.exists("/blt-test-prep/out/_COMPLETE")
         split = MDSSplit(mem, "train", str(tmp_path / "cache"))
         assert Counter(split[i]["text"] for i in range(len(split))) == Counter(docs)
+        # Workers are spawned processes, which cannot see this process's memory:// files.
+        fs.pipe("/blt-test-prep/in.txt", docs[0])
+        assert prep("memory://blt-test-prep/in.txt", "--out", f"{tmp_path}/m", "--workers", "2") == 2
+        assert "memory:// inputs live in this process only" in capsys.readouterr().err
+        assert not (tmp_path / "m").exists()
     finally:
         fsspec.filesystem("memory").rm("/blt-test-prep", recursive=True)
     assert prep(str(tmp_path / "src"), "--out", f"file://{tmp_path}/fileout", "--val-fraction", "0") == 0

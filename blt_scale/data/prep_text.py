@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 from tqdm import tqdm
 
-from blt_scale.config import Config
+from blt_scale.config import Config, ConfigError
 from blt_scale.data.assemble import PartStager, finalize, part_name, upload_part
 from blt_scale.data.inputs import InputFile, ReadStats, expand_inputs, read_documents
 from blt_scale.data.splits import is_validation
@@ -112,6 +112,8 @@ def convert_text(cfg: TextPrepConfig, progress: bool = True) -> dict:
     if cfg.overwrite:
         root.remove_dataset()  # only a dataset this tool wrote
     files = expand_inputs(cfg.inputs)
+    if cfg.workers > 1 and any(f.uri.startswith("memory://") for f in files):
+        raise ConfigError("memory:// inputs live in this process only: convert them with --workers 1")
     parts = plan_parts(files, cfg.part_size)
     options = cfg.model_dump(exclude={"inputs", "out", "workers", "overwrite"})
     plan = {"kind": "text", "options": options, "inputs": [[f.uri, f.size] for f in files], "parts": parts}
@@ -130,7 +132,9 @@ def convert_text(cfg: TextPrepConfig, progress: bool = True) -> dict:
     )
     totals = [0, 0]
     with tempfile.TemporaryDirectory(prefix="blt-prep-") as staging:
-        ctx = mp.get_context("fork")  # forked workers see memory:// inputs and need no re-import
+        # Spawned, not forked: a fork of a process with threads (torch's, tqdm's monitor) can
+        # inherit a lock held by one of them and hang forever (seen in the test suite).
+        ctx = mp.get_context("spawn")
         progress_q = ctx.Queue()
         _init_worker(progress_q)
         jobs = [(cfg, names[i], [files[j] for j in parts[i]], staging) for i in todo]

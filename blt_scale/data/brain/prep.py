@@ -221,8 +221,9 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     )
     with tempfile.TemporaryDirectory(prefix="blt-prep-brain-") as staging:
         # Recordings are independent: workers convert them in parallel; uploads, markers and the
-        # progress bar stay in this process. Forked workers need no re-import of mne.
-        ctx = mp.get_context("fork")
+        # progress bar stay in this process. Spawned, not forked: a forked child can inherit a lock
+        # held by another thread of this process and hang.
+        ctx = mp.get_context("spawn")
         jobs = [
             (cfg, recs[i], names[i], staging, str(bad[recs[i].name]) if recs[i].name in bad else None, held)
             for i in todo
