@@ -160,7 +160,7 @@ class TitansBlock(Block):
             mixed = self.attn.merge(attended) * torch.sigmoid(
                 self.gate_norm(self._write(cache, h, same, seg))
             )
-        else:
+        else:  # the read-out, then the patch, at 2t and 2t + 1 as in _memory_as_context
             recalled = mem.out(
                 mem.read(cache.base, mem.queries(h), None if same is None else same[:, -1:]), h
             )
@@ -196,7 +196,9 @@ class TitansBlock(Block):
 
     def _write(self, cache: TitansCache, x: torch.Tensor, same, seg) -> torch.Tensor:
         """x [1, 1, D] writes after the open chunk's earlier positions; its read [1, 1, D]. The
-        chunk's writes are replayed from its start, as the chunk-parallel forward computes them."""
+        chunk's writes are replayed from its start with the chunk-parallel rule (at most `chunk`
+        positions): folding them into a running state would be the same sum in another order,
+        equal only up to rounding, and the reads must equal forward's."""
         mem = self.memory
         new = [*mem.keys_values(x), mem.queries(x)]
         cache.pending = (
