@@ -15,6 +15,7 @@ from blt_scale.model.attention import Causal
 from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import attention_per_key, memory_attention_keys, memory_parts, model_flops
+from blt_scale.model.generate import generate_batch
 from blt_scale.model.layers import rope
 from blt_scale.model.memory import MemoryConfig, NeuralMemory
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
@@ -331,6 +332,18 @@ def test_cached_generation_equals_recomputation(variant, doc_mask, persistent, f
         model, PatcherConfig(mode="space", max_patch_len=6), ids, 40, 1e-5
     )
     assert patches > 3 * model.cfg.global_.memory.chunk
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_a_left_padded_batch_carries_each_rows_memory(variant):
+    """Rows close patches at different bytes: each keeps its own memory and chunk position."""
+    model, patcher = tiny_titans_blt(variant, doc_mask=True, persistent=2), PatcherConfig(mode="space")
+    prompts = [encode(p, bos=True) for p in (b"x", b"def main(argv):\n    return 0\n", b"hello world")]
+    batch = generate_batch(model, prompts, 30, patcher, stop_at_eos=False)
+    for prompt, got in zip(prompts, batch):
+        alone = generate_batch(model, [prompt], 30, patcher, cache=False, stop_at_eos=False)[0]
+        assert got.ids == alone.ids and got.patches == alone.patches
 
 
 def block_flops(block: TitansBlock, x: torch.Tensor, pattern: Causal, math: bool = False) -> dict[str, float]:
