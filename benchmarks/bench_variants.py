@@ -14,14 +14,17 @@ Every variant trains for the steps its training FLOPs per byte (flops.py, mean b
 measured on the data) allow within one budget, over 3 seeds, on the recalled letters only
 (`--objective recall`) or on every byte (`--objective lm`). Printed per variant: recall loss
 (nats per secret letter) and accuracy on held-out rows, bits per byte of the rest, steps,
-seconds per step, and each figure's ratio to softmax.
+seconds per step, training FLOP/s (flops.py's training FLOPs of a step / its seconds), and each
+figure's ratio to softmax (the plain BLT), all variants measured in the same run.
 
 Measured (2 shared CPU cores, 2026-11): at `--budget 2e11` (370-460 steps) no variant learns the
 recall, full attention included: with `--objective lm` and 3 seeds every recall loss is within
 0.02 of ln 26 (3.267-3.274) and every accuracy within 0.01 of 1/26; with `--objective recall`
 (1 seed, softmax_full and titans_mag) the same, and at `--budget 1e12` (2000-2300 steps, 1 seed,
 softmax, softmax_full, titans_mag) still 3.260 nats for all three. Seconds per step there measure
-a loaded machine.
+a loaded machine. Training FLOP/s ÷ softmax's, one run (`--budget 3e10 --seeds 1 --threads 1`,
+56-69 steps, 2026-11-30, shared cores): softmax 9.8e9 FLOP/s; differential x0.81, titans_mag
+x0.64, titans_mac x0.63, softmax_full x1.12 (short runs, first step included; not repeated).
 
     .venv/bin/python benchmarks/bench_variants.py [--budget 3e12] [--seeds 3] [--threads 1] [--json]
 """
@@ -127,6 +130,7 @@ def train(name: str, seed: int, budget: float, objective: str) -> dict:
         "steps": steps,
         "s_per_step": seconds,
         "train_flops": per_byte * BATCH * SEQ * steps,
+        "train_flops_per_s": per_byte * BATCH * SEQ / seconds,
         "recall_nats": float(nll[mask].mean()),
         "recall_acc": float((logits.argmax(-1) == targets)[mask].float().mean()),
         "rest_bpb": float(nll[rest].mean() / math.log(2)),
@@ -154,7 +158,15 @@ def main() -> None:
         mine = [r for r in runs if r["variant"] == v]
         summary[v] = {
             key: statistics.mean(r[key] for r in mine)
-            for key in ("recall_nats", "recall_acc", "rest_bpb", "steps", "s_per_step", "train_flops")
+            for key in (
+                "recall_nats",
+                "recall_acc",
+                "rest_bpb",
+                "steps",
+                "s_per_step",
+                "train_flops",
+                "train_flops_per_s",
+            )
         }
         summary[v]["recall_nats_sd"] = statistics.pstdev(r["recall_nats"] for r in mine)
     if args.json:
@@ -166,7 +178,7 @@ def main() -> None:
         f"budget {args.budget:.3g} training FLOPs per run, {args.seeds} seeds, objective {args.objective}; "
         f"chance = ln 26 = {chance:.3f}"
     )
-    head = f"{'recall nats':>16} {'recall acc':>10} {'rest bpb':>9} {'steps':>6} {'s/step':>7}"
+    head = f"{'recall nats':>16} {'recall acc':>10} {'rest bpb':>9} {'steps':>6} {'s/step':>7} {'FLOP/s':>8}"
     print(f"{'variant':14} {head}  vs softmax")
     for v, s in summary.items():
         ratio = ""
@@ -174,11 +186,13 @@ def main() -> None:
             ratio = (
                 f"recall nats x{s['recall_nats'] / base['recall_nats']:.2f}, "
                 f"acc {s['recall_acc'] - base['recall_acc']:+.2f}, "
-                f"s/step x{s['s_per_step'] / base['s_per_step']:.2f}"
+                f"s/step x{s['s_per_step'] / base['s_per_step']:.2f}, "
+                f"FLOP/s x{s['train_flops_per_s'] / base['train_flops_per_s']:.2f}"
             )
         print(
             f"{v:14} {s['recall_nats']:8.3f} ± {s['recall_nats_sd']:5.3f} {s['recall_acc']:10.3f} "
-            f"{s['rest_bpb']:9.3f} {s['steps']:6.0f} {s['s_per_step']:7.3f}  {ratio}"
+            f"{s['rest_bpb']:9.3f} {s['steps']:6.0f} {s['s_per_step']:7.3f} "
+            f"{s['train_flops_per_s']:8.2e}  {ratio}"
         )
 
 

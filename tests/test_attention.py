@@ -279,3 +279,28 @@ def test_dropout_acts_only_in_training_and_output_projections_scale_with_depth()
     latent_in = torch.cat([b.attn.wq.weight.flatten() for b in plain.latent])
     assert float(latent_out.std()) == pytest.approx(0.02 / 4, rel=0.05)  # 0.02 / sqrt(2 * 8 layers)
     assert float(latent_in.std()) == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("with_docs", [False, True], ids=["no-docs", "docs"])
+def test_a_prefix_is_seen_by_every_query_on_every_backend(window, with_docs):
+    """Causal with a prefix (Titans' persistent memory) against an explicit softmax: every query
+    sees the prefix's keys, then its causal, windowed, same-document keys."""
+    g = torch.Generator().manual_seed(0)
+    B, H, T, D, prefix = 2, 2, 150, 8, 3  # several chunked blocks
+    q = torch.randn(B, H, T, D, generator=g)
+    k, v = (torch.randn(B, H, prefix + T, D, generator=g) for _ in range(2))
+    doc = torch.zeros(B, T, dtype=torch.long)
+    doc[1, 40:], doc[1, 100:] = 1, 2
+    doc = doc if with_docs else None
+    pos = torch.arange(T)
+    seen = (pos[:, None] >= pos[None, :]) & (
+        True if window is None else (pos[:, None] - pos[None, :] < window)
+    )
+    seen = seen[None, None] & (True if doc is None else (doc[:, None, :, None] == doc[:, None, None, :]))
+    seen = torch.cat([torch.ones(B, 1, T, prefix, dtype=torch.bool), seen.expand(B, 1, T, T)], -1)
+    scores = (q @ k.transpose(-1, -2) / D**0.5).masked_fill(~seen, float("-inf"))
+    want = torch.softmax(scores, -1) @ v
+    for backend in ("dense", "chunked", "flex"):
+        got = attend(q, k, v, Causal(T, window, doc, backend, prefix=prefix))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m, b=backend: f"{b}: {m}")

@@ -62,18 +62,15 @@ def full_logits(model, ids, patcher):
     return model(ids, patch_lengths_with_next(ids, patcher, h))
 
 
-@pytest.mark.parametrize("prompt", PROMPTS, ids=str)
-@pytest.mark.parametrize("case", CASES)
-def test_cached_greedy_equals_the_reference_for_300_bytes(case, prompt):
-    make, patcher = CASES[case]
-    model = make()
-    ids = encode(PROMPTS[prompt], bos=True)
+def assert_cached_equals_the_reference(model, patcher, ids, new_bytes: int, tol: float = 1e-4) -> int:
+    """Greedy generation with caches and by full recomputation: the same bytes and patches; and the
+    cached logits of every position (a prefill, then byte by byte) equal one full forward within
+    tol. Returns the patches."""
     common = dict(entropy_model=ENTROPY_LM, stop_at_eos=False)
-    cached = generate_batch(model, [ids], 300, patcher, **common)[0]
-    reference = generate_batch(model, [ids], 300, patcher, cache=False, **common)[0]
-    assert cached.ids == reference.ids and len(cached.ids) == 300
+    cached = generate_batch(model, [ids], new_bytes, patcher, **common)[0]
+    reference = generate_batch(model, [ids], new_bytes, patcher, cache=False, **common)[0]
+    assert cached.ids == reference.ids and len(cached.ids) == new_bytes
     assert cached.patches == reference.patches
-    # The logits of every position, fed as a prefill then byte by byte, equal one full forward.
     seq = torch.cat([ids, torch.tensor(cached.ids)])[None]
     stepper = make_stepper(model, 1, patcher, ENTROPY_LM)
     n = ids.numel()
@@ -82,7 +79,15 @@ def test_cached_greedy_equals_the_reference_for_300_bytes(case, prompt):
         stepper.step(seq[:, t : t + 1], torch.ones(1, 1, dtype=torch.bool)) for t in range(n, seq.shape[1])
     ]
     with torch.no_grad():
-        torch.testing.assert_close(torch.cat(got, 1), full_logits(model, seq, patcher), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.cat(got, 1), full_logits(model, seq, patcher), atol=tol, rtol=tol)
+    return cached.patches
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=str)
+@pytest.mark.parametrize("case", CASES)
+def test_cached_greedy_equals_the_reference_for_300_bytes(case, prompt):
+    make, patcher = CASES[case]
+    assert_cached_equals_the_reference(make(), patcher, encode(PROMPTS[prompt], bos=True), 300)
 
 
 @pytest.mark.parametrize("case", ["baseline-window", "blt-space", "blt-entropy-monotonic"])

@@ -2,22 +2,23 @@
 from autograd, MAC against a token-by-token loop with explicit attention, document resets,
 causality inside a BLT, generation, and the FLOP and parameter accounting."""
 
+import contextlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from blt_scale.model.attention import Causal
 from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.build import build_model
-from blt_scale.model.flops import memory_parts, model_flops
+from blt_scale.model.flops import attention_per_key, memory_attention_keys, memory_parts, model_flops
 from blt_scale.model.generate import generate_batch
-from blt_scale.model.incremental import make_stepper
 from blt_scale.model.layers import rope
 from blt_scale.model.memory import MemoryConfig, NeuralMemory
-from blt_scale.model.patcher import PatcherConfig, patch_lengths, patch_lengths_with_next
+from blt_scale.model.patcher import PatcherConfig, patch_lengths
 from blt_scale.model.titans import LatentConfig, TitansBlock
 from blt_scale.model.vocab import EOS, OFFSET, encode
 from blt_scale.train.recipe import load_recipe
@@ -151,8 +152,12 @@ def mac_reference(block: TitansBlock, x, doc):
 
     for t in range(T):
         loop.enter(t, fresh_at(doc, t, B))
-        if t % mem.cfg.chunk == 0:
-            keys, values, docs = [], [], []
+        if t % mem.cfg.chunk == 0:  # a segment: the persistent tokens just before its first position
+            tokens = [] if block.persistent is None else block.persistent
+            n = len(tokens)
+            keys = [heads(attn.wk, p.expand(B, D), 2 * t - n + i) for i, p in enumerate(tokens)]
+            values = [heads(attn.wv, p.expand(B, D), None) for p in tokens]
+            docs = [None] * n  # seen by every query
         recalled = mem.out(loop.read_base(recall_q[:, :, t])[:, :, None], h[:, t : t + 1])[:, 0]
         for pos, a in ((2 * t, recalled), (2 * t + 1, h[:, t])):
             keys.append(heads(attn.wk, a, pos))
@@ -160,7 +165,10 @@ def mac_reference(block: TitansBlock, x, doc):
             docs.append(doc[:, t] if doc is not None else torch.zeros(B, dtype=torch.long))
         q = heads(attn.wq, h[:, t], 2 * t + 1)
         scores = torch.stack([(q * k).sum(-1) for k in keys], -1) / math.sqrt(d)  # [B, H, S]
-        same = torch.stack([dk == docs[-1] for dk in docs], -1)[:, None]
+        same = torch.stack(
+            [torch.ones(B, dtype=torch.bool) if dk is None else dk == docs[-1] for dk in docs], -1
+        )
+        same = same[:, None]
         weights = torch.softmax(scores.masked_fill(~same, float("-inf")), -1)
         y = attn.wo((weights[..., None] * torch.stack(values, 2)).sum(2).reshape(B, D))
         k, v, lb, le, th = mem.keys_values(y[:, None])
@@ -172,11 +180,12 @@ def mac_reference(block: TitansBlock, x, doc):
     return x + block.ffn(block.ffn_norm(x))
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 16])
+@pytest.mark.parametrize("chunk,persistent", [(1, 0), (4, 0), (16, 0), (4, 3)])
 @pytest.mark.parametrize("with_docs", [False, True], ids=["no-docs", "docs"])
-def test_memory_as_context_equals_the_token_loop(chunk, with_docs):
+def test_memory_as_context_equals_the_token_loop(chunk, persistent, with_docs):
     torch.manual_seed(chunk)
-    cfg = LatentConfig(dim=16, layers=1, heads=2, memory=MemoryConfig(variant="mac", heads=2, chunk=chunk))
+    memory = MemoryConfig(variant="mac", heads=2, chunk=chunk, persistent=persistent)
+    cfg = LatentConfig(dim=16, layers=1, heads=2, memory=memory)
     block = TitansBlock(cfg, 0)
     T = 37
     x = torch.randn(2, T, 16, requires_grad=True)
@@ -185,20 +194,47 @@ def test_memory_as_context_equals_the_token_loop(chunk, with_docs):
     assert_same_forward_and_grads(block, x, got, mac_reference(block, x, doc))
 
 
-def test_memory_as_gating_is_attention_times_the_gated_memory():
+def windowed_attention_after_persistent(block: TitansBlock, h, window: int, doc):
+    """Explicit softmax: the persistent tokens prepended at positions -N..-1, seen by every query;
+    then the causal window within the query's document."""
+    attn, (B, T, _) = block.attn, h.shape
+    tokens = block.persistent if block.persistent is not None else h.new_zeros(0, h.shape[-1])
+    n = tokens.shape[0]
+    q, k, v = attn.project(torch.cat([tokens.expand(B, n, -1), h], 1), positions=torch.arange(-n, T))
+    pos = torch.arange(T)
+    seen = (pos[:, None] >= pos[None, :]) & (pos[:, None] - pos[None, :] < window)
+    seen = (
+        seen[None] & (doc[:, :, None] == doc[:, None, :]) if doc is not None else seen[None].expand(B, T, T)
+    )
+    seen = torch.cat([torch.ones(B, T, n, dtype=torch.bool), seen], -1)[:, None]
+    scores = (q[:, :, n:] @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)).masked_fill(~seen, float("-inf"))
+    return attn.merge(torch.softmax(scores, -1) @ v)
+
+
+@pytest.mark.parametrize("persistent", [0, 3])
+@pytest.mark.parametrize("with_docs", [False, True], ids=["no-docs", "docs"])
+def test_memory_as_gating_is_attention_times_the_gated_memory(persistent, with_docs):
     torch.manual_seed(0)
-    cfg = LatentConfig(dim=16, layers=1, heads=2, window=5, memory=MemoryConfig(heads=2, chunk=4))
-    block = TitansBlock(cfg, 0)
-    x = torch.randn(2, 30, 16)
-    pattern = Causal(30, 5, None, "dense")
+    memory = MemoryConfig(heads=2, chunk=4, persistent=persistent)
+    block = TitansBlock(LatentConfig(dim=16, layers=1, heads=2, window=5, memory=memory), 0)
+    x = torch.randn(2, 30, 16, requires_grad=True)
+    doc = documents(2, 30) if with_docs else None
     h = block.attn_norm(x)
-    mixed = block.attn(h, pattern) * torch.sigmoid(block.gate_norm(sequential_memory(block.memory, h, None)))
-    want = x + mixed
+    gate = torch.sigmoid(block.gate_norm(sequential_memory(block.memory, h, doc)))
+    want = x + windowed_attention_after_persistent(block, h, 5, doc) * gate
     want = want + block.ffn(block.ffn_norm(want))
-    torch.testing.assert_close(block(x, pattern), want, atol=2e-5, rtol=1e-4)
+    assert_same_forward_and_grads(block, x, block(x, Causal(30, 5, doc, "chunked")), want)
 
 
-def tiny_titans_blt(variant: str, doc_mask: bool = False) -> BLT:
+def test_no_persistent_tokens_add_no_parameters():
+    """persistent: 0 is the block without them (checkpoints and FLOPs unchanged)."""
+    cfg = LatentConfig(dim=16, layers=1, heads=2, memory=MemoryConfig(heads=2))
+    names = {n for n, _ in TitansBlock(cfg, 0).named_parameters()}
+    with_tokens = cfg.model_copy(update={"memory": cfg.memory.model_copy(update={"persistent": 2})})
+    assert {n for n, _ in TitansBlock(with_tokens, 0).named_parameters()} == names | {"persistent"}
+
+
+def tiny_titans_blt(variant: str, doc_mask: bool = False, persistent: int = 0) -> BLT:
     torch.manual_seed(0)
     local = {"dim": 32, "layers": 1, "heads": 2, "window": 8}
     window = 4 if variant == "mag" else None
@@ -211,7 +247,7 @@ def tiny_titans_blt(variant: str, doc_mask: bool = False) -> BLT:
                     "layers": 2,
                     "heads": 2,
                     "window": window,
-                    "memory": {"variant": variant, "heads": 2, "chunk": 4},
+                    "memory": {"variant": variant, "heads": 2, "chunk": 4, "persistent": persistent},
                 },
                 "decoder": local,
                 "ngram": {"sizes": [3, 4], "buckets": 97},
@@ -222,9 +258,10 @@ def tiny_titans_blt(variant: str, doc_mask: bool = False) -> BLT:
     ).eval()
 
 
-@pytest.mark.parametrize("variant", ["mag", "mac"])
-def test_future_bytes_never_change_past_logits(variant):
-    model, patcher = tiny_titans_blt(variant, doc_mask=True), PatcherConfig(mode="space", max_patch_len=6)
+@pytest.mark.parametrize("variant,persistent", [("mag", 0), ("mac", 0), ("mag", 3), ("mac", 3)])
+def test_future_bytes_never_change_past_logits(variant, persistent):
+    model = tiny_titans_blt(variant, doc_mask=True, persistent=persistent)
+    patcher = PatcherConfig(mode="space", max_patch_len=6)
     g = torch.Generator().manual_seed(4)
     ids = torch.randint(OFFSET, OFFSET + 256, (2, 120), generator=g)
     ids[:, ::4] = OFFSET + ord(" ")
@@ -253,37 +290,97 @@ def test_a_document_never_sees_the_previous_one(variant):
     assert not torch.allclose(a[:, :n], b[:, :n])
 
 
-def test_generation_recomputes_and_equals_the_full_forward_argmax():
-    model, patcher = tiny_titans_blt("mag"), PatcherConfig(mode="space", max_patch_len=6)
-    ids = encode(b"memory at test time", bos=True)
-    out = generate_batch(model, [ids], 30, patcher, stop_at_eos=False)[0]  # cache=True falls back
-    seq = torch.cat([ids, torch.tensor(out.ids)])[None]
-    with torch.no_grad():
-        logits = model(seq, patch_lengths_with_next(seq, patcher))
-    assert out.ids == logits[0, ids.numel() - 1 : -1].argmax(-1).tolist()
-    with pytest.raises(ValueError, match="without latent memory"):
-        make_stepper(model, 1, patcher)
+@pytest.fixture
+def one_thread():
+    """Generation is thousands of tiny ops: on 2 shared cores a second thread mostly waits (the
+    test ran 10x slower with 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# A first document (with EOS) whose patches end at a chunk boundary (chunks of 4: the second
+# document starts at patch 4) or inside a chunk (at patch 5).
+FIRST_DOC = {"boundary": b"a first doc. ", "inside": b"a first doc here. "}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(
+    "variant,doc_mask,persistent,first",
+    [
+        ("mag", False, 0, "inside"),
+        ("mag", True, 3, "boundary"),
+        ("mag", True, 0, "inside"),
+        ("mac", False, 3, "inside"),
+        ("mac", True, 0, "boundary"),
+        ("mac", True, 3, "inside"),
+    ],
+)
+def test_cached_generation_equals_recomputation(variant, doc_mask, persistent, first):
+    """The stepper carries each latent block's memory (the last complete chunk's state and the open
+    chunk's writes): greedy bytes equal recomputing the prefix per byte, and every position's
+    logits one full forward within 1e-5, across chunk boundaries and (doc_mask) a document that
+    starts on a chunk boundary or inside a chunk."""
+    from test_generate import assert_cached_equals_the_reference
+
+    model = tiny_titans_blt(variant, doc_mask, persistent)
+    ids = torch.cat(
+        [encode(FIRST_DOC[first], bos=True, eos=True), encode(b"memory at test time. ", bos=True)]
+    )
+    patches = assert_cached_equals_the_reference(
+        model, PatcherConfig(mode="space", max_patch_len=6), ids, 40, 1e-5
+    )
+    assert patches > 3 * model.cfg.global_.memory.chunk
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_a_left_padded_batch_carries_each_rows_memory(variant):
+    """Rows close patches at different bytes: each keeps its own memory and chunk position."""
+    model, patcher = tiny_titans_blt(variant, doc_mask=True, persistent=2), PatcherConfig(mode="space")
+    prompts = [encode(p, bos=True) for p in (b"x", b"def main(argv):\n    return 0\n", b"hello world")]
+    batch = generate_batch(model, prompts, 30, patcher, stop_at_eos=False)
+    for prompt, got in zip(prompts, batch):
+        alone = generate_batch(model, [prompt], 30, patcher, cache=False, stop_at_eos=False)[0]
+        assert got.ids == alone.ids and got.patches == alone.patches
+
+
+def block_flops(block: TitansBlock, x: torch.Tensor, pattern: Causal, math: bool = False) -> dict[str, float]:
+    """FLOPs by op; `math`: SDPA as its math kernel's matmuls, which torch counts (every key of the
+    mask, visible or not), where CPU's fused kernel goes uncounted."""
+    with FlopCounterMode(display=False) as counter:
+        with sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext():
+            block(x, pattern)
+    return {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
 
 
 @pytest.mark.parametrize("variant", ["mag", "mac"])
-@pytest.mark.parametrize("depth", [1, 2])
-def test_memory_flops_equal_what_torch_counts(variant, depth):
-    """Weight products (mm) and the memory's own products (bmm) of one block, 4 full chunks."""
-    cfg = LatentConfig(
-        dim=48, layers=1, heads=4, memory=MemoryConfig(variant=variant, heads=3, chunk=8, depth=depth)
-    )
+@pytest.mark.parametrize("depth,persistent", [(1, 0), (2, 0), (1, 3)])
+def test_memory_flops_equal_what_torch_counts(variant, depth, persistent):
+    """Weight products (mm) and the memory's own products (bmm) of one block, 4 full chunks; the
+    persistent tokens' keys with dense masks, where torch counts every key a query may see."""
+    memory = MemoryConfig(variant=variant, heads=3, chunk=8, depth=depth, persistent=persistent)
+    cfg = LatentConfig(dim=48, layers=1, heads=4, memory=memory)
     block = TitansBlock(cfg, 0)
-    x = torch.randn(2, 32, 48)
-    with FlopCounterMode(display=False) as counter:
-        block(x)
-    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
-    params, linear, inner = memory_parts(cfg)
+    x = torch.randn(1, 32, 48)  # one row: a batch shares the persistent tokens' projections
+    counts = block_flops(block, x, Causal(32, None, None, "auto"))
+    params, linear, inner = memory_parts(cfg, 32)
     block_linear = 2 * (4 * 48 * 48 + 3 * 48 * cfg.ffn_dim)
-    assert counts["aten.mm"] == (linear + block_linear) * 2 * 32
-    assert counts["aten.bmm"] == inner * 2 * 32
-    assert params == sum(p.numel() for p in block.memory.parameters()) + sum(
-        p.numel() for p in block.gate_norm.parameters()
+    assert counts["aten.mm"] == (linear + block_linear) * 32
+    assert counts["aten.bmm"] == inner * 32
+    own = [block.memory, block.gate_norm] + ([block.persistent] if persistent else [])
+    assert params == sum(
+        p.numel() for m in own for p in ([m] if isinstance(m, torch.Tensor) else m.parameters())
     )
+    if persistent:
+        plain_cfg = cfg.model_copy(update={"memory": memory.model_copy(update={"persistent": 0})})
+        dense = Causal(32, None, None, "dense")
+        extra = sum(block_flops(block, x, dense, math=True).values()) - sum(
+            block_flops(TitansBlock(plain_cfg, 0), x, dense, math=True).values()
+        )
+        keys = memory_attention_keys(cfg, 32) - memory_attention_keys(plain_cfg, 32)
+        assert extra == 32 * (attention_per_key(cfg) * keys + linear - memory_parts(plain_cfg, 32)[1])
 
 
 @pytest.mark.parametrize("recipe", ["cpu_tiny_titans", "cpu_tiny_titans_mac"])

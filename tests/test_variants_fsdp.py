@@ -15,7 +15,10 @@ FP32_TOL = 1e-5
 VARIANTS = {
     "diff": ("cpu_tiny_diff", []),
     "titans_mag": ("cpu_tiny_titans", ["model.global.memory.chunk=8"]),
-    "titans_mac": ("cpu_tiny_titans_mac", ["model.global.memory.chunk=8"]),
+    "titans_mac": (
+        "cpu_tiny_titans_mac",
+        ["model.global.memory.chunk=8", "model.global.memory.persistent=4"],
+    ),
 }
 
 

@@ -59,12 +59,15 @@ class Full(_Memo):
 @dataclass(eq=False)
 class Causal(_Memo):
     """Query t sees key s <= t, with t - s < window, and doc[s] == doc[t] where docs are given.
-    A None window and no documents is plain causal attention (SDPA's is_causal)."""
+    With a `prefix` of p, the keys start with p entries that every query sees, whatever its window
+    and document (Titans' persistent memory), and key p + s is position s.
+    A None window, no documents and no prefix is plain causal attention (SDPA's is_causal)."""
 
     length: int
     window: int | None
     doc: torch.Tensor | None  # [B, T] document index of each position
     backend: Backend
+    prefix: int = 0
 
 
 @dataclass(eq=False)
@@ -101,7 +104,7 @@ def attend(
     """q [B, H, Tq, Dh], k/v [B, H, Tk, Dh] -> [B, H, Tq, Dh] under `pattern`."""
     if isinstance(pattern, Full):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    if isinstance(pattern, Causal) and pattern.window is None and pattern.doc is None:
+    if isinstance(pattern, Causal) and pattern.window is None and pattern.doc is None and not pattern.prefix:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
     backend = resolve_backend(pattern.backend, q.device)
     if backend == "dense":
@@ -144,9 +147,14 @@ def closed_visible(
     return seen | (group == 0)
 
 
+def with_prefix(mask: torch.Tensor, prefix: int) -> torch.Tensor:
+    """mask [..., keys] with `prefix` always-visible keys in front."""
+    return torch.cat([mask.new_ones(*mask.shape[:-1], prefix), mask], dim=-1) if prefix else mask
+
+
 def dense_mask(pattern: Pattern, queries: int, device: torch.device) -> torch.Tensor:
     if isinstance(pattern, Causal):
-        return causal_mask(pattern.length, pattern.window, pattern.doc, device)
+        return with_prefix(causal_mask(pattern.length, pattern.window, pattern.doc, device), pattern.prefix)
     if isinstance(pattern, OwnPatch):
         slot_patch = torch.arange(queries, device=pattern.patch_ids.device) // pattern.k
         mask = slot_patch[None, :, None] == pattern.patch_ids[:, None, :]
@@ -163,9 +171,15 @@ def dense_mask(pattern: Pattern, queries: int, device: torch.device) -> torch.Te
 
 
 # -- chunked ----------------------------------------------------------------------------------------
+def _split_prefix(x: torch.Tensor, p: Causal) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys or values [B, H, prefix + T, D] -> (the prefix's, the sequence's)."""
+    return x[:, :, : p.prefix], x[:, :, p.prefix :]
+
+
 def _chunked_causal(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
     if p.window is None:
         return _causal_by_blocks(q, k, v, p, dropout)
+    (kp, k), (vp, v) = _split_prefix(k, p), _split_prefix(v, p)
     B, H, T, D = q.shape
     Dv = v.shape[-1]
     C = max(p.window, MIN_BLOCK)
@@ -191,11 +205,15 @@ def _chunked_causal(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
         doc = F.pad(p.doc, (0, pad), value=-1).view(B, n, C)
         doc_k = with_previous(doc[..., None]).squeeze(-1)  # [B, n, 2C]
         mask = mask & (doc[..., :, None] == doc_k[..., None, :])
-    mask = mask.expand(B, n, C, 2 * C).reshape(B * n, 1, C, 2 * C)
+    mask = with_prefix(mask.expand(B, n, C, 2 * C).reshape(B * n, 1, C, 2 * C), p.prefix)
+    if p.prefix:  # every block sees the prefix's keys before its own
+        kb = torch.cat([kp[:, None].expand(B, n, *kp.shape[1:]), kb], dim=-2)
+        vb = torch.cat([vp[:, None].expand(B, n, *vp.shape[1:]), vb], dim=-2)
+    S = p.prefix + 2 * C
     out = F.scaled_dot_product_attention(
         qb.reshape(B * n, H, C, D),
-        kb.reshape(B * n, H, 2 * C, D),
-        vb.reshape(B * n, H, 2 * C, Dv),
+        kb.reshape(B * n, H, S, D),
+        vb.reshape(B * n, H, S, Dv),
         attn_mask=mask,
         dropout_p=dropout,
     )
@@ -203,23 +221,33 @@ def _chunked_causal(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
 
 
 def _causal_by_blocks(q, k, v, p: Causal, dropout: float) -> torch.Tensor:
-    """Unwindowed causal attention within documents: each block of queries attends keys from the
-    earliest document start among its rows, so short documents cost what they cost."""
+    """Unwindowed causal attention within documents (or with a prefix): each block of queries
+    attends keys from the earliest document start among its rows, so short documents cost what
+    they cost, and the prefix's keys."""
+    (kp, k), (vp, v) = _split_prefix(k, p), _split_prefix(v, p)
     B, H, T, D = q.shape
     C = 4 * MIN_BLOCK
     pos = torch.arange(T, device=q.device)
-    new_doc = torch.ones_like(p.doc, dtype=torch.bool)
-    new_doc[:, 1:] = p.doc[:, 1:] != p.doc[:, :-1]
-    doc_start = torch.where(new_doc, pos, torch.zeros_like(pos)).cummax(dim=1).values  # [B, T]
-    starts = doc_start[:, ::C].min(dim=0).values.tolist()
+    if p.doc is None:
+        starts = [0] * math.ceil(T / C)
+    else:
+        new_doc = torch.ones_like(p.doc, dtype=torch.bool)
+        new_doc[:, 1:] = p.doc[:, 1:] != p.doc[:, :-1]
+        doc_start = torch.where(new_doc, pos, torch.zeros_like(pos)).cummax(dim=1).values  # [B, T]
+        starts = doc_start[:, ::C].min(dim=0).values.tolist()
     outs = []
     for i, lo in enumerate(starts):
         q0, q1 = i * C, min((i + 1) * C, T)
         qpos, kpos = pos[q0:q1, None], pos[None, lo:q1]
-        mask = (kpos <= qpos)[None, None] & (p.doc[:, None, q0:q1, None] == p.doc[:, None, None, lo:q1])
+        mask = (kpos <= qpos)[None, None]
+        if p.doc is not None:
+            mask = mask & (p.doc[:, None, q0:q1, None] == p.doc[:, None, None, lo:q1])
+        keys, values = k[:, :, lo:q1], v[:, :, lo:q1]
+        if p.prefix:
+            keys, values = torch.cat([kp, keys], dim=2), torch.cat([vp, values], dim=2)
         outs.append(
             F.scaled_dot_product_attention(
-                q[:, :, q0:q1], k[:, :, lo:q1], v[:, :, lo:q1], attn_mask=mask, dropout_p=dropout
+                q[:, :, q0:q1], keys, values, attn_mask=with_prefix(mask, p.prefix), dropout_p=dropout
             )
         )
     return torch.cat(outs, dim=2)
@@ -318,15 +346,16 @@ def _flex_kernel(device_type: str):
 
 def _mask_mod(pattern: Pattern):
     if isinstance(pattern, Causal):
-        w, doc = pattern.window, pattern.doc
+        w, doc, prefix = pattern.window, pattern.doc, pattern.prefix
 
         def causal(b, h, qi, ki):
-            ok = ki <= qi
+            s = ki - prefix  # the key's position in the sequence (negative: the prefix)
+            ok = s <= qi
             if w is not None:
-                ok = ok & (qi - ki < w)
+                ok = ok & (qi - s < w)
             if doc is not None:
-                ok = ok & (doc[b, qi] == doc[b, ki])
-            return ok
+                ok = ok & (doc[b, qi] == doc[b, s.clamp(min=0)])
+            return ok | (s < 0) if prefix else ok
 
         return causal
     if isinstance(pattern, OwnPatch):

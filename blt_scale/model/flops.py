@@ -11,7 +11,8 @@ projections into and out of it) is divided by the mean bytes per patch. Training
 A Titans memory in the latent blocks (titans.py, memory.py) counts its projections as `linear`
 and the products inside the memory (writes, reads, the chunk's decay coefficients) under
 `attention` ("latent_memory"), per patch, for full chunks and no document reset inside a chunk
-(a reset adds the initial weights' products for that chunk).
+(a reset adds the initial weights' products for that chunk); its persistent tokens add their
+projections and one visible key each per latent query.
 
 Sequences are taken to be `seq_len` bytes cut into patches of `patch_bytes` bytes each, the
 quantity a trainer measures and a sweep plans with.
@@ -91,24 +92,37 @@ def attention_per_key(t: TransformerConfig) -> float:
     return (6.0 if t.attention_kind == "differential" else 4.0) * t.dim
 
 
-def memory_parts(lat: LatentConfig) -> tuple[int, float, float]:
-    """Per latent layer with a Titans memory: (params, linear FLOPs per patch, FLOPs inside the
-    memory per patch)."""
+def memory_parts(lat: LatentConfig, patches: float) -> tuple[int, float, float]:
+    """Per latent layer with a Titans memory, in sequences of `patches` patches: (params, linear
+    FLOPs per patch, FLOPs inside the memory per patch)."""
     m, D = lat.memory, lat.dim
     n, H, shapes = m.chunk, m.heads, m.shapes(lat.dim)
-    params = 4 * D * D + 3 * H * D + 3 * H + sum(H * o * i for o, i in shapes) + D
+    params = 4 * D * D + 3 * H * D + 3 * H + sum(H * o * i for o, i in shapes) + D + m.persistent * D
     # Per head and position: the keys through the base weights, the write's backward (layers
     # after the first), reads of base and momentum terms, the chunk's [n, n] products of reads
     # with earlier keys and errors, the state after the chunk (weights, momentum), the decay
     # coefficients (an [n, n] @ [n, n] and an [n, n] @ [n, 1] product per chunk).
     inner = sum(10 * o * i + 2 * n * (i + o) for o, i in shapes) + sum(2 * o * i for o, i in shapes[1:])
     inner += 2 * n * n + 2 * n
+    # The persistent tokens' q, k, v projections (titans.py): once per sequence (MAG) or segment
+    # (MAC) of a batch, whose rows share them: counted per row, an upper bound.
+    persistent = 2.0 * 3 * D * D * m.persistent
     if m.variant == "mag":
-        return params, 2.0 * (4 * D * D + 3 * H * D), float(H * inner)
+        return params, 2.0 * (4 * D * D + 3 * H * D) + persistent / patches, float(H * inner)
     # MAC: a read before the segment (wq, memory, wo), the write's wq/wk/wv/gates and read-out wo
     # on the attention output, and q/k/v of the read-outs interleaved in the attention.
     inner += sum(2 * o * i for o, i in shapes)
-    return params, 2.0 * (6 * D * D + 3 * H * D) + 2.0 * 3 * D * D, float(H * inner)
+    return params, 2.0 * (6 * D * D + 3 * H * D) + 2.0 * 3 * D * D + persistent / n, float(H * inner)
+
+
+def memory_attention_keys(lat: LatentConfig, patches: float) -> float:
+    """Keys a latent patch's attention sees, per patch, with a Titans memory: MAG's causal (windowed)
+    keys, or within MAC's segments of 2 * chunk interleaved positions (position p seeing p + 1)
+    2 * chunk + 1; plus the persistent tokens for each query (2 per patch in MAC)."""
+    m = lat.memory
+    if m.variant == "mag":
+        return mean_visible_keys(patches, lat.window) + m.persistent
+    return 2 * m.chunk + 1 + 2 * m.persistent
 
 
 def byte_lm_flops(cfg: ByteLMConfig, seq_len: int) -> FlopReport:
@@ -164,13 +178,10 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
         "local_decoder": _stack_attention(dec, T),
     }
     if lat.memory is not None:
-        mem_params, mem_linear, mem_inner = memory_parts(lat)
+        mem_params, mem_linear, mem_inner = memory_parts(lat, P)
         params["latent_memory"] = lat.layers * mem_params
         linear["latent_memory"] = lat.layers * mem_linear * P / T
-        if lat.memory.variant == "mac":
-            # Within segments of 2 * chunk interleaved positions, position p seeing p + 1 keys:
-            # 2 * chunk + 1 keys per patch.
-            attention["latent"] = lat.layers * attention_per_key(lat) * (2 * lat.memory.chunk + 1) * P / T
+        attention["latent"] = lat.layers * attention_per_key(lat) * memory_attention_keys(lat, P) * P / T
         attention["latent_memory"] = lat.layers * mem_inner * P / T
     return FlopReport(params, linear, attention, seq_len, patch_bytes)
 

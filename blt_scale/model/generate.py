@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from blt_scale.model.byte_lm import ByteLM
-from blt_scale.model.incremental import has_memory, make_stepper
+from blt_scale.model.incremental import make_stepper
 from blt_scale.model.patcher import PatcherConfig, closed_patches, patch_lengths_with_next
 from blt_scale.model.sampling import choose
 from blt_scale.model.vocab import EOS, OFFSET, PAD
@@ -95,8 +95,7 @@ def generate_batch(
     for r, p in enumerate(prompts):
         ids[r, width - p.numel() :], real[r, width - p.numel() :] = p, True
 
-    # A Titans memory has no cached path: its models recompute the prefix for every byte.
-    stepper = make_stepper(model, B, patcher, entropy_model) if cache and not has_memory(model) else None
+    stepper = make_stepper(model, B, patcher, entropy_model) if cache else None
 
     def next_logits(new: torch.Tensor, new_real: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
         if stepper is not None:

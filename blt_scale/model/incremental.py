@@ -3,7 +3,8 @@ windows, the open patch and one latent step per completed patch, never by the pr
 
 `ByteLMStepper` (byte baseline, entropy model): a windowed KV cache per layer.
 `BLTStepper`: the local encoder's and decoder's windowed KV caches (rows in lockstep), and per row
-the open patch's byte states, the latent transformer's KV cache (one entry per completed patch),
+the open patch's byte states, the latent transformer's caches (KV entries, one per completed
+patch; a Titans block's memory state, whose step replays at most one chunk's writes: titans.py),
 and the projected keys/values of the decoder's latent slots. `PatchTracker` decides patch ends
 with the training rules (patcher.py), one byte at a time.
 
@@ -23,6 +24,7 @@ from blt_scale.model.byte_lm import ByteLM, token_entropies
 from blt_scale.model.kv_cache import KVCache, block_step
 from blt_scale.model.layers import CrossAttentionBlock
 from blt_scale.model.patcher import PatcherConfig, _space_like
+from blt_scale.model.titans import TitansBlock, TitansCache
 from blt_scale.model.vocab import BOS, EOS
 
 PAD_DOC = -1  # the document of left padding: no real byte shares it
@@ -126,7 +128,10 @@ class _Row:
         cfg = model.cfg
         self.open: list[list[torch.Tensor]] = []  # per byte: its states at each encoder cross-attention
         self.open_doc = 0
-        self.latent = [KVCache(cfg.global_.window) for _ in model.latent]
+        self.latent = [
+            TitansCache(cfg.global_.window) if isinstance(block, TitansBlock) else KVCache(cfg.global_.window)
+            for block in model.latent
+        ]
         self.patches = 0
         # Per decoder cross-attention layer: projected keys/values of slot groups 0 (start), 1, 2, ...
         self.slot_k = [[k] for k, _ in start_kv]
@@ -180,7 +185,10 @@ class BLTStepper:
         doc = torch.tensor([[row.open_doc if cfg.doc_mask else 0]], device=self.device)
         real = torch.ones(1, 1, dtype=torch.bool, device=self.device)
         for layer, cache in zip(m.latent, row.latent):
-            g = block_step(layer, g, cache, pos, doc, real, cfg.global_.window, cfg.doc_mask)
+            if isinstance(layer, TitansBlock):
+                g = layer.step(g, cache, row.patches, doc, cfg.doc_mask)
+            else:
+                g = block_step(layer, g, cache, pos, doc, real, cfg.global_.window, cfg.doc_mask)
         slots = m.from_global(m.latent_norm(g)[0]).view(k, d)
         for i, block in enumerate(m.decoder_cross):
             kk, vv = _cross_kv(block, slots)
@@ -259,16 +267,9 @@ class BLTStepper:
         return m.output(m.norm(x))
 
 
-def has_memory(model) -> bool:
-    """A Titans memory in the latent blocks: incremental decoding has no cached path for it (yet)."""
-    return isinstance(model, BLT) and model.cfg.global_.memory is not None
-
-
 def make_stepper(model, batch: int, patcher: PatcherConfig, entropy_model: ByteLM | None = None):
     if isinstance(model, ByteLM):
         return ByteLMStepper(model, batch)
-    if type(model) is BLT and not has_memory(model):
+    if type(model) is BLT:
         return BLTStepper(model, batch, patcher, entropy_model)
-    raise ValueError(
-        f"incremental decoding takes a byte LM or a BLT without latent memory, not {type(model).__name__}"
-    )
+    raise ValueError(f"incremental decoding takes a byte LM or a BLT, not {type(model).__name__}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from blt_scale.model.layers import Block
+from blt_scale.model.attention import with_prefix
+from blt_scale.model.layers import Attention, Block
 
 
 class KVCache:
@@ -86,19 +87,41 @@ def visible(q_pos, q_doc, q_real, k_pos, k_doc, k_real, window: int | None) -> t
     return (ok & q_real[:, :, None]) | (itself[None] & ~q_real[:, :, None])
 
 
-def block_step(
-    block: Block, x: torch.Tensor, cache: KVCache, pos, doc, real, window: int | None, documents: bool
+def cached_attention(
+    attn: Attention,
+    h: torch.Tensor,
+    cache: KVCache,
+    pos,
+    doc,
+    real,
+    window: int | None,
+    documents: bool,
+    prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """`block` on new positions x [B, n, d] against the cache, which then holds them too.
-    `documents`: attention stops at document boundaries (the model's doc_mask)."""
-    attn = block.attn
-    q, k, v = attn.project(block.attn_norm(x), positions=pos)
+    """Per-head outputs of self-attention `attn` for new normed positions h [B, n, d] against the
+    cache, which then holds them too. `documents`: attention stops at document boundaries (the
+    model's doc_mask). `prefix`: keys and values [1, H, N, Dh] every query sees before the cache's
+    (a Titans block's persistent tokens)."""
+    q, k, v = attn.project(h, positions=pos)
     keys, values, k_pos, k_doc, k_real = cache.append(k, v, pos, doc, real)
-    if x.shape[1] == 1 and not documents and not cache.padded:
+    if h.shape[1] == 1 and not documents and not cache.padded:
         mask = None  # one new byte, every live entry real and within its window: it sees them all
     else:
         mask = visible(pos, doc, real, k_pos, k_doc, k_real, window)[:, None]
+    if prefix is not None:
+        pk, pv = (p.expand(h.shape[0], -1, -1, -1) for p in prefix)
+        keys, values = torch.cat([pk, keys], dim=2), torch.cat([pv, values], dim=2)
+        mask = None if mask is None else with_prefix(mask, pk.shape[2])
     out = attn.mix(q, keys, values, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     cache.forget_old()
-    x = x + attn.merge(out)
+    return out
+
+
+def block_step(
+    block: Block, x: torch.Tensor, cache: KVCache, pos, doc, real, window: int | None, documents: bool
+) -> torch.Tensor:
+    """`block` on new positions x [B, n, d] against the cache, which then holds them too."""
+    x = x + block.attn.merge(
+        cached_attention(block.attn, block.attn_norm(x), cache, pos, doc, real, window, documents)
+    )
     return x + block.ffn(block.ffn_norm(x))

@@ -56,6 +56,12 @@ class MemoryConfig(Config):
     # 2 * chunk, and heavy-ball descent stays stable below a step of 2 (1 + η) / curvature (0.02 x 32
     # = 0.64 at chunk 16). Unbounded steps diverged to NaN within 15 steps of cpu_tiny_titans.
     max_step: float = Field(default=0.02, gt=0, description="largest step size θ of a memory write")
+    persistent: int = Field(
+        default=0,
+        ge=0,
+        description="the paper's persistent memory: learnable, input-independent tokens whose keys and "
+        "values every query of the block's attention sees (titans.py)",
+    )
 
     def head_dim(self, dim: int) -> int:
         if dim % self.heads:
