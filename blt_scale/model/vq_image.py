@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -65,14 +64,20 @@ class VQImageTokenizer(nn.Module):
         return self.vq.codebooks[0]
 
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
-        size = self.cfg.image_size
+        """[B, 3, H, W] -> [B, N, 3·p·p], patches in row-major order (views and one copy: F.unfold's
+        im2col is far slower on CPU for images this small)."""
+        size, p = self.cfg.image_size, self.cfg.patch
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"images must have shape [B, 3, {size}, {size}], got {list(images.shape)}")
-        return F.unfold(images.float(), self.cfg.patch, stride=self.cfg.patch).transpose(1, 2)  # [B, N, 3p²]
+        n = size // p
+        x = images.float().reshape(-1, 3, n, p, n, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(-1, n * n, 3 * p * p)
 
     def _image(self, patches: torch.Tensor) -> torch.Tensor:
         size, p = self.cfg.image_size, self.cfg.patch
-        return F.fold(patches.transpose(1, 2), (size, size), p, stride=p)
+        n = size // p
+        x = patches.reshape(-1, n, n, 3, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(-1, 3, size, size)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction [B, 3, H, W], codes [B, N], commitment loss summed over patches)."""
