@@ -6,6 +6,7 @@ import torch
 
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import model_flops
+from blt_scale.model.generate import generate_batch
 from blt_scale.model.mvot import IMAGE_OFFSET, discrepancy_loss
 from blt_scale.model.mvot_blt import MVoTBLTConfig
 from blt_scale.model.ngram import ngram_hashes
@@ -87,3 +88,14 @@ def test_recipe_refuses_entropy_patching_and_a_second_tokenizer():
         load_recipe("mvot_tiny", ["patcher.mode=entropy"])
     with pytest.raises(Exception, match="must be the tokenizer"):
         load_recipe("mvot_tiny", ["data.gridworld.tokenizer=elsewhere"])
+
+
+def test_cached_generation_matches_the_full_forward():
+    model = tiny().eval()
+    prompt = stream(batch=1, length=30)[0]
+    g = [torch.Generator().manual_seed(3) for _ in range(2)]
+    fast, slow = (
+        generate_batch(model, [prompt], 24, PATCHER, temperature=1.0, generator=g[i], cache=c)[0]
+        for i, c in enumerate((True, False))
+    )
+    assert fast.ids == slow.ids and any(i >= IMAGE_OFFSET for i in fast.ids)

@@ -169,10 +169,14 @@ def build_loader(
         raise ValueError(
             f"data.brain is set but no source in data.sources is a brain dataset ({list(manifests)})"
         )
+    # grid-world traces (`blt prep gridworld`) hold image codes as 0xFF c byte pairs: read them as image ids
+    images = [uri for uri, m in manifests.items() if m.get("kind") == "gridworld"]
+    if images and len(images) < len(manifests):
+        raise ValueError(f"data.sources mix grid-world traces ({images[0]}) with text datasets: use one kind")
     if set(formats.values()) == {"mds"}:
         from blt_scale.data.mds_loader import MDSLoader
 
-        return MDSLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+        return MDSLoader(cfg, patcher, micro_batch, split, rank, world_size, seed, images=bool(images))
     if set(formats.values()) == {"wds"}:
         from blt_scale.data.wds_loader import WdsLoader
 

@@ -22,6 +22,7 @@ from blt_scale.model.blt import BLT
 from blt_scale.model.byte_lm import ByteLM, token_entropies
 from blt_scale.model.kv_cache import KVCache, block_step
 from blt_scale.model.layers import CrossAttentionBlock
+from blt_scale.model.mvot_blt import MVoTBLT
 from blt_scale.model.patcher import PatcherConfig, _space_like
 from blt_scale.model.vocab import BOS, EOS
 
@@ -267,7 +268,7 @@ def has_memory(model) -> bool:
 def make_stepper(model, batch: int, patcher: PatcherConfig, entropy_model: ByteLM | None = None):
     if isinstance(model, ByteLM):
         return ByteLMStepper(model, batch)
-    if type(model) is BLT and not has_memory(model):
+    if type(model) in (BLT, MVoTBLT) and not has_memory(model):  # MVoT's forward is the BLT's
         return BLTStepper(model, batch, patcher, entropy_model)
     raise ValueError(
         f"incremental decoding takes a byte LM or a BLT without latent memory, not {type(model).__name__}"

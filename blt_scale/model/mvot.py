@@ -67,6 +67,33 @@ def stream_bytes(ids) -> bytes:
     return bytes(out)
 
 
+def split_images(ids, codes_per_image: int) -> list[bytes | torch.Tensor]:
+    """A generated id sequence as pieces: bytes of text runs, and code tensors [codes_per_image] of
+    the images (a run of image ids is cut into whole images; a shorter tail is an image's start,
+    kept as a tensor with fewer codes). Special ids are dropped."""
+    pieces: list[bytes | torch.Tensor] = []
+    text, codes = bytearray(), []
+
+    def flush_codes() -> None:
+        for at in range(0, len(codes), codes_per_image):
+            pieces.append(torch.tensor(codes[at : at + codes_per_image]))
+        codes.clear()
+
+    for v in torch.as_tensor(ids).flatten().tolist():
+        if v >= IMAGE_OFFSET:
+            if text:
+                pieces.append(bytes(text))
+                text.clear()
+            codes.append(v - IMAGE_OFFSET)
+        elif v >= OFFSET:
+            flush_codes()
+            text.append(v - OFFSET)
+    flush_codes()
+    if text:
+        pieces.append(bytes(text))
+    return pieces
+
+
 class MVoTConfig(Config):
     discrepancy_weight: float = Field(
         default=0.0, ge=0, description="weight of the token discrepancy loss added to cross-entropy"
