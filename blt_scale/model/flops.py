@@ -27,6 +27,7 @@ from blt_scale.model.brain_encoder import BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLMConfig
 from blt_scale.model.layers import TransformerConfig
 from blt_scale.model.meg_to_text import MegToTextConfig
+from blt_scale.model.mvot_blt import MVoTBLTConfig
 from blt_scale.model.svf import SVFConfig, svf_vector_size
 from blt_scale.model.titans import LatentConfig
 from blt_scale.model.vocab import VOCAB_SIZE
@@ -261,7 +262,8 @@ def meg_to_text_flops(cfg: MegToTextConfig, seq_len: int) -> FlopReport:
 
 def vq_image_flops(cfg: VQImageConfig, seq_len: int) -> FlopReport:
     """Per "byte" = per pixel value of an image (the tokenizer's recipe sets data.seq_len to 3·H·W).
-    The codebook search is a matmul against K codes per patch; the EMA update is left out."""
+    The codebook search is a matmul against K codes per patch; the EMA update is left out. The
+    codebook is a buffer (EMA-updated), so it is not among the parameters."""
     pixels, h, dim, K = 3 * cfg.patch**2, cfg.hidden, cfg.rvq.dim, cfg.rvq.codebook_size
     per_patch = {
         "encoder": 2.0 * (pixels * h + h * dim),
@@ -271,8 +273,7 @@ def vq_image_flops(cfg: VQImageConfig, seq_len: int) -> FlopReport:
     params = {
         "encoder": pixels * h + h + h * dim + dim,
         "decoder": dim * h + h + h * pixels + pixels,
-        "codebook": K * dim,
-    }
+    }  # the codebook is a buffer
     linear = {name: flops / pixels for name, flops in per_patch.items()}
     return FlopReport(params, linear, {}, seq_len, 1.0)
 
@@ -288,6 +289,10 @@ def model_flops(cfg, seq_len: int, patch_bytes: float = 1.0) -> FlopReport:
         return brain_blt_flops(cfg, seq_len, patch_bytes)
     if isinstance(cfg, MegToTextConfig):
         return meg_to_text_flops(cfg, seq_len)
+    if isinstance(cfg, MVoTBLTConfig):  # the BLT's work; its frozen tokenizer only decodes generations
+        report = blt_flops(cfg, seq_len, patch_bytes)
+        report.params["image_tokenizer"] = vq_image_flops(cfg.tokenizer, seq_len).total_params
+        return report
     if isinstance(cfg, BLTConfig):
         return blt_flops(cfg, seq_len, patch_bytes)
     return byte_lm_flops(cfg, seq_len)
