@@ -19,6 +19,11 @@ Measured on 2 shared CPU cores (2026-11-30), seeds 0 1 2, weight 1.0, 48 held-ou
 - 300 steps (8 min in all): image MSE ld 0.0494 vs ce 0.0487 (ld lower in 1 of 3 seeds: 0.0516 vs
   0.0442, 0.0437 vs 0.0524, 0.0529 vs 0.0495); code accuracy 0.819 vs 0.822. Answer accuracy with
   images 0.688, without 0.729, always-the-commoner-answer 0.708: neither model reads the lake yet.
+- 1000 steps (37 min): image MSE ld 0.0144 vs ce 0.0150 (ld lower in 2 of 3 seeds: 0.0092 vs 0.0086,
+  0.0161 vs 0.0180, 0.0177 vs 0.0182); code accuracy 0.950 vs 0.949: a small difference, inside the
+  spread between seeds. Answer accuracy with interleaved images 0.889 (0.833, 0.875, 0.958), without
+  0.674 (0.646, 0.729, 0.646), commoner answer 0.708: drawing the states first is what makes the
+  answers better than the base rate here.
 """
 
 from __future__ import annotations
