@@ -1,6 +1,6 @@
 """Fixtures shared by several test files, each computed once per session: the local SLURM
 cluster, the uninterrupted reference run the SLURM tests compare against, the tiny local sweep,
-and a dataset with stored entropies."""
+a dataset with stored entropies, and a trained VQ image tokenizer (MVoT)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from cli_helpers import blt
 from data_helpers import export_entropy_model, make_documents, write_text_files
 from dist_helpers import losses
+from mvot_helpers import train_tokenizer
 from slurm_helpers import ACTIVE, CLUSTER, SHARED, STEPS, SUBMITTED, job_state
 from sweep_helpers import tiny_sweep
 
@@ -99,3 +100,9 @@ def entropy_dataset(tmp_path_factory):
     model, _ = load_exported(model_dir)
     yield tmp, docs, model
     tempfile.tempdir = old
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A VQ image tokenizer trained by recipe vq_image_tokenizer_tiny (shortened): its run directory."""
+    return train_tokenizer(tmp_path_factory.mktemp("vq") / "tok")

@@ -18,12 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from blt_scale.files import read_jsonl
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLT = Path(sys.executable).parent / "blt"  # the README's `blt` is .venv/bin/blt
 COMMAND_TIMEOUT_S = 240
 
 # Appended to the README's training lines: a 2-step run that still validates and checkpoints.
 TINY_STEPS = ["train.steps=2", "train.log_every=1", "train.eval_every=2", "train.eval_batches=1"]
+
+GENERATE_MVOT = (
+    "blt generate runs/mvot_tiny/export --prompt-file data/lake_prompts/000.bin --images images "
+    "--max-bytes 200"
+)
 
 # README line (comments and continuation backslashes removed, spaces collapsed) -> arguments appended.
 RUN = {
@@ -40,6 +47,12 @@ RUN = {
     "blt flops blt_1b --patch-bytes 4.5 [--json]": [],
     "blt status runs/cpu_tiny [--json]": [],
     "blt plot runs/one_process runs/cpu_tiny --out compare.png": [],
+    # Trains its prerequisite vq_image_tokenizer_tiny whole (150 steps, seconds), then 2 MVoT steps.
+    "blt train mvot_tiny": TINY_STEPS,
+    "blt export runs/mvot_tiny --out runs/mvot_tiny/export": [],
+    "blt prep gridworld --tokenizer runs/vq_image_tokenizer_tiny --out data/lake --traces 2000 "
+    "--prompts-out data/lake_prompts": ["--traces", "16", "--val-traces", "2"],
+    GENERATE_MVOT: ["--max-bytes", "8"],
 }
 
 # README line -> why it is not run here (and what tests it instead).
@@ -52,6 +65,10 @@ SKIP = {
     "blt generate runs/cpu_tiny/export --experts experts/legal experts/code --dispatch prompt "
     '--prompt "Whereas" --json': "needs trained experts: tests/test_svf_experts.py "
     "(blt generate --experts --dispatch prompt|mix --json)",
+    'blt train mvot_tiny "data.sources=[{uri: data/lake}]" data.gridworld=null run_dir=runs/mvot_lake': (
+        "the same training as `blt train mvot_tiny` above on the shards of `blt prep gridworld`: "
+        "tests/test_mvot_cli.py::test_prep_train_generate_pngs"
+    ),
     "make demo": "minutes on 2 cores (this file's budget is ~3 min); its steps are tested one by one: "
     "blt prep text (tests/test_data_prep.py), FSDP stop by SIGUSR2 and resume (tests/test_train_resume.py), "
     "eval (tests/test_train_cli.py and the eval line here)",
@@ -196,3 +213,7 @@ def test_readme_commands_run_as_written(tmp_path):
     assert "training FLOPs/byte" in outputs["blt flops blt_1b --patch-bytes 4.5 [--json]"]
     assert "state finished" in outputs["blt status runs/cpu_tiny [--json]"]
     assert (cwd / "compare.png").stat().st_size > 5_000
+    assert [r["step"] for r in read_jsonl(cwd / "runs/vq_image_tokenizer_tiny/metrics.jsonl")][-1] == 150
+    shown = outputs[GENERATE_MVOT]
+    assert shown.startswith("Lake 4x4:[image: images/000_prompt_0.png]")
+    assert (cwd / "images/000_prompt_0.png").is_file()

@@ -60,6 +60,13 @@ def register(sub) -> None:
         "(and with --experts: dispatch, weights, scores)",
     )
     p.add_argument(
+        "--images",
+        default="generated_images",
+        metavar="DIR",
+        help="models with image tokens (mvot): where generated images go as PNG files, named in the text "
+        "as [image: PATH] (default: generated_images); a --prompt-file's 0xFF c byte pairs are image codes",
+    )
+    p.add_argument(
         "--experts",
         nargs="+",
         default=None,
@@ -136,6 +143,19 @@ def load_entropy_model(args: argparse.Namespace, cfg, device):
     return model
 
 
+def prompt_ids(model, prompt: bytes):
+    """BOS + the prompt's ids; for a model with image tokens, 0xFF c byte pairs are image codes."""
+    import torch
+
+    from blt_scale.model.build import KINDS
+    from blt_scale.model.mvot import stream_ids
+    from blt_scale.model.vocab import BOS, encode
+
+    if KINDS[model.cfg.kind].images:
+        return torch.from_numpy(stream_ids(prompt, bos=True))
+    return torch.cat([torch.tensor([BOS]), encode(prompt)])
+
+
 def generate_prompts(
     args: argparse.Namespace, model, patcher, prompts: list[bytes], entropy_model, on_bytes=None
 ):
@@ -143,12 +163,11 @@ def generate_prompts(
     import torch
 
     from blt_scale.model.generate import generate_batch
-    from blt_scale.model.vocab import BOS, encode
 
     device = next(model.parameters()).device
     return generate_batch(
         model,
-        [torch.cat([torch.tensor([BOS]), encode(p)]).to(device) for p in prompts],
+        [prompt_ids(model, p).to(device) for p in prompts],
         args.max_bytes,
         patcher,
         temperature=args.temperature,
@@ -176,9 +195,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if cfg.model.kind == "svf":  # a whole SVF run: its base model with its z applied
         model, cfg.model = model.base, cfg.model.base
     if not KINDS[cfg.model.kind].text:
+        why = ", which needs a brain signal: use `blt eval-brain`" if KINDS[cfg.model.kind].brain else ""
         raise ValueError(
             f"{args.path}: `blt generate` takes a text model (kind {' or '.join(kinds_where(text=True))}), "
-            f"not kind {cfg.model.kind}, which needs a brain signal: use `blt eval-brain`"
+            f"not kind {cfg.model.kind}{why}"
         )
     entropy_model = load_entropy_model(args, cfg, device)
     model = model.to(dtype)
@@ -188,6 +208,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from blt_scale.cli.experts import generate_with_experts
 
         return generate_with_experts(args, model, cfg, prompts, entropy_model)
+    if KINDS[cfg.model.kind].images:
+        return show_with_images(
+            args, model, prompts, generate_prompts(args, model, cfg.patcher, prompts, None)
+        )
     streaming = not args.json and len(prompts) == 1  # the prompt, then each byte as it comes
 
     def show(row: int, data: bytes) -> None:
@@ -216,4 +240,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
             show(0, b"\n")
         else:
             print((prompt + r.text).decode("utf-8", errors="replace"))
+    return 0
+
+
+def show_with_images(args: argparse.Namespace, model, prompts: list[bytes], results) -> int:
+    """Prompt and generated text of a model with image tokens (mvot): each whole image is decoded by
+    the model's tokenizer and written as a PNG file under --images (ROW_prompt_K.png for the prompt's,
+    ROW_K.png for generated ones, 8x enlarged), named in the text as [image: PATH]."""
+    from matplotlib.image import imsave
+
+    from blt_scale.model.mvot import split_images, stream_ids
+
+    out = Path(args.images)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image = model.images.cfg.codes_per_image
+
+    def render(ids, stem: str, paths: list[str]) -> str:
+        parts = []
+        for piece in split_images(ids, per_image):
+            if isinstance(piece, bytes):
+                parts.append(piece.decode("utf-8", errors="replace"))
+            elif len(piece) < per_image:
+                parts.append(f"[incomplete image: {len(piece)} of {per_image} codes]")
+            else:
+                pixels = model.images.decode(piece[None].to(model.images.codebook.device))[0].float().cpu()
+                path = out / f"{stem}{len(paths)}.png"
+                imsave(path, pixels.repeat_interleave(8, 1).repeat_interleave(8, 2).permute(1, 2, 0).numpy())
+                paths.append(str(path))
+                parts.append(f"[image: {path}]")
+        return "".join(parts)
+
+    for row, (prompt, r) in enumerate(zip(prompts, results)):
+        prompt_images: list[str] = []
+        images: list[str] = []
+        shown_prompt = render(stream_ids(prompt), f"{row:03d}_prompt_", prompt_images)
+        text = render(r.ids, f"{row:03d}_", images)
+        if args.json:
+            row_json = {"text": text, "images": images, "prompt_images": prompt_images}
+            print(json.dumps(row_json | {"prefill_s": r.prefill_s, "decode_s_per_byte": r.decode_s_per_byte}))
+        else:
+            print(shown_prompt + text)
     return 0

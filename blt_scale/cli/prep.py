@@ -1,4 +1,4 @@
-"""`blt prep text|entropies|brain`: corpora and recordings to shards."""
+"""`blt prep text|entropies|brain|gridworld`: corpora, recordings and grid-world traces to shards."""
 
 from __future__ import annotations
 
@@ -28,6 +28,27 @@ def cmd_text(args: argparse.Namespace) -> int:
     )
     report = convert_text(cfg, progress=not args.quiet)
     print(json.dumps(_summary(args.out, report)))
+    return 0
+
+
+def cmd_gridworld(args: argparse.Namespace) -> int:
+    from blt_scale.data.gridworld import GridWorldConfig
+    from blt_scale.data.prep_gridworld import GridWorldPrepConfig, prep_gridworld
+
+    world = GridWorldConfig(
+        size=args.size, max_moves=args.max_moves, interleave=not args.no_images, tokenizer=args.tokenizer
+    )
+    cfg = GridWorldPrepConfig(
+        world=world,
+        out=args.out,
+        traces=args.traces,
+        val_traces=args.val_traces,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        prompts_out=args.prompts_out,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(_summary(args.out, prep_gridworld(cfg))))
     return 0
 
 
@@ -151,6 +172,28 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_text)
 
+    p = prep.add_parser("gridworld", help="FrozenLake-style traces with coded state images -> MDS shards")
+    p.add_argument("--tokenizer", required=True, help="a trained vq_image run directory or export")
+    p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
+    p.add_argument("--traces", type=int, required=True, help="training traces")
+    p.add_argument("--val-traces", type=int, default=64, help="validation traces (default: 64)")
+    p.add_argument("--size", type=int, default=4, help="cells per side of the lake (default: 4)")
+    p.add_argument("--max-moves", type=int, default=6, help="most moves of a trace (default: 6)")
+    p.add_argument(
+        "--no-images", action="store_true", help="no state image after each move (only the first map)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=parse_size, default="64MB", help="uncompressed bytes per shard")
+    p.add_argument(
+        "--prompts-out",
+        default=None,
+        metavar="DIR",
+        help="also write each validation prompt as DIR/NNN.bin (for blt generate --prompt-file) and its "
+        "answer as DIR/NNN.answer",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset `blt prep` wrote there")
+    p.set_defaults(func=cmd_gridworld)
+
     p = prep.add_parser("entropies", help="per-byte entropies of a dataset under an entropy model")
     p.add_argument("--data", metavar="URI", help="prepared text dataset (required unless --merge)")
     p.add_argument(
@@ -232,5 +275,5 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("prep", help="prepare datasets: text, entropies, brain recordings")
+    p = subparsers.add_parser("prep", help="prepare datasets: text, entropies, brain recordings, grid worlds")
     register_prep(p.add_subparsers(dest="prep_command", required=True))

@@ -21,10 +21,29 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def train_prerequisites(cfg, debug: bool) -> int:
+    """Train (or finish, or find finished) each recipe of train.prerequisites in this process, before
+    any rank of this run starts; the first failure's exit code stops there."""
+    import sys
+
+    from blt_scale.train.recipe import load_recipe
+    from blt_scale.train.run import run_training
+
+    for name in cfg.train.prerequisites:
+        print(f"prerequisite {name}: ", end="", file=sys.stderr, flush=True)
+        code = run_training(load_recipe(name), "auto", debug)
+        if code:
+            return code
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from blt_scale.train.recipe import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before any rank starts
+    code = train_prerequisites(cfg, getattr(args, "debug", False))
+    if code:
+        return code
     if args.nproc is not None:
         from blt_scale.train.local_ranks import launch
 

@@ -7,6 +7,7 @@ A batch is a dict: `tokens` [B, seq_len + 1] (inputs are tokens[:, :-1], targets
 and `patch_lengths` [B, P] for the inputs (each row sums to seq_len, zero-padded).
 
 Four loaders, chosen by `data.sources` (and the dataset's manifest):
+- data.gridworld: grid-world images or MVoT traces made on the fly (gridworld.GridWorldLoader).
 - none: the embedded corpus (BuiltinLoader below). Rows are dealt out by a global cursor: step s
   uses rows [s * G, (s + 1) * G) of the epoch's seeded order, G = micro_batch * world_size, rank
   r taking its slice; the state is that cursor.
@@ -28,6 +29,7 @@ from pydantic import Field, field_validator
 from blt_scale.config import Config, size_bytes
 from blt_scale.data.brain.collate import BrainDataConfig
 from blt_scale.data.builtin import stdlib_documents
+from blt_scale.data.gridworld import GridWorldConfig, GridWorldLoader
 from blt_scale.data.packing import pack
 from blt_scale.data.splits import is_validation
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
@@ -72,6 +74,10 @@ class DataConfig(Config):
     )
     brain: BrainDataConfig | None = Field(
         default=None, description="brain sources only: channel/time/text layout of batches"
+    )
+    gridworld: GridWorldConfig | None = Field(
+        default=None,
+        description="grid-world images or traces generated on the fly (data/gridworld.py) instead of sources",
     )
 
     @field_validator("cache_limit")
@@ -143,6 +149,12 @@ def build_loader(
     seed: int = 0,
 ):
     """The loader for a data config: what the trainer calls."""
+    if cfg.gridworld is not None:
+        if cfg.sources:
+            raise ValueError(
+                "data.gridworld generates its data: leave data.sources empty, or unset data.gridworld"
+            )
+        return GridWorldLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
     if not cfg.sources:
         return BuiltinLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
     from blt_scale.data.store import open_complete
@@ -157,10 +169,14 @@ def build_loader(
         raise ValueError(
             f"data.brain is set but no source in data.sources is a brain dataset ({list(manifests)})"
         )
+    # grid-world traces (`blt prep gridworld`) hold image codes as 0xFF c byte pairs: read them as image ids
+    images = [uri for uri, m in manifests.items() if m.get("kind") == "gridworld"]
+    if images and len(images) < len(manifests):
+        raise ValueError(f"data.sources mix grid-world traces ({images[0]}) with text datasets: use one kind")
     if set(formats.values()) == {"mds"}:
         from blt_scale.data.mds_loader import MDSLoader
 
-        return MDSLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+        return MDSLoader(cfg, patcher, micro_batch, split, rank, world_size, seed, images=bool(images))
     if set(formats.values()) == {"wds"}:
         from blt_scale.data.wds_loader import WdsLoader
 

@@ -68,9 +68,18 @@ def _as_is(item):
 
 class MDSLoader:
     def __init__(
-        self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int
+        self,
+        cfg,
+        patcher: PatcherConfig,
+        micro_batch: int,
+        split: str,
+        rank: int,
+        world_size: int,
+        seed: int,
+        images: bool = False,
     ):
-        self.patcher, self.micro_batch, self.split = patcher, micro_batch, split
+        """images: documents hold image codes as 0xFF c byte pairs (`blt prep gridworld`)."""
+        self.patcher, self.micro_batch, self.split, self.images = patcher, micro_batch, split, images
         self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, cfg.workers
         self.row_len = cfg.seq_len + 1
         self.with_entropy = patcher.mode == "entropy"
@@ -130,7 +139,15 @@ class MDSLoader:
     def packer(self, stream: int, state: dict) -> StreamPacker:
         sources = [s if s is not None else _Empty() for s in self.sources]
         return StreamPacker(
-            stream, self.num_streams, sources, self.weights, self.seed, self.row_len, self.with_entropy, state
+            stream,
+            self.num_streams,
+            sources,
+            self.weights,
+            self.seed,
+            self.row_len,
+            self.with_entropy,
+            state,
+            images=self.images,
         )
 
     def _order(self) -> list[int]:

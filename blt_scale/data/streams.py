@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from blt_scale.data.packing import document_ids
+from blt_scale.model.mvot import stream_ids
 
 
 class Source:
@@ -101,8 +102,11 @@ class StreamPacker:
         row_len: int,
         with_entropy: bool,
         state: dict,
+        images: bool = False,
     ):
+        """images: documents hold image codes as 0xFF c byte pairs (model/mvot.py), read as image ids."""
         self.stream, self.num_streams, self.sources = stream, num_streams, sources
+        self.images = images
         self.cum_weights = np.cumsum(weights / weights.sum())
         self.seed, self.row_len, self.with_entropy = seed, row_len, with_entropy
         cursors = state["cursors"]
@@ -125,7 +129,7 @@ class StreamPacker:
 
     def _load(self, source: int, doc: int) -> tuple[np.ndarray, np.ndarray | None]:
         sample = self.sources[source].docs[doc]
-        ids = document_ids(sample["text"])
+        ids = stream_ids(sample["text"], bos=True, eos=True) if self.images else document_ids(sample["text"])
         if not self.with_entropy:
             return ids, None
         ent = np.frombuffer(sample["entropy"], dtype=np.float16)

@@ -76,11 +76,12 @@ class BLTConfig(Config):
 
 
 class BLT(nn.Module):
-    def __init__(self, cfg: BLTConfig):
+    def __init__(self, cfg: BLTConfig, vocab_size: int = VOCAB_SIZE):
+        """vocab_size: ids the embedding reads and the output predicts (MVoT adds image ids)."""
         super().__init__()
         self.cfg = cfg
         d, D, k = cfg.encoder.dim, cfg.global_.dim, cfg.patch_queries
-        self.embed = nn.Embedding(VOCAB_SIZE, d)
+        self.embed = nn.Embedding(vocab_size, d)
         self.ngram = HashNgramEmbedding(cfg.ngram, d)
         self.encoder = nn.ModuleList(Block(cfg.encoder, i) for i in range(cfg.encoder.layers))
         self.patch_init = nn.Linear(d, k * d, bias=False)
@@ -99,7 +100,7 @@ class BLT(nn.Module):
         )
         self.decoder = nn.ModuleList(Block(cfg.decoder, i) for i in range(cfg.decoder.layers))
         self.norm = RMSNorm(d, cfg.decoder.norm_eps)
-        self.output = nn.Linear(d, VOCAB_SIZE, bias=False)
+        self.output = nn.Linear(d, vocab_size, bias=False)
         init_weights(self)
         nn.init.normal_(self.start_latent, std=0.02)
 

@@ -15,10 +15,12 @@ from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.brain_blt import BrainBLT, BrainBLTConfig
 from blt_scale.model.byte_lm import ByteLM, ByteLMConfig
 from blt_scale.model.meg_to_text import MegToText, MegToTextConfig
+from blt_scale.model.mvot_blt import MVoTBLT, MVoTBLTConfig
 from blt_scale.model.svf import SVFConfig, SVFModel
+from blt_scale.model.vq_image import VQImageConfig, VQImageTokenizer
 
 ModelConfig = Annotated[
-    Union[BLTConfig, ByteLMConfig, BrainBLTConfig, MegToTextConfig, SVFConfig],  # noqa: UP007
+    Union[BLTConfig, ByteLMConfig, BrainBLTConfig, MegToTextConfig, SVFConfig, MVoTBLTConfig, VQImageConfig],  # noqa: UP007
     Field(discriminator="kind"),
 ]
 SVFConfig.model_rebuild(_types_namespace={"ModelConfig": ModelConfig})  # its `base` is any ModelConfig
@@ -30,6 +32,7 @@ class Kind:
     patched: bool  # groups bytes into patches with the recipe's patcher (the BLT family)
     text: bool  # reads and writes bytes only: `blt generate`, `blt eval`, entropy models
     brain: bool  # needs a brain signal beside the bytes: `blt eval-brain`
+    images: bool = False  # image tokens in its byte stream: `blt generate` writes them as PNG files
 
 
 KINDS: dict[str, Kind] = {
@@ -39,6 +42,9 @@ KINDS: dict[str, Kind] = {
     "meg_to_text": Kind(MegToText, patched=False, text=False, brain=True),
     # SVF experts (model/svf.py) adapt a text model; batches are patched as the base's recipe says
     "svf": Kind(SVFModel, patched=True, text=True, brain=False),
+    # MVoT (model/mvot_blt.py): a BLT over bytes and visual codes; its VQ image tokenizer reads pixels
+    "mvot": Kind(MVoTBLT, patched=True, text=True, brain=False, images=True),
+    "vq_image": Kind(VQImageTokenizer, patched=False, text=False, brain=False),
 }
 
 

@@ -28,9 +28,11 @@ from blt_scale.model.brain_encoder import BrainEncoderConfig
 from blt_scale.model.byte_lm import ByteLMConfig
 from blt_scale.model.layers import TransformerConfig
 from blt_scale.model.meg_to_text import MegToTextConfig
+from blt_scale.model.mvot_blt import MVoTBLTConfig
 from blt_scale.model.svf import SVFConfig, svf_vector_size
 from blt_scale.model.titans import LatentConfig
 from blt_scale.model.vocab import VOCAB_SIZE
+from blt_scale.model.vq_image import VQImageConfig
 
 
 @dataclass
@@ -145,14 +147,15 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
     n_enc_x, n_dec_x = cfg.cross_layers(enc), cfg.cross_layers(dec)
     cross_params = 4 * d * d + 2 * d
 
+    vocab = getattr(cfg, "vocab_size", VOCAB_SIZE)  # MVoT adds the image ids
     params = {
-        "embedding": VOCAB_SIZE * d,
+        "embedding": vocab * d,
         "hash_embeddings": len(cfg.ngram.sizes) * cfg.ngram.buckets * d,
         "local_encoder": enc.layers * _block_params(enc),
         "encoder_cross_attn": d * k * d + n_enc_x * cross_params,
         "latent": k * d * D + lat.layers * _block_params(lat) + D + D + D * k * d,
         "decoder_cross_attn": n_dec_x * cross_params,
-        "local_decoder": dec.layers * _block_params(dec) + d + d * VOCAB_SIZE,
+        "local_decoder": dec.layers * _block_params(dec) + d + d * vocab,
     }
     # Per sequence, then / T: queries and slots are applied per patch (P * k rows), keys and
     # values of the encoder cross-attention per byte.
@@ -161,7 +164,7 @@ def blt_flops(cfg: BLTConfig, seq_len: int, patch_bytes: float) -> FlopReport:
         "encoder_cross_attn": 2.0 * P * d * k * d + n_enc_x * (2.0 * d * d * (2 * P * k + 2 * T)),
         "latent": 2.0 * P * k * d * D + P * lat.layers * _block_linear(lat) + 2.0 * P * D * k * d,
         "decoder_cross_attn": n_dec_x * (2.0 * d * d * (2 * T + 2 * P * k)),
-        "local_decoder": T * dec.layers * _block_linear(dec) + 2.0 * T * d * VOCAB_SIZE,
+        "local_decoder": T * dec.layers * _block_linear(dec) + 2.0 * T * d * vocab,
     }
     linear = {name: flops / T for name, flops in per_seq.items()}
     attention = {
@@ -268,15 +271,39 @@ def meg_to_text_flops(cfg: MegToTextConfig, seq_len: int) -> FlopReport:
     return FlopReport(params, linear, attention, seq_len, 1.0)
 
 
+def vq_image_flops(cfg: VQImageConfig, seq_len: int) -> FlopReport:
+    """Per "byte" = per pixel value of an image (the tokenizer's recipe sets data.seq_len to 3·H·W).
+    The codebook search is a matmul against K codes per patch; the EMA update is left out. The
+    codebook is a buffer (EMA-updated), so it is not among the parameters."""
+    pixels, h, dim, K = 3 * cfg.patch**2, cfg.hidden, cfg.rvq.dim, cfg.rvq.codebook_size
+    per_patch = {
+        "encoder": 2.0 * (pixels * h + h * dim),
+        "vq": 2.0 * dim * K,
+        "decoder": 2.0 * (dim * h + h * pixels),
+    }
+    params = {
+        "encoder": pixels * h + h + h * dim + dim,
+        "decoder": dim * h + h + h * pixels + pixels,
+    }  # the codebook is a buffer
+    linear = {name: flops / pixels for name, flops in per_patch.items()}
+    return FlopReport(params, linear, {}, seq_len, 1.0)
+
+
 def model_flops(cfg, seq_len: int, patch_bytes: float = 1.0) -> FlopReport:
     if isinstance(cfg, SVFConfig):  # the base model's work (W' is formed once per forward); z adds params
         report = model_flops(cfg.base, seq_len, patch_bytes)
         report.params["svf"] = svf_vector_size(cfg)
         return report
+    if isinstance(cfg, VQImageConfig):
+        return vq_image_flops(cfg, seq_len)
     if isinstance(cfg, BrainBLTConfig):
         return brain_blt_flops(cfg, seq_len, patch_bytes)
     if isinstance(cfg, MegToTextConfig):
         return meg_to_text_flops(cfg, seq_len)
+    if isinstance(cfg, MVoTBLTConfig):  # the BLT's work; its frozen tokenizer only decodes generations
+        report = blt_flops(cfg, seq_len, patch_bytes)
+        report.params["image_tokenizer"] = vq_image_flops(cfg.tokenizer, seq_len).total_params
+        return report
     if isinstance(cfg, BLTConfig):
         return blt_flops(cfg, seq_len, patch_bytes)
     return byte_lm_flops(cfg, seq_len)

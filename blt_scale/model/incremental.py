@@ -23,6 +23,7 @@ from blt_scale.model.blt import BLT
 from blt_scale.model.byte_lm import ByteLM, token_entropies
 from blt_scale.model.kv_cache import KVCache, block_step
 from blt_scale.model.layers import CrossAttentionBlock
+from blt_scale.model.mvot_blt import MVoTBLT
 from blt_scale.model.patcher import PatcherConfig, _space_like
 from blt_scale.model.titans import TitansBlock, TitansCache
 from blt_scale.model.vocab import BOS, EOS
@@ -270,6 +271,6 @@ class BLTStepper:
 def make_stepper(model, batch: int, patcher: PatcherConfig, entropy_model: ByteLM | None = None):
     if isinstance(model, ByteLM):
         return ByteLMStepper(model, batch)
-    if type(model) is BLT:
+    if type(model) in (BLT, MVoTBLT):  # MVoT's forward is the BLT's
         return BLTStepper(model, batch, patcher, entropy_model)
     raise ValueError(f"incremental decoding takes a byte LM or a BLT, not {type(model).__name__}")

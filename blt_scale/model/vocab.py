@@ -23,6 +23,6 @@ def encode(data: bytes, bos: bool = False, eos: bool = False) -> torch.Tensor:
 
 
 def decode(ids: torch.Tensor | list[int]) -> bytes:
-    """Bytes of the byte ids; special ids are dropped."""
+    """Bytes of the byte ids; special ids (and ids past the byte vocabulary, MVoT's images) are dropped."""
     values = torch.as_tensor(ids).flatten().tolist()
-    return bytes(v - OFFSET for v in values if v >= OFFSET)
+    return bytes(v - OFFSET for v in values if OFFSET <= v < VOCAB_SIZE)

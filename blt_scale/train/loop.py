@@ -81,6 +81,11 @@ class TrainConfig(Config):
     trace_data: bool = Field(
         default=False, description="record a CRC of every row each rank trains on (data_trace/)"
     )
+    prerequisites: list[str] = Field(
+        default=[],
+        description="recipes `blt train` trains (or finishes) first, in its own process, e.g. the image "
+        "tokenizer an MVoT recipe reads (`blt submit` and torchrun do not: train them beforehand)",
+    )
     inject_nan_at: list[int] = Field(
         default=[], description="fault drill: rank 0's loss is NaN at these steps"
     )

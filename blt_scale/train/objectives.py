@@ -18,6 +18,7 @@ from torch import nn
 
 from blt_scale.model.brain_blt import BRAIN_KEYS
 from blt_scale.model.brain_common import kl_sum
+from blt_scale.model.mvot import IMAGE_OFFSET, discrepancy_loss
 from blt_scale.model.rvq import LocalSync, ResidualVQ
 from blt_scale.model.vocab import PAD
 
@@ -110,12 +111,39 @@ def meg_to_text_loss(model, batch):
     return out["sum"], out["count"], out.get("aux")
 
 
+def vq_image_loss(model, batch):
+    """Squared error per pixel value (the logged loss), the RVQ commitment as aux."""
+    install_sync(model)
+    images = batch["images"]
+    recon, _, commitment = model(images)
+    return (recon.float() - images.float()).pow(2).sum(), images.numel(), commitment
+
+
+def mvot_loss(model, batch):
+    """MVoT: cross-entropy over text and image targets plus discrepancy_weight · L_D at the image
+    targets. The logged loss (and bpb) covers the text bytes only; image-token CE and L_D go to aux,
+    so sum + aux = CE over every target + weight · L_D."""
+    tokens = batch["tokens"]
+    logits = model(tokens[:, :-1], batch["patch_lengths"])
+    targets = tokens[:, 1:]
+    image = targets >= IMAGE_OFFSET
+    text_sum, text_count = lm_loss(logits, targets.masked_fill(image, PAD))
+    image_sum, _ = lm_loss(logits, targets.masked_fill(~image, PAD))
+    aux = image_sum
+    weight = model.cfg.mvot.discrepancy_weight
+    if weight > 0:
+        aux = aux + weight * discrepancy_loss(logits, targets, model.images.codebook.detach())[0]
+    return text_sum, text_count, aux
+
+
 LOSSES = {
     "blt": text_loss,
     "byte_lm": text_loss,
     "brain_blt": brain_blt_loss,
     "meg_to_text": meg_to_text_loss,
     "svf": text_loss,  # next-byte loss through the adapted base model
+    "mvot": mvot_loss,
+    "vq_image": vq_image_loss,
 }
 
 

@@ -45,6 +45,24 @@ class RunConfig(Config):
             )
         return self
 
+    @model_validator(mode="after")
+    def _mvot_codes_match_its_tokenizer(self) -> RunConfig:
+        if self.model.kind != "mvot":
+            return self
+        if self.patcher.mode == "entropy":
+            raise ValueError(
+                "an mvot model cannot use patcher.mode=entropy: entropy models read bytes, not image ids"
+            )
+        world = self.data.gridworld
+        sources = {s.path for s in self.model.init_from if s.prefix == "images."}
+        if world is not None and (world.tokenizer is None or (sources and world.tokenizer not in sources)):
+            # The loader's codes and the codebook the discrepancy loss compares must be one tokenizer's.
+            raise ValueError(
+                f"data.gridworld.tokenizer ({world.tokenizer}) must be the tokenizer model.init_from loads "
+                f"with prefix 'images.' ({sorted(sources)})"
+            )
+        return self
+
 
 def resolve_recipe_path(name: str | Path) -> Path:
     """A path as given, else a name under recipes/ (with or without .yaml)."""

@@ -1,0 +1,99 @@
+"""Grid-world traces (data/gridworld.py): deterministic, right about the goal, and dealt like the
+embedded corpus (same rows at any world size, exact resume)."""
+
+import numpy as np
+import pytest
+import torch
+
+from blt_scale.data.gridworld import (
+    AGENT,
+    AGENT_AT_GOAL,
+    AGENT_IN_HOLE,
+    GOAL,
+    GridWorldConfig,
+    _walk,
+    answer_of,
+    make_trace,
+    prompt_and_answer,
+    render,
+    trace_bytes,
+)
+from blt_scale.data.loader import DataConfig, build_loader
+from blt_scale.model.mvot import IMAGE_OFFSET, stream_ids
+from blt_scale.model.patcher import PatcherConfig
+from blt_scale.model.vocab import PAD
+
+WORLD = GridWorldConfig()
+
+
+def fake_codes(states: np.ndarray) -> np.ndarray:
+    """One code per cell: its kind (what a perfect tokenizer of these images could give)."""
+    return states.reshape(len(states), -1)
+
+
+def test_traces_are_deterministic_and_follow_the_rules():
+    a, b = make_trace(WORLD, 3, "train", 7), make_trace(WORLD, 3, "train", 7)
+    assert a.moves == b.moves and all((x == y).all() for x, y in zip(a.states, b.states))
+    assert (
+        make_trace(WORLD, 3, "val", 7).moves != a.moves
+        or not (make_trace(WORLD, 3, "val", 7).states[0] == a.states[0]).all()
+    )
+    holes = np.zeros((3, 3), dtype=bool)
+    holes[1, 1] = True
+    assert _walk(holes, (2, 2), (0, 0), "RRDD").reached
+    fell = _walk(holes, (2, 2), (0, 0), "DRRD")  # into the hole at (1, 1): stays there
+    assert not fell.reached and fell.states[-1][1, 1] == AGENT_IN_HOLE
+    edge = _walk(holes, (2, 2), (0, 0), "UL")  # off the lake: stays at the start
+    assert edge.states[-1][0, 0] == AGENT and edge.states[-1][2, 2] == GOAL
+    assert _walk(holes, (0, 1), (0, 0), "RR").states[-1][0, 1] == AGENT_AT_GOAL  # stops at the goal
+    reached = [make_trace(WORLD, 0, "train", i).reached for i in range(400)]
+    assert 0.2 < np.mean(reached) < 0.6  # both answers are common
+
+
+def test_trace_bytes_prompt_and_answer():
+    trace = make_trace(WORLD, 0, "train", 1)
+    data = trace_bytes(trace, WORLD, fake_codes)
+    prompt, rest = prompt_and_answer(data)
+    assert prompt.startswith(b"Lake 4x4:\xff") and prompt.endswith(
+        f" Moves: {' '.join(trace.moves)}.".encode()
+    )
+    assert answer_of(rest) == ("yes" if trace.reached else "no")
+    ids = stream_ids(data)
+    assert int((ids >= IMAGE_OFFSET).sum()) == 16 * (1 + len(trace.moves))
+    flat = trace_bytes(trace, WORLD.model_copy(update={"interleave": False}), fake_codes)
+    assert int((stream_ids(flat) >= IMAGE_OFFSET).sum()) == 16 and answer_of(flat) == answer_of(data)
+    assert answer_of(b" Goal? maybe") is None
+
+
+def test_images_show_one_colour_per_cell():
+    img = render(np.array([[0, 1], [2, 3]]), 3)
+    assert img.shape == (3, 6, 6) and 0 <= float(img.min()) and float(img.max()) <= 1
+    assert torch.equal(img[:, 3:, :3], img[:, 3:4, 0:1].expand(3, 3, 3))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_loader_deals_one_order_and_resumes(world_size, tokenizer_dir):
+    cfg = DataConfig(seq_len=192, gridworld=GridWorldConfig(tokenizer=str(tokenizer_dir)))
+    patcher = PatcherConfig(mode="space", max_patch_len=8)
+    one = iter(build_loader(cfg, patcher, 4, "train", 0, 1, seed=5))
+    first = [next(one)["tokens"] for _ in range(3)]
+    loaders = [
+        build_loader(cfg, patcher, 4 // world_size, "train", r, world_size, seed=5) for r in range(world_size)
+    ]
+    its = [iter(x) for x in loaders]
+    got = [torch.cat([next(it)["tokens"] for it in its]) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, got))
+    resumed = build_loader(cfg, patcher, 4, "train", 0, 1, seed=5)
+    resumed.load_state_dict(loaders[0].state_dict())
+    batch = next(iter(resumed))
+    assert torch.equal(batch["tokens"], first[2]) and (batch["tokens"][:, -1] == PAD).all()
+    assert (batch["patch_lengths"].sum(1) == 192).all()
+
+
+def test_bad_settings_are_one_clear_error(tokenizer_dir):
+    cfg = DataConfig(seq_len=32, gridworld=GridWorldConfig(tokenizer=str(tokenizer_dir)))
+    with pytest.raises(ValueError, match="data.seq_len"):
+        next(iter(build_loader(cfg, PatcherConfig(), 2, "train", 0, 1)))
+    cfg = DataConfig(seq_len=192, gridworld=GridWorldConfig(tokenizer=str(tokenizer_dir), cell_pixels=3))
+    with pytest.raises(ValueError, match="16-pixel images"):
+        build_loader(cfg, PatcherConfig(), 2, "train", 0, 1)
