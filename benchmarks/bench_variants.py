@@ -26,7 +26,53 @@ a loaded machine. Training FLOP/s ÷ softmax's, one run (`--budget 3e10 --seeds 
 56-69 steps, 2026-11-30, shared cores): softmax 9.8e9 FLOP/s; differential x0.81, titans_mag
 x0.64, titans_mac x0.63, softmax_full x1.12 (short runs, first step included; not repeated).
 
+The task above is `--task letters` (the default). `--task digit` is the learnable one: each row is
+`key: D. ` + random lowercase words + ` key: D.` in 56 bytes, D one digit of 0-7 (chance ln 8 =
+2.079 nats), with local windows of 8 bytes and a latent window of 2 patches (2 layers: the query's
+patch reaches 2 patches back; MAC: segments of 4 patches, and the Titans memory's chunk is 4). The
+decoder predicts D from the latent of the patch `key:`; the secret lies 49 bytes before D, with 6-10
+filler patches between their patches on the held-out rows (10-14 patches a row). Held-out rows come
+from their own generator (seed 12345), training rows from 1000 x seed. Before training each
+variant, `reach` checks on all 256 held-out rows that the gradient of the recalled logits with
+respect to the secret's byte and n-gram embeddings is exactly 0 for the windowed variants without
+memory (softmax, differential) and not 0 for the others, and stops the run otherwise. (The windows
+reach further than latent window x layers: a byte's decoder window holds earlier bytes whose
+cross-attention saw earlier latents, each with its own latent and encoder reach. At 48 bytes the
+check failed on 76 of the 256 held-out rows; at 56 it holds on all of them, and on 1024 training
+rows of seed 0 too. MAC's segments are not checked: its memory is a path to the secret.)
+`--memory` overrides MemoryConfig fields of the Titans variants (JSON).
+
+Measured on `--task digit` (2 shared CPU cores, 2026-11-30, `--budget 3e11 --threads 1`, objective
+recall; titans_mag with `--memory '{"max_step": 0.25}'`, chunk 4). Recall nats: mean ± population sd
+over seeds; "learned": seeds clearly below chance.
+
+    variant        seeds  recall nats    recall acc  steps  learned  per seed (nats)
+    softmax        0-2    2.083 ± 0.001  0.130       1541   0/3      2.082 2.084 2.083
+    titans_mag     0-2    1.929 ± 0.214  0.159       1363   1/3      2.080 2.080 1.626 (acc 0.227)
+    softmax_full   0-2    1.389 ± 0.981  0.414       1536   1/3      2.082 0.001 (acc 1.000) 2.083
+    softmax        3-5    2.086 ± 0.007  0.130       1544   0/3      2.087 2.094 2.077
+    titans_mag     3-5    2.087 ± 0.007  0.128       1366   0/3      2.086 2.096 2.078
+    (6 seeds: softmax 2.085 ± 0.005, titans_mag 2.008 ± 0.171; 1 of 6 titans seeds learned)
+
+So titans_mag does not reliably beat the windowed softmax at this budget: one seed in six learned
+the recall part-way (1.626 nats), the others stay at chance like softmax (which cannot do better:
+its recall provably does not depend on the secret). Full attention learns it perfectly in one seed
+of three and not at all in the others: at this budget the task sits at the edge of what even the
+unwindowed model learns, and learning is all-or-nothing per seed. Commands:
+
+    benchmarks/bench_variants.py --task digit --budget 3e11 --seeds 3 --threads 1 \
+        --variants titans_mag --memory '{"max_step": 0.25}'            # and --first-seed 3
+    benchmarks/bench_variants.py --task digit --budget 3e11 --seeds 3 --threads 1 \
+        --variants softmax softmax_full                                # softmax also --first-seed 3
+
+Pilots, 1 seed each (seed 0, same budget): titans_mag at the default max_step 0.02 and at
+{"max_step": 0.5, "heads": 1} stayed at chance (2.082, 2.086; at 48 bytes); at 48 bytes titans_mag
+{"max_step": 0.25} reached 1.662 and softmax_full 0.001, but 48 bytes leaks (above), so those rows
+were partly within reach of the windows. With 96 bytes and a latent window of 4, softmax_full stayed
+at chance after 1798 steps (6e11).
+
     .venv/bin/python benchmarks/bench_variants.py [--budget 3e12] [--seeds 3] [--threads 1] [--json]
+        [--task letters|digit] [--memory '{"max_step": 0.25}']
 """
 
 from __future__ import annotations
@@ -45,7 +91,20 @@ from blt_scale.model.patcher import PatcherConfig, patch_lengths
 from blt_scale.model.vocab import PAD, encode
 from blt_scale.train.objectives import lm_loss
 
-SEQ, BATCH, SECRET = 128, 8, 4
+BATCH = 8
+# Tasks (`--task`): bytes per row, secret symbols, the alphabet they are drawn from, the local
+# windows (bytes), the latent window of the windowed variants (patches) and MAC's segment (patches).
+TASKS = {
+    "letters": {
+        "seq": 128,
+        "secret": 4,
+        "alphabet": "abcdefghijklmnopqrstuvwxyz",
+        "local": 16,
+        "window": 8,
+        "segment": 8,
+    },
+    "digit": {"seq": 56, "secret": 1, "alphabet": "01234567", "local": 8, "window": 2, "segment": 4},
+}
 PATCHER = PatcherConfig(mode="space", max_patch_len=8)
 LOCAL = {"dim": 32, "layers": 1, "heads": 2, "window": 16}
 LATENT = {"dim": 64, "layers": 2, "heads": 2, "window": 8}
@@ -63,25 +122,36 @@ VARIANTS = {
 }
 
 
-def config(name: str) -> BLTConfig:
+def config(name: str, task: str = "letters", memory: dict | None = None) -> BLTConfig:
+    """The variant's BLT; the task sets the latent window (where one is set) and MAC's segment,
+    `memory` overrides the Titans memory's hyper-parameters (MemoryConfig fields)."""
     parts = {
         "encoder": LOCAL,
         "global": LATENT,
         "decoder": LOCAL,
         "ngram": {"sizes": [3, 4], "buckets": 512},
     }
-    return BLTConfig.model_validate({**parts, **VARIANTS[name], "attention": "chunked"})
+    parts = {**parts, **VARIANTS[name], "attention": "chunked"}
+    for side in ("encoder", "decoder"):
+        parts[side] = {**parts[side], "window": TASKS[task]["local"]}
+    latent = dict(parts["global"])
+    if latent.get("window") is not None:
+        latent["window"] = TASKS[task]["window"]
+    if "memory" in latent:
+        latent["memory"] = {**latent["memory"], "chunk": TASKS[task]["segment"], **(memory or {})}
+    return BLTConfig.model_validate({**parts, "global": latent})
 
 
-def rows(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [n, SEQ + 1] (no padding) and a mask over the targets: the recalled letters."""
+def rows(n: int, gen: torch.Generator, task: str = "letters") -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [n, SEQ + 1] (no padding) and a mask over the targets: the recalled symbols."""
+    SEQ, SECRET, alphabet = TASKS[task]["seq"], TASKS[task]["secret"], TASKS[task]["alphabet"].encode()
     out, mask = torch.empty(n, SEQ + 1, dtype=torch.long), torch.zeros(n, SEQ, dtype=torch.bool)
 
     def word(length: int) -> bytes:
         return bytes(97 + int(c) for c in torch.randint(0, 26, (length,), generator=gen))
 
     for r in range(n):
-        secret = word(SECRET)
+        secret = bytes(alphabet[int(c)] for c in torch.randint(0, len(alphabet), (SECRET,), generator=gen))
         head, tail = b"key: " + secret + b". ", b" key: " + secret + b"."
         body = SEQ - len(head) - len(tail)  # filler words and their spaces
         filler = b""
@@ -93,12 +163,45 @@ def rows(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
-def train(name: str, seed: int, budget: float, objective: str) -> dict:
-    cfg = config(name)
+def reach(model: BLT, ids: torch.Tensor, task: str) -> torch.Tensor:
+    """Per row, the largest |d recalled-symbol logits / d input states| over the bytes that hold
+    the first secret (its bytes and the n-grams that end within 3 bytes of them, BOS included):
+    exactly 0 where no window of the model reaches back to the secret."""
+    SEQ, SECRET = TASKS[task]["seq"], TASKS[task]["secret"]
+    grabbed = []
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        grabbed.append(output)
+
+    hooks = [model.embed.register_forward_hook(keep), model.ngram.register_forward_hook(keep)]
+    try:
+        logits = model(ids[:, :-1], patch_lengths(ids[:, :-1], PATCHER))
+        logits[:, SEQ - 1 - SECRET : SEQ - 1].abs().sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    model.zero_grad()
+    secret_end = 6 + SECRET  # BOS + "key: " then the secret
+    return torch.stack([g.grad[:, : secret_end + 3].abs().amax(dim=(1, 2)) for g in grabbed]).amax(0)
+
+
+def train(
+    name: str, seed: int, budget: float, objective: str, task: str = "letters", memory: dict | None = None
+) -> dict:
+    SEQ = TASKS[task]["seq"]
+    cfg = config(name, task, memory)
     torch.manual_seed(seed)
     model = BLT(cfg)
     gen = torch.Generator().manual_seed(1000 * seed)
-    sample, _ = rows(64, gen)
+    if task != "letters":  # on every held-out row, the windowed variants without memory cannot see the secret
+        leak = float(reach(model, rows(256, torch.Generator().manual_seed(12345), task)[0], task).max())
+        windowed = cfg.global_.window is not None and cfg.global_.memory is None
+        if windowed and leak != 0.0:
+            raise AssertionError(f"{name}: recall depends on the secret ({leak:.3g}): it is in a window")
+        if not windowed and leak == 0.0:
+            raise AssertionError(f"{name}: the recalled symbols cannot depend on the secret")
+    sample, _ = rows(64, gen, task)
     lengths = patch_lengths(sample[:, :-1], PATCHER)
     patch_bytes = sample[:, :-1].numel() / float((lengths > 0).sum())
     per_byte = model_flops(cfg, SEQ, patch_bytes).train_per_byte
@@ -109,7 +212,7 @@ def train(name: str, seed: int, budget: float, objective: str) -> dict:
         for group in opt.param_groups:  # linear warmup over 10%, cosine to 10%
             frac = step / steps
             group["lr"] = 3e-3 * (frac / 0.1 if frac < 0.1 else 0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
-        ids, mask = rows(BATCH, gen)
+        ids, mask = rows(BATCH, gen, task)
         targets = ids[:, 1:] if objective == "lm" else ids[:, 1:].masked_fill(~mask, PAD)
         loss, count = lm_loss(model(ids[:, :-1], patch_lengths(ids[:, :-1], PATCHER)), targets)
         (loss / count).backward()
@@ -118,7 +221,7 @@ def train(name: str, seed: int, budget: float, objective: str) -> dict:
         opt.zero_grad()
     seconds = (time.perf_counter() - start) / steps
     model.eval()
-    ids, mask = rows(256, torch.Generator().manual_seed(12345))
+    ids, mask = rows(256, torch.Generator().manual_seed(12345), task)
     with torch.no_grad():
         logits = model(ids[:, :-1], patch_lengths(ids[:, :-1], PATCHER)).float()
     targets = ids[:, 1:]
@@ -141,6 +244,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=3e12, help="training FLOPs per run")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     p.add_argument(
@@ -149,10 +253,33 @@ def main() -> None:
         default="recall",
         help="train on the recalled letters only (default), or on every next byte",
     )
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default="letters",
+        help="letters: 4 secret letters of 26 (128 bytes, local windows 16 bytes, latent window 8); digit: "
+        "1 secret digit of 8 (56 bytes, local windows 8 bytes, latent window 2, MAC segments of 4)",
+    )
+    p.add_argument(
+        "--memory",
+        type=json.loads,
+        default=None,
+        help="JSON overrides of the Titans memory (MemoryConfig fields), e.g. '{\"max_step\": 0.1}'",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    runs = [train(v, s, args.budget, args.objective) for v in args.variants for s in range(args.seeds)]
+    runs = []
+    for v in args.variants:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            runs.append(train(v, seed, args.budget, args.objective, args.task, args.memory))
+            if not args.json:
+                r = runs[-1]
+                print(
+                    f"  {v} seed {seed}: recall {r['recall_nats']:.3f} nats, acc {r['recall_acc']:.3f}, "
+                    f"{r['steps']} steps, {r['s_per_step']:.3f} s/step",
+                    flush=True,
+                )
     summary = {}
     for v in args.variants:
         mine = [r for r in runs if r["variant"] == v]
@@ -173,10 +300,11 @@ def main() -> None:
         print(json.dumps({"runs": runs, "summary": summary}, indent=1))
         return
     base = summary.get("softmax")
-    chance = math.log(26)
+    symbols = len(TASKS[args.task]["alphabet"])
+    chance = math.log(symbols)
     print(
-        f"budget {args.budget:.3g} training FLOPs per run, {args.seeds} seeds, objective {args.objective}; "
-        f"chance = ln 26 = {chance:.3f}"
+        f"task {args.task}, budget {args.budget:.3g} training FLOPs per run, {args.seeds} seeds, "
+        f"objective {args.objective}, memory {args.memory or {}}; chance = ln {symbols} = {chance:.3f}"
     )
     head = f"{'recall nats':>16} {'recall acc':>10} {'rest bpb':>9} {'steps':>6} {'s/step':>7} {'FLOP/s':>8}"
     print(f"{'variant':14} {head}  vs softmax")
