@@ -182,7 +182,7 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-images", action="store_true", help="no state image after each move (only the first map)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the lakes and their moves")
     p.add_argument("--shard-size", type=parse_size, default="64MB", help="uncompressed bytes per shard")
     p.add_argument(
         "--prompts-out",
