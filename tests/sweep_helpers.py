@@ -32,7 +32,7 @@ def tiny_sweep(tmp_path: Path) -> Path:
             },
         ],
         "sizes": [{"name": "s", "width": 0.75}, {"name": "m", "width": 1.0}, {"name": "l", "width": 1.5}],
-        "budgets": [6.0e9, 9.0e9],
+        "budgets": [3.0e9, 4.5e9],
         "overrides": [
             "data.seq_len=64",
             "data.corpus_bytes=1500000",
