@@ -1,5 +1,8 @@
 """Trainer pieces that need no processes: the rank environment, checkpoint picking, configs."""
 
+import subprocess
+import sys
+
 import pytest
 
 from blt_scale.checkpoint.layout import MARKER, latest_complete, remove_partial
@@ -99,3 +102,20 @@ def test_micro_batch_unset_means_no_accumulation_and_bad_splits_name_the_keys():
         "unset = global_batch / world size (no accumulation)"
         in type(unset).model_fields["micro_batch"].description
     )
+
+
+def test_a_trainer_that_fails_after_locking_releases_the_run_directory(tmp_path):
+    from blt_scale.train.loop import Trainer
+
+    run_dir = tmp_path / "run"
+    missing = tmp_path / "no_such_dataset"
+    cfg = load_recipe(
+        "cpu_tiny", [f"data.sources=[{{uri: {missing}}}]", "wandb.enabled=false", f"run_dir={run_dir}"]
+    )
+    with pytest.raises(FileNotFoundError, match="no_such_dataset"):
+        Trainer(cfg, DistEnv(), resume="never")
+    assert (run_dir / ".lock").is_file()  # the lock was taken: the failure came after it
+    # and given back: another process (POSIX locks are per process) can take it now
+    take = f"from blt_scale.train.run_lock import RunLock; RunLock({str(run_dir)!r})"
+    other = subprocess.run([sys.executable, "-c", take], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr[-2000:]

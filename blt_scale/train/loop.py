@@ -165,6 +165,16 @@ class Trainer:
             own = saved / "config.yaml"
             check_resume_config(own if own.is_file() else self.run_dir / "config.yaml", recipe, self.run_dir)
         self.lock = self._lock_run_dir()  # before anything is written there
+        try:
+            self._set_up(cfg, env, resume)
+        except BaseException:  # an in-process caller (a test, a notebook) may try again
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _set_up(self, cfg: RunConfig, env: DistEnv, resume: str) -> None:
+        """Everything after the lock: the model, its strategy, data, checkpoints, the resume."""
+        t = cfg.train
         if env.is_main:
             (self.run_dir / "config.yaml").write_text(config.dump(cfg))
         torch.manual_seed(t.seed)  # the same initial weights on every rank, before sharding
