@@ -8,12 +8,29 @@ import os
 import subprocess
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from blt_scale.data.loader import build_loader
 from blt_scale.files import read_jsonl
 from blt_scale.train.local_ranks import spawn_ranks, wait_ranks
 from blt_scale.train.recipe import load_recipe
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """In-process training or generation of a tiny model: thousands of small ops, where a second
+    thread on 2 shared cores mostly waits (a generation test ran 10x slower with 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 # A BLT small enough that a 20-step, 2-rank run takes seconds; fixed peak so no matmul benchmark.
 TINY = [

@@ -5,9 +5,9 @@ import json
 import tempfile
 
 import pytest
-import torch
 from brain_helpers import make_eeg_raw, prep_fixture_dataset, write_eeg_fif
 from data_helpers import read_mds_split
+from dist_helpers import one_torch_thread
 
 from blt_scale.cli import main
 from blt_scale.data.brain.config import BrainPrepConfig
@@ -34,13 +34,9 @@ def trained(tmp_path_factory):
         "brain_aware_blt_tiny",
         [f"data.sources=[{{uri: {data}}}]", f"run_dir={tmp / 'run'}", *COMMON, "train.steps=120"],
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         trainer = Trainer(cfg, resume="never")
         trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
     return trainer, data
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from brain_helpers import prep_fixture_dataset
+from dist_helpers import one_torch_thread
 
 from blt_scale.cli import main
 from blt_scale.train.brain_scores import METRICS, bootstrap, corpus_metrics, point, window_stats
@@ -138,9 +139,7 @@ def meg_to_text(tmp_path, data):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["brain_aware_blt", "meg_to_text"])
 def test_held_out_subject_beats_noise_only_when_decodable(variant, tmp_path, tmp_path_factory, capsys):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         kind, fit = ("eeg", brain_aware_blt) if variant == "brain_aware_blt" else ("meg", meg_to_text)
         margins = {}
         for decodable in (True, False):
@@ -150,8 +149,6 @@ def test_held_out_subject_beats_noise_only_when_decodable(variant, tmp_path, tmp
             assert result["samples"] == 200 and list(result["subjects"]) == ["03"]  # the unseen subject only
             margins[decodable] = (result["margin"]["bleu1"], result["ci"]["margin"]["bleu1"])
             print(f"\n{variant} decodable={decodable}: bleu1 margin {margins[decodable]}")
-    finally:
-        torch.set_num_threads(threads)
     (m, (lo, _)), (_, (lo0, hi0)) = margins[True], margins[False]
     assert lo > 0.15 and m > 0.25, margins[True]  # measured 0.355 [0.27, 0.43] / 0.76 [0.70, 0.815]
     assert lo0 <= 0 <= hi0, margins[False]

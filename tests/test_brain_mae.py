@@ -12,6 +12,7 @@ import pytest
 import torch
 from brain_helpers import prep_fixture_dataset
 from data_helpers import read_mds_split
+from dist_helpers import one_torch_thread
 
 from blt_scale.data.loader import build_loader
 from blt_scale.train.loop import Trainer
@@ -32,13 +33,9 @@ def test_phase1_mae_beats_predicting_the_mean_on_held_out_windows(tmp_path):
         "meg_to_text_phase1_mae", [f"data.sources=[{{uri: {data}}}]", f"run_dir={tmp_path / 'p1'}", *COMMON]
     )
     assert cfg.train.steps == 200
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         trainer = Trainer(cfg, resume="never")
         trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
     model = trainer.model.eval()
     # the baseline predictor: per-channel mean over the training windows (robust-scaled signal)
     train = read_mds_split(data, "train", tmp_path)

@@ -15,7 +15,7 @@ import signal
 import pytest
 import torch
 from brain_helpers import WORDS, prep_fixture_dataset
-from dist_helpers import kill, losses, run, start, traced_rows, wait_for
+from dist_helpers import kill, losses, one_torch_thread, run, start, traced_rows, wait_for
 
 from blt_scale.checkpoint.layout import latest_complete
 from blt_scale.cli import main
@@ -43,10 +43,8 @@ def meg(tmp_path_factory):
 
 @pytest.fixture
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def train(recipe: str, run_dir, data: str, *overrides: str) -> Trainer:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from dist_helpers import one_torch_thread
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -292,12 +293,8 @@ def test_a_document_never_sees_the_previous_one(variant):
 
 @pytest.fixture
 def one_thread():
-    """Generation is thousands of tiny ops: on 2 shared cores a second thread mostly waits (the
-    test ran 10x slower with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 # A first document (with EOS) whose patches end at a chunk boundary (chunks of 4: the second

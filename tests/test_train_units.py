@@ -1,4 +1,4 @@
-"""Trainer pieces that need no processes: the rank environment, checkpoint picking, configs."""
+"""Trainer pieces that need no rank processes: rank environment, checkpoint picking, configs, run lock."""
 
 import subprocess
 import sys
