@@ -1,6 +1,6 @@
 """Titans memory: the chunk-parallel memory against a token-by-token loop whose inner gradients come
 from autograd, MAC against a token-by-token loop with explicit attention, document resets,
-causality inside a BLT, generation, and the FLOP and parameter accounting."""
+causality inside a BLT, and the FLOP and parameter accounting."""
 
 import contextlib
 import math
@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_helpers import one_torch_thread
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -16,7 +15,6 @@ from blt_scale.model.attention import Causal
 from blt_scale.model.blt import BLT, BLTConfig
 from blt_scale.model.build import build_model
 from blt_scale.model.flops import attention_per_key, memory_attention_keys, memory_parts, model_flops
-from blt_scale.model.generate import generate_batch
 from blt_scale.model.layers import rope
 from blt_scale.model.memory import MemoryConfig, NeuralMemory
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
@@ -289,58 +287,6 @@ def test_a_document_never_sees_the_previous_one(variant):
     n = len(first)
     torch.testing.assert_close(a[:, n:], b[:, n:], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a[:, :n], b[:, :n])
-
-
-@pytest.fixture
-def one_thread():
-    with one_torch_thread():
-        yield
-
-
-# A first document (with EOS) whose patches end at a chunk boundary (chunks of 4: the second
-# document starts at patch 4) or inside a chunk (at patch 5).
-FIRST_DOC = {"boundary": b"a first doc. ", "inside": b"a first doc here. "}
-
-
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize(
-    "variant,doc_mask,persistent,first",
-    [
-        ("mag", False, 0, "inside"),
-        ("mag", True, 3, "boundary"),
-        ("mag", True, 0, "inside"),
-        ("mac", False, 3, "inside"),
-        ("mac", True, 0, "boundary"),
-        ("mac", True, 3, "inside"),
-    ],
-)
-def test_cached_generation_equals_recomputation(variant, doc_mask, persistent, first):
-    """The stepper carries each latent block's memory (the last complete chunk's state and the open
-    chunk's writes): greedy bytes equal recomputing the prefix per byte, and every position's
-    logits one full forward within 1e-5, across chunk boundaries and (doc_mask) a document that
-    starts on a chunk boundary or inside a chunk."""
-    from test_generate import assert_cached_equals_the_reference
-
-    model = tiny_titans_blt(variant, doc_mask, persistent)
-    ids = torch.cat(
-        [encode(FIRST_DOC[first], bos=True, eos=True), encode(b"memory at test time. ", bos=True)]
-    )
-    patches = assert_cached_equals_the_reference(
-        model, PatcherConfig(mode="space", max_patch_len=6), ids, 40, 1e-5
-    )
-    assert patches > 3 * model.cfg.global_.memory.chunk
-
-
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("variant", ["mag", "mac"])
-def test_a_left_padded_batch_carries_each_rows_memory(variant):
-    """Rows close patches at different bytes: each keeps its own memory and chunk position."""
-    model, patcher = tiny_titans_blt(variant, doc_mask=True, persistent=2), PatcherConfig(mode="space")
-    prompts = [encode(p, bos=True) for p in (b"x", b"def main(argv):\n    return 0\n", b"hello world")]
-    batch = generate_batch(model, prompts, 30, patcher, stop_at_eos=False)
-    for prompt, got in zip(prompts, batch):
-        alone = generate_batch(model, [prompt], 30, patcher, cache=False, stop_at_eos=False)[0]
-        assert got.ids == alone.ids and got.patches == alone.patches
 
 
 def block_flops(block: TitansBlock, x: torch.Tensor, pattern: Causal, math: bool = False) -> dict[str, float]:
