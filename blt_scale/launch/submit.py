@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from blt_scale.config import ConfigError
-from blt_scale.launch import rundir
+from blt_scale.launch import boot, rundir
 from blt_scale.launch.config import LaunchConfig
 from blt_scale.launch.task import TrainTask, last_step
 
@@ -63,7 +63,10 @@ def sbatch_parameters(launch: LaunchConfig, code: Path, array_parallelism: int |
 def _executor(folder: Path, launch: LaunchConfig, code: Path, array_parallelism: int | None = None):
     import submitit
 
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=launch.max_requeues)
+    # Every task's interpreter records stop signals from its first line (blt_scale.launch.boot).
+    executor = submitit.SlurmExecutor(
+        folder=folder, max_num_timeout=launch.max_requeues, python=boot.command()
+    )
     executor.update_parameters(**sbatch_parameters(launch, code, array_parallelism))
     return executor
 
@@ -72,7 +75,7 @@ def sbatch_script(folder: Path, launch: LaunchConfig, code: Path) -> str:
     """The sbatch script submitit would write (works where SLURM is not installed)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    command = f"{boot.command()} -u -m submitit.core._submit {shlex.quote(str(folder))}"
     return _make_sbatch_string(command=command, folder=folder, **sbatch_parameters(launch, code))
 
 

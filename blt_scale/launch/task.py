@@ -23,9 +23,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from blt_scale.launch import rundir
+from blt_scale.launch import boot, rundir
 from blt_scale.train.exit_codes import EXIT_CONFIG, EXIT_NONFINITE, EXIT_OK, EXIT_STOPPED
 
 MEANING = {EXIT_CONFIG: "bad recipe", EXIT_NONFINITE: "halted on non-finite steps", EXIT_STOPPED: "stopped"}
@@ -60,7 +61,7 @@ class TrainTask:
                 world=env.num_tasks,
                 code=str(Path(rundir.__file__).resolve().parents[1]),
             )
-        code, signals = self._run_trainer(run_dir)
+        code, signals = self._run_trainer(run_dir, early=boot.early())
         if code == EXIT_OK:
             if main:
                 rundir.record(
@@ -85,7 +86,9 @@ class TrainTask:
 
         return submitit.helpers.DelayedSubmission(self)
 
-    def _run_trainer(self, run_dir: Path) -> tuple[int, list[int]]:
+    def _run_trainer(self, run_dir: Path, early: Sequence[int] = ()) -> tuple[int, list[int]]:
+        """The trainer's exit code and the stop signals this task received (`early`: those
+        recorded before submitit's handlers, see blt_scale.launch.boot)."""
         cmd = [
             self.python,
             "-u",
@@ -94,7 +97,7 @@ class TrainTask:
             str(run_dir / rundir.JOB_CONFIG),
             f"run_dir={run_dir}",
         ]
-        received: list[int] = []
+        received = list(early)
 
         # SLURM signals every process of the step, but a trainer still importing has no handler
         # yet and would die of the signal: it starts with the stop signals ignored, and the
