@@ -1,9 +1,11 @@
-"""Training objectives: fn(model, batch) -> (sum, count, aux), one per model kind (`loss_fn`).
+"""Training objectives: fn(model, batch) -> (sum, count, aux[, figures]), one per model kind (`loss_fn`).
 
 `sum / count` is what the trainer logs as the loss (next-byte cross-entropy in nats for the LM
 phases, so bpb stays honest; squared error per element for the mae and rvq phases). `aux` holds
 the extra terms that are optimised but not reported: RVQ commitment, and for distillation
-weight * (KL - CE), so that CE + aux = (1 - weight) * CE + weight * KL.
+weight * (KL - CE), so that CE + aux = (1 - weight) * CE + weight * KL. `figures`, where an
+objective returns it, names further figures as {name: (sum, count)}; the trainer and `evaluate_bpb`
+log each as Σ sum / Σ count over the global batch, beside loss and bpb.
 
 Objectives live with training, not with the models: the MEG->text objective talks to other
 ranks (the RVQ's EMA statistics are summed over ranks so every rank keeps the same codebooks).
@@ -131,9 +133,15 @@ def mvot_loss(model, batch):
     image_sum, _ = lm_loss(logits, targets.masked_fill(~image, PAD))
     aux = image_sum
     weight = model.cfg.mvot.discrepancy_weight
+    discrepancy, image_count = discrepancy_loss(logits, targets, model.images.codebook.detach())
     if weight > 0:
-        aux = aux + weight * discrepancy_loss(logits, targets, model.images.codebook.detach())[0]
-    return text_sum, text_count, aux
+        aux = aux + weight * discrepancy
+    # Logged per image target whatever the weight, so runs with and without L_D compare.
+    figures = {
+        "loss_image": (image_sum.detach(), int(image_count)),
+        "discrepancy": (discrepancy.detach(), int(image_count)),
+    }
+    return text_sum, text_count, aux, figures
 
 
 LOSSES = {
@@ -148,6 +156,6 @@ LOSSES = {
 
 
 def loss_fn(model_cfg):
-    """The objective of a model kind. The trainer logs sum / count and back-propagates sum + aux
-    (aux None: nothing extra)."""
+    """The objective of a model kind. The trainer logs sum / count (and any figures) and
+    back-propagates sum + aux (aux None: nothing extra)."""
     return LOSSES[model_cfg.kind]
