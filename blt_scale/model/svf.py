@@ -154,10 +154,15 @@ class SVFLinear(nn.Linear):
         w = self.weight
         if torch.is_grad_enabled():
             return w + ((self.u * (self.s * (self.z - 1))) @ self.vh).to(w.dtype)
-        # Inference (generation calls the layer once per byte): form W' once per z.
-        key = (self.z.data_ptr(), self.z._version, w.data_ptr(), w._version, self.u._version, w.dtype)
-        if getattr(self, "_cache_key", None) != key:
+        # Inference (generation calls the layer once per byte): form W' once per z. Keyed on z's
+        # values, not its version: FSDP gathers z into the same storage every step without bumping
+        # the version, so a version key served the previous step's W' to no-grad forward passes
+        # (REINFORCE's sampling) after an optimizer step.
+        key = (w.data_ptr(), w._version, self.u._version, w.dtype)
+        cached_z = getattr(self, "_cached_z", None)
+        if getattr(self, "_cache_key", None) != key or cached_z is None or not torch.equal(cached_z, self.z):
             self._cached = w + ((self.u * (self.s * (self.z - 1))) @ self.vh).to(w.dtype)
+            self._cached_z = self.z.detach().clone()
             self._cache_key = key
         return self._cached
 
