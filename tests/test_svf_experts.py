@@ -148,10 +148,12 @@ def test_each_expert_lowers_its_own_task_and_not_the_other(world):
 
 
 def test_prompt_dispatch_picks_the_right_expert_on_held_out_prompts(world):
+    """120 held-out prompts of 60 bytes. Measured with the recipe's lr 3e-2: 0.967 (seeds 7, 8, 9:
+    1.0, 0.925, 0.975); experts trained at lr 1e-2 got 0.917 (0.975, 0.875, 0.9)."""
     model, cfg, experts = loaded(world)
     right = total = 0
     for t in TASKS:
-        for doc in task_docs(t, 20, seed=7):
+        for doc in [d for seed in (7, 8, 9) for d in task_docs(t, 20, seed=seed)]:
             choice = choose("prompt", model, experts, doc[:60].encode(), cfg.patcher)
             right += max(choice.weights, key=choice.weights.get) == t
             total += 1
@@ -182,8 +184,8 @@ def continuation_reward(model, task: str, prompt: int = 32, length: int = 8, sam
 
 def test_a_reinforce_expert_raises_its_task_reward(world, tmp_path):
     """`blt adapt ... model.objective.kind=reinforce` (the paper's objective with a KL penalty):
-    measured 0.704 -> 0.777 (base -> expert) on task a's held-out documents; 0.050-0.052 with another
-    training or sampling seed."""
+    measured 0.704 -> 0.777 (base -> expert, the recipe's lr 3e-2) on task a's held-out documents;
+    +0.050 and +0.052 with another training or sampling seed."""
     out = tmp_path / "ra"
     blt(
         "adapt",
@@ -193,7 +195,6 @@ def test_a_reinforce_expert_raises_its_task_reward(world, tmp_path):
         "--out",
         str(out),
         *ADAPT,
-        "optim.lr=3e-2",
         "model.objective.kind=reinforce",
         "model.objective.kl_weight=0.1",
     )
