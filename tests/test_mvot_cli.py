@@ -50,7 +50,25 @@ def test_prep_train_generate_pngs(tmp_path, tokenizer_dir):
 
     run = tmp_path / "run"
     blt("train", "mvot_tiny", *args, f"run_dir={run}")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss_image"] > 0 and r["discrepancy"] > 0 for r in rows if "grad_norm" in r)
     blt("export", str(run), "--out", str(tmp_path / "export"))
+    # `blt eval --json` reports the image-token CE and L_D per image target beside bpb: the same
+    # figures as an independent computation over the same validation batch.
+    reported = json.loads(blt("eval", str(tmp_path / "export"), "--batches", "1", "--json").stdout)
+    model = load_model(tmp_path / "export")[0]
+    batch = next(iter(build_loader(cfg.data, cfg.patcher, 4, "val", 0, 1, cfg.train.seed)))
+    with torch.no_grad():
+        logits = model(batch["tokens"][:, :-1], batch["patch_lengths"]).double()
+    targets = batch["tokens"][:, 1:]
+    image = targets >= IMAGE_OFFSET
+    picked, codes = logits[image], targets[image] - IMAGE_OFFSET
+    image_ce = -picked.log_softmax(-1)[torch.arange(len(codes)), IMAGE_OFFSET + codes].mean()
+    codebook = model.images.codebook.double()
+    mse = ((codebook[codes][:, None, :] - codebook[None]) ** 2).mean(-1)  # S(t_i, e_k)
+    p_image = picked[:, IMAGE_OFFSET:].softmax(-1)
+    assert reported["loss_image"] == pytest.approx(float(image_ce), rel=1e-4)
+    assert reported["discrepancy"] == pytest.approx(float((mse * p_image).sum(-1).mean()), rel=1e-4)
     out = blt(
         "generate",
         str(tmp_path / "export"),

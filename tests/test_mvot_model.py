@@ -71,12 +71,17 @@ def test_objective(weight):
     model = tiny(weight)
     tokens = stream(length=41)
     batch = {"tokens": tokens, "patch_lengths": patch_lengths(tokens[:, :-1], PATCHER)}
-    text_sum, text_count, aux = loss_fn(model.cfg)(model, batch)
+    text_sum, text_count, aux, figures = loss_fn(model.cfg)(model, batch)
     logits = model(tokens[:, :-1], batch["patch_lengths"])
     ce, count = lm_loss(logits, tokens[:, 1:])
     ld = discrepancy_loss(logits, tokens[:, 1:], model.images.codebook)[0]
     assert int(text_count) == int(count) - int((tokens[:, 1:] >= IMAGE_OFFSET).sum())
     assert torch.allclose(text_sum + aux, ce + weight * ld, rtol=1e-5)
+    images = int((tokens[:, 1:] >= IMAGE_OFFSET).sum())
+    image_ce = lm_loss(logits, tokens[:, 1:].masked_fill(tokens[:, 1:] < IMAGE_OFFSET, 0))[0]
+    assert figures["loss_image"][1] == figures["discrepancy"][1] == images  # logged whatever the weight
+    assert torch.allclose(figures["loss_image"][0], image_ce, rtol=1e-5)
+    assert torch.allclose(figures["discrepancy"][0], ld, rtol=1e-5)
     if weight == 0:
         assert torch.allclose(text_sum + aux, ce, rtol=1e-6)  # plain cross-entropy
     else:

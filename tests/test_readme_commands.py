@@ -47,6 +47,8 @@ RUN = {
     "blt flops blt_1b --patch-bytes 4.5 [--json]": [],
     "blt status runs/cpu_tiny [--json]": [],
     "blt plot runs/one_process runs/cpu_tiny --out compare.png": [],
+    # SVF's REINFORCE objective on the recipe's own random byte model and the embedded corpus.
+    "blt train svf_expert_tiny model.objective.kind=reinforce model.objective.kl_weight=0.1": TINY_STEPS,
     # Trains its prerequisite vq_image_tokenizer_tiny whole (150 steps, seconds), then 2 MVoT steps.
     "blt train mvot_tiny": TINY_STEPS,
     "blt export runs/mvot_tiny --out runs/mvot_tiny/export": [],
@@ -62,6 +64,10 @@ SKIP = {
     "blt adapt runs/cpu_tiny/export --data data/legal_shards --out experts/legal [--targets PATTERN] "
     "train.steps=200": "needs task shards and minutes of training: tests/test_svf_experts.py (blt adapt), "
     "tests/test_svf_fsdp.py (FSDP, resume)",
+    "blt adapt runs/byte_lm/export --data data/legal_shards --out experts/legal_rl "
+    "model.objective.kind=reinforce": "needs a trained byte model and task shards: "
+    "tests/test_svf_experts.py::test_a_reinforce_expert_raises_its_task_reward, tests/test_svf_fsdp.py "
+    "(FSDP, resume)",
     "blt generate runs/cpu_tiny/export --experts experts/legal experts/code --dispatch prompt "
     '--prompt "Whereas" --json': "needs trained experts: tests/test_svf_experts.py "
     "(blt generate --experts --dispatch prompt|mix --json)",
@@ -206,6 +212,8 @@ def test_readme_commands_run_as_written(tmp_path):
         assert [r["step"] for r in rows if r.get("split") == "val"] == [2], run_dir
         assert (cwd / run_dir / "checkpoints" / "step_000002").is_dir(), run_dir
     assert "val bpb" in outputs["blt eval runs/cpu_tiny [--data URI] [--json]"]
+    svf_rows = read_jsonl(cwd / "runs/svf_expert_tiny/metrics.jsonl")
+    assert all(0 <= r["reward"] <= 1 for r in svf_rows if "split" not in r), svf_rows
     assert (cwd / "runs/cpu_tiny/export/config.yaml").is_file()
     assert outputs['blt generate runs/cpu_tiny/export --prompt "def main(" --max-bytes 200'].startswith(
         "def main("

@@ -90,6 +90,23 @@ def test_svf_layer_is_u_diag_sigma_z_v_by_a_rank_one_sum():
     assert [n for n, p in layer.named_parameters() if p.requires_grad] == ["z"]
 
 
+def test_no_grad_forward_follows_z_rewritten_in_place_without_a_version_bump():
+    """FSDP gathers z into the same storage every step without bumping its version; the no-grad
+    forward (generation, REINFORCE sampling, evaluation) caches W' and must still see the new z."""
+    torch.manual_seed(0)
+    layer = SVFLinear(nn.Linear(24, 16))
+    layer.decompose()
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        before = layer(x)
+        version = layer.z._version
+        layer.z.data.mul_(1.5)  # .data: the same storage, z's version untouched
+        assert layer.z._version == version
+        after = layer(x)
+    assert not torch.allclose(after, before)
+    assert torch.allclose(after, layer(x))  # = the grad-mode forward, which never caches
+
+
 def test_only_z_trains_and_count_matches_an_independent_count(tmp_path):
     from blt_scale.train.loop import Trainer
 

@@ -23,6 +23,7 @@ from blt_scale.model.svf import apply_svf, set_z
 from blt_scale.model.two_pass import Expert, choose
 from blt_scale.model.vocab import BOS, encode
 from blt_scale.train.loop import Trainer
+from blt_scale.train.objectives import sample_completions
 from blt_scale.train.recipe import load_recipe
 
 pytestmark = pytest.mark.slow  # ~1.5 min: a base model and two experts
@@ -147,10 +148,12 @@ def test_each_expert_lowers_its_own_task_and_not_the_other(world):
 
 
 def test_prompt_dispatch_picks_the_right_expert_on_held_out_prompts(world):
+    """120 held-out prompts of 60 bytes. Measured with the recipe's lr 3e-2: 0.967 (seeds 7, 8, 9:
+    1.0, 0.925, 0.975); experts trained at lr 1e-2 got 0.917 (0.975, 0.875, 0.9)."""
     model, cfg, experts = loaded(world)
     right = total = 0
     for t in TASKS:
-        for doc in task_docs(t, 20, seed=7):
+        for doc in [d for seed in (7, 8, 9) for d in task_docs(t, 20, seed=seed)]:
             choice = choose("prompt", model, experts, doc[:60].encode(), cfg.patcher)
             right += max(choice.weights, key=choice.weights.get) == t
             total += 1
@@ -167,6 +170,43 @@ def test_mix_is_never_worse_than_the_base_model(world):
         base = direct_bpb(model, test)
         set_z(model, choice.z)
         assert direct_bpb(model, test) <= base + 1e-9, (t, choice.weights)
+
+
+def continuation_reward(model, task: str, prompt: int = 32, length: int = 8, samples: int = 8) -> float:
+    """The REINFORCE task's reward on held-out documents: the fraction of sampled ids (after the
+    first `prompt` ids of a document) equal to the document's own continuation."""
+    docs = task_docs(task, 32, seed=99)
+    ids = torch.stack([torch.cat([torch.tensor([BOS]), encode(d.encode())])[: prompt + length] for d in docs])
+    prompts = ids[:, :prompt].repeat_interleave(samples, 0)
+    completions = sample_completions(model, prompts, length, torch.Generator().manual_seed(0))
+    return float((completions == ids[:, prompt:].repeat_interleave(samples, 0)).float().mean())
+
+
+def test_a_reinforce_expert_raises_its_task_reward(world, tmp_path):
+    """`blt adapt ... model.objective.kind=reinforce` (the paper's objective with a KL penalty):
+    measured 0.704 -> 0.777 (base -> expert, the recipe's lr 3e-2) on task a's held-out documents;
+    +0.050 and +0.052 with another training or sampling seed."""
+    out = tmp_path / "ra"
+    blt(
+        "adapt",
+        str(world / "base"),
+        "--data",
+        str(world / "sa"),
+        "--out",
+        str(out),
+        *ADAPT,
+        "model.objective.kind=reinforce",
+        "model.objective.kl_weight=0.1",
+    )
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["reward"] <= 1 and r["kl"] > -1e-6 for r in rows)  # KL ≥ 0 up to rounding
+    model, _ = load_exported(world / "base")
+    z, info, _ = load_expert(out)
+    apply_svf(model, info.targets)
+    set_z(model, None)
+    base = continuation_reward(model, "a")
+    set_z(model, z)
+    assert continuation_reward(model, "a") > base + 0.025, base
 
 
 def test_generate_with_experts_reports_the_chosen_weights(world):

@@ -16,11 +16,13 @@ whose dotted names match a regular expression for SVFLinear in place, keeping th
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from blt_scale.config import Config
@@ -34,6 +36,44 @@ if TYPE_CHECKING:
 DEFAULT_TARGETS = r".*\.(wq|wk|wv|wo|w1|w2|w3)"
 
 
+class SVFObjective(Config):
+    """What z is trained on. kind next_byte: next-byte cross-entropy on the training data. kind
+    reinforce: the paper's objective, REINFORCE on a task reward with a KL penalty to the base model
+    (train/objectives.py computes it). From each training row the first `prompt_bytes` ids are a
+    prompt; the adapted model samples `samples` completions of `completion_bytes` ids; a completion's
+    reward is the fraction of its ids equal to the row's true continuation, centred by the mean reward
+    of the micro-batch. Per completion ŷ the loss is
+    (−(r − r̄)·log π_z(ŷ) + kl_weight·Σ_t KL(π_z ‖ π_base)) / completion_bytes, with the KL over the
+    next-id distributions at each sampled position; π_base is the same model with z = 1."""
+
+    kind: Literal["next_byte", "reinforce"] = "next_byte"
+    prompt_bytes: int = Field(
+        default=32, ge=1, description="reinforce: ids of each row that prompt a completion"
+    )
+    completion_bytes: int = Field(
+        default=8,
+        ge=1,
+        description="reinforce: ids sampled per completion (fixed: every rank runs the same forward passes)",
+    )
+    samples: int = Field(default=4, ge=1, description="reinforce: completions sampled per row")
+    kl_weight: float = Field(
+        default=0.1,
+        ge=0,
+        description="reinforce: λ, weight of the KL divergence to the base model (nats per id)",
+    )
+
+    @model_validator(mode="after")
+    def _settings_of_kind(self):
+        # Defaults are no settings: a saved config.yaml spells out every field.
+        fields = type(self).model_fields
+        stray = sorted(k for k in fields if k != "kind" and getattr(self, k) != fields[k].default)
+        if self.kind == "next_byte" and stray:
+            raise ValueError(
+                f"{', '.join(stray)} only apply to kind reinforce; this objective is kind next_byte"
+            )
+        return self
+
+
 class SVFConfig(Config):
     kind: Literal["svf"] = "svf"
     base: ModelConfig = Field(description="the model being adapted (`blt adapt` copies it from the export)")
@@ -44,6 +84,9 @@ class SVFConfig(Config):
     )
     init_from: list[InitSource] = Field(
         default=[], description="the base weights, e.g. [{path: EXPORT, prefix: base.}] (`blt adapt` sets it)"
+    )
+    objective: SVFObjective = Field(
+        default=SVFObjective(), description="what z is trained on: kind next_byte or reinforce"
     )
 
     @field_validator("targets")
@@ -61,6 +104,16 @@ class SVFConfig(Config):
         if value.kind not in ("blt", "byte_lm"):
             raise ValueError(f"SVF adapts a text model (kind blt or byte_lm), not kind {value.kind}")
         return value
+
+    @model_validator(mode="after")
+    def _reinforce_samples_bytes(self):
+        # Sampling a BLT would need the run's patcher inside the objective; a byte LM needs none.
+        if self.objective.kind == "reinforce" and self.base.kind != "byte_lm":
+            raise ValueError(
+                f"model.objective.kind=reinforce samples completions from a byte_lm base; "
+                f"this base is kind {self.base.kind} (train it with kind next_byte)"
+            )
+        return self
 
 
 class SVFLinear(nn.Linear):
@@ -87,6 +140,7 @@ class SVFLinear(nn.Linear):
         self.register_buffer("s", torch.zeros(r, **kw))
         self.register_buffer("vh", torch.zeros(r, base.in_features, **kw))
         self.z = nn.Parameter(torch.ones(r, **kw))
+        self.use_base = False  # set by `base_weights`: compute with W, as if z = 1
 
     @torch.no_grad()
     def decompose(self) -> None:
@@ -100,15 +154,20 @@ class SVFLinear(nn.Linear):
         w = self.weight
         if torch.is_grad_enabled():
             return w + ((self.u * (self.s * (self.z - 1))) @ self.vh).to(w.dtype)
-        # Inference (generation calls the layer once per byte): form W' once per z.
-        key = (self.z.data_ptr(), self.z._version, w.data_ptr(), w._version, self.u._version, w.dtype)
-        if getattr(self, "_cache_key", None) != key:
+        # Inference (generation calls the layer once per byte): form W' once per z. Keyed on z's
+        # values, not its version: FSDP gathers z into the same storage every step without bumping
+        # the version, so a version key served the previous step's W' to no-grad forward passes
+        # (REINFORCE's sampling) after an optimizer step.
+        key = (w.data_ptr(), w._version, self.u._version, w.dtype)
+        cached_z = getattr(self, "_cached_z", None)
+        if getattr(self, "_cache_key", None) != key or cached_z is None or not torch.equal(cached_z, self.z):
             self._cached = w + ((self.u * (self.s * (self.z - 1))) @ self.vh).to(w.dtype)
+            self._cached_z = self.z.detach().clone()
             self._cache_key = key
         return self._cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.adapted_weight(), self.bias)
+        return F.linear(x, self.weight if self.use_base else self.adapted_weight(), self.bias)
 
 
 def svf_layers(model: nn.Module) -> dict[str, SVFLinear]:
@@ -135,6 +194,20 @@ def apply_svf(model: nn.Module, targets: str = DEFAULT_TARGETS, decompose: bool 
             layer.decompose()
         setattr(parent, child, layer)
     return chosen
+
+
+@contextmanager
+def base_weights(model: nn.Module) -> Iterator[None]:
+    """Inside, every SVF layer computes with its base matrix W (the base model, z = 1) without
+    touching z: under FSDP z is sharded, and the layers still gather it as they always do."""
+    layers = list(svf_layers(model).values())
+    for layer in layers:
+        layer.use_base = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.use_base = False
 
 
 def decompose_all(model: nn.Module) -> int:

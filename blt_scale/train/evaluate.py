@@ -34,11 +34,17 @@ def evaluate_bpb(
     loader = build_loader(cfg.data, cfg.patcher, micro, "val", env.rank, env.world_size, t.seed)
     objective = loss_fn(cfg.model)  # the reported loss; auxiliary training terms are left out
     loss_sum, count = 0.0, 0
+    figures: dict[str, list[float]] = {}  # the objective's further figures: name -> [sum, count]
     for _, batch in zip(range(max(1, rows // (micro * env.world_size))), loader):
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with autocast():
-            summed, n, _ = objective(model, inputs)
+            summed, n, _, *extra = objective(model, inputs)
         loss_sum, count = loss_sum + float(summed), count + int(n)
-    loss_sum, count = all_reduce([loss_sum, count])
+        for name, (fig_sum, fig_count) in (extra[0] if extra else {}).items():
+            totals = figures.setdefault(name, [0.0, 0.0])
+            totals[0] += float(fig_sum)
+            totals[1] += float(fig_count)
+    loss_sum, count, *totals = all_reduce([loss_sum, count, *(v for pair in figures.values() for v in pair)])
     loss = loss_sum / max(count, 1)
-    return {"loss": loss, "bpb": loss / math.log(2), "bytes": int(count)}
+    named = {name: s / max(c, 1) for name, s, c in zip(figures, totals[0::2], totals[1::2])}
+    return {"loss": loss, "bpb": loss / math.log(2), **named, "bytes": int(count)}

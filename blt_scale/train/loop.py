@@ -295,6 +295,7 @@ class Trainer:
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         targets = patches = 0
+        figures: dict[str, list[float]] = {}  # an objective's further figures: name -> [sum, count]
         data_wait = 0.0
         # Sum over every target slot of the global batch, whatever the split over ranks.
         scale = self.strategy.grad_sum_factor / (t.global_batch * seq_len)
@@ -308,7 +309,11 @@ class Trainer:
                 self.trace.add(self.step + 1, [zlib.crc32(row.numpy().tobytes()) for row in batch["tokens"]])
             self.strategy.set_gradient_sync(self.model, i == self.accum - 1)
             with self.strategy.autocast():
-                summed, count, aux = self.loss_fn(self.model, inputs)
+                summed, count, aux, *extra = self.loss_fn(self.model, inputs)
+            for name, (fig_sum, fig_count) in (extra[0] if extra else {}).items():
+                totals = figures.setdefault(name, [0.0, 0.0])
+                totals[0] += float(fig_sum)
+                totals[1] += float(fig_count)
             if self.step + 1 in t.inject_nan_at and self.env.rank == 0:
                 summed = summed * float("nan")
             self.strategy.backward((summed if aux is None else summed + aux) * scale)
@@ -316,7 +321,9 @@ class Trainer:
             targets += int(count)
             patches += int((lengths > 0).sum())
         lr = self.optimizer.param_groups[0]["lr"]
-        g_loss, g_targets, g_patches = all_reduce([float(loss_sum), targets, patches])
+        g_loss, g_targets, g_patches, *g_figures = all_reduce(
+            [float(loss_sum), targets, patches, *(v for totals in figures.values() for v in totals)]
+        )
         # Clip, step unless non-finite, clear the gradients (an engine may do all three itself).
         grad_norm, finite = self.strategy.optimizer_step(
             self.model, self.optimizer, self.cfg.optim.clip_grad_norm, math.isfinite(g_loss)
@@ -347,6 +354,10 @@ class Trainer:
             "step": self.step,
             "loss": loss,
             "bpb": loss / math.log(2),
+            **{
+                name: fig_sum / max(fig_count, 1)
+                for name, fig_sum, fig_count in zip(figures, g_figures[0::2], g_figures[1::2])
+            },
             "lr": lr,
             "grad_norm": float(grad_norm),
             "bytes_per_s": input_bytes / elapsed,

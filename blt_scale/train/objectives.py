@@ -1,15 +1,19 @@
-"""Training objectives: fn(model, batch) -> (sum, count, aux), one per model kind (`loss_fn`).
+"""Training objectives: fn(model, batch) -> (sum, count, aux[, figures]), one per model kind (`loss_fn`).
 
 `sum / count` is what the trainer logs as the loss (next-byte cross-entropy in nats for the LM
 phases, so bpb stays honest; squared error per element for the mae and rvq phases). `aux` holds
 the extra terms that are optimised but not reported: RVQ commitment, and for distillation
-weight * (KL - CE), so that CE + aux = (1 - weight) * CE + weight * KL.
+weight * (KL - CE), so that CE + aux = (1 - weight) * CE + weight * KL. `figures`, where an
+objective returns it, names further figures as {name: (sum, count)}; the trainer and `evaluate_bpb`
+log each as Σ sum / Σ count over the global batch, beside loss and bpb.
 
 Objectives live with training, not with the models: the MEG->text objective talks to other
 ranks (the RVQ's EMA statistics are summed over ranks so every rank keeps the same codebooks).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -20,6 +24,7 @@ from blt_scale.model.brain_blt import BRAIN_KEYS
 from blt_scale.model.brain_common import kl_sum
 from blt_scale.model.mvot import IMAGE_OFFSET, discrepancy_loss
 from blt_scale.model.rvq import LocalSync, ResidualVQ
+from blt_scale.model.svf import base_weights
 from blt_scale.model.vocab import PAD
 
 
@@ -131,9 +136,86 @@ def mvot_loss(model, batch):
     image_sum, _ = lm_loss(logits, targets.masked_fill(~image, PAD))
     aux = image_sum
     weight = model.cfg.mvot.discrepancy_weight
+    discrepancy, image_count = discrepancy_loss(logits, targets, model.images.codebook.detach())
     if weight > 0:
-        aux = aux + weight * discrepancy_loss(logits, targets, model.images.codebook.detach())[0]
-    return text_sum, text_count, aux
+        aux = aux + weight * discrepancy
+    # Logged per image target whatever the weight, so runs with and without L_D compare.
+    figures = {
+        "loss_image": (image_sum.detach(), int(image_count)),
+        "discrepancy": (discrepancy.detach(), int(image_count)),
+    }
+    return text_sum, text_count, aux, figures
+
+
+def policy_logp(logits: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the next id as an SVF policy samples it: PAD (never data) excluded."""
+    return (
+        logits.float().index_fill(-1, torch.tensor([PAD], device=logits.device), -torch.inf).log_softmax(-1)
+    )
+
+
+@torch.no_grad()
+def sample_completions(
+    model: nn.Module, prompts: torch.Tensor, length: int, generator: torch.Generator
+) -> torch.Tensor:
+    """[N, length] ids sampled from the model after each prompt row. A full forward per id, always
+    `length` of them: under FSDP every rank must run the same number of forward passes."""
+    seq = prompts
+    for _ in range(length):
+        probs = policy_logp(model(seq)[:, -1]).exp()
+        seq = torch.cat([seq, torch.multinomial(probs, 1, generator=generator)], 1)
+    return seq[:, prompts.shape[1] :]
+
+
+def reinforce_terms(
+    model: nn.Module, prompts: torch.Tensor, completions: torch.Tensor, truth: torch.Tensor, kl_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, reward, KL) per completion (ReinforceObjective in model/svf.py): reward = fraction of
+    ids equal to the true continuation, KL = Σ_t KL(π_z ‖ π_base) over the completion's positions,
+    loss = (−(r − mean r)·log π_z(ŷ) + kl_weight·KL) / completion length."""
+    P, L = prompts.shape[1], completions.shape[1]
+    inputs = torch.cat([prompts, completions], 1)[:, :-1]
+    logp = policy_logp(model(inputs)[:, P - 1 :])  # [N, L, V]: the distributions the ids came from
+    with torch.no_grad(), base_weights(model):
+        base = policy_logp(model(inputs)[:, P - 1 :])
+    sampled = logp.gather(-1, completions.unsqueeze(-1)).squeeze(-1).sum(1)
+    # PAD has probability 0 under both policies, and 0·log 0 is 0. masked_fill, not torch.where:
+    # where's unchosen branch (−inf − −inf) would still send NaN into the gradient.
+    kl = (logp.exp() * (logp - base).masked_fill(logp.isinf(), 0.0)).sum((-1, -2))
+    reward = (completions == truth).float().mean(1)
+    advantage = reward - reward.mean()  # the micro-batch's mean reward as the baseline
+    loss = (-advantage * sampled + kl_weight * kl) / L
+    return loss, reward, kl.detach()
+
+
+def svf_loss(model, batch):
+    """Next-byte loss, or the paper's REINFORCE objective with a KL penalty (model.objective). Either
+    way the logged loss is the batch's next-byte loss (evaluation reports only that), so bpb stays
+    comparable; REINFORCE also logs `reward` (per completion) and `kl` (nats per sampled id)."""
+    objective = model.cfg.objective
+    if objective.kind == "next_byte" or not model.training:
+        return text_loss(model, batch)
+    tokens = batch["tokens"]
+    P, L, S = objective.prompt_bytes, objective.completion_bytes, objective.samples
+    if P + L > tokens.shape[1]:
+        raise ValueError(
+            f"model.objective.prompt_bytes + completion_bytes = {P + L} exceeds the {tokens.shape[1]} "
+            "ids of a training row (data.seq_len + 1)"
+        )
+    with torch.no_grad():
+        ce, count = lm_loss(model(tokens[:, :-1], batch["patch_lengths"]), tokens[:, 1:])
+    # Seeded by the batch's ids: a resumed run draws the same completions for the same batch.
+    generator = torch.Generator(device=tokens.device).manual_seed(zlib.crc32(tokens.cpu().numpy().tobytes()))
+    prompts = tokens[:, :P].repeat_interleave(S, 0)
+    completions = sample_completions(model, prompts, L, generator)
+    loss, reward, kl = reinforce_terms(
+        model, prompts, completions, tokens[:, P : P + L].repeat_interleave(S, 0), objective.kl_weight
+    )
+    # The trainer divides by global_batch · seq_len: scaled so the gradient is that of the mean loss
+    # per completion over the global batch.
+    aux = loss.mean() * tokens.shape[0] * (tokens.shape[1] - 1) - ce
+    figures = {"reward": (reward.sum(), reward.numel()), "kl": (kl.sum(), kl.numel() * L)}
+    return ce, count, aux, figures
 
 
 LOSSES = {
@@ -141,13 +223,13 @@ LOSSES = {
     "byte_lm": text_loss,
     "brain_blt": brain_blt_loss,
     "meg_to_text": meg_to_text_loss,
-    "svf": text_loss,  # next-byte loss through the adapted base model
+    "svf": svf_loss,
     "mvot": mvot_loss,
     "vq_image": vq_image_loss,
 }
 
 
 def loss_fn(model_cfg):
-    """The objective of a model kind. The trainer logs sum / count and back-propagates sum + aux
-    (aux None: nothing extra)."""
+    """The objective of a model kind. The trainer logs sum / count (and any figures) and
+    back-propagates sum + aux (aux None: nothing extra)."""
     return LOSSES[model_cfg.kind]

@@ -1,0 +1,157 @@
+"""The SVF REINFORCE objective with a KL penalty (train/objectives.py, model.objective.kind=reinforce),
+checked against a brute-force computation: one forward pass per sampled id, the KL summed over the
+vocabulary by hand, the base model a separate copy with z = 1."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from blt_scale.config import ConfigError
+from blt_scale.model.svf import SVFConfig, SVFModel, SVFObjective, set_z, svf_layers
+from blt_scale.model.vocab import PAD
+from blt_scale.train.objectives import loss_fn, reinforce_terms, sample_completions
+from blt_scale.train.recipe import load_recipe
+
+BASE = {"kind": "byte_lm", "dim": 32, "layers": 1, "heads": 2, "window": None}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def svf_model(kl_weight: float = 0.1, **objective) -> SVFModel:
+    torch.manual_seed(0)
+    cfg = SVFConfig(base=BASE, objective={"kind": "reinforce", "kl_weight": kl_weight, **objective})
+    return SVFModel(cfg)
+
+
+def perturb(model: SVFModel, scale: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in svf_layers(model).values():
+            layer.z.add_(scale * torch.randn(layer.z.shape, generator=g))
+
+
+def brute_force(model, prompts, completions, truth, kl_weight):
+    """Per completion, per position: a forward pass over the prefix alone, in float64."""
+    base = copy.deepcopy(model)
+    set_z(base, None)
+    P, L = prompts.shape[1], completions.shape[1]
+    rewards = [(completions[i] == truth[i]).double().mean() for i in range(len(prompts))]
+    mean_reward = sum(rewards) / len(rewards)
+    losses = []
+    for i in range(len(prompts)):
+        seq = torch.cat([prompts[i], completions[i]])
+        log_prob = kl = 0.0
+        for t in range(L):
+            lp, lb = (m(seq[None, : P + t])[0, -1].double() for m in (model, base))
+            keep = torch.arange(lp.numel()) != PAD
+            lp, lb = lp[keep].log_softmax(-1), lb[keep].log_softmax(-1)
+            log_prob = log_prob + lp[int(completions[i, t]) - 1]  # PAD (id 0) removed: ids shift by one
+            kl = kl + (lp.exp() * (lp - lb.detach())).sum()
+        losses.append((-(rewards[i] - mean_reward) * log_prob + kl_weight * kl) / L)
+    return torch.stack(losses), torch.stack(rewards)
+
+
+def fixed_sample(model, n=6, P=10, L=5):
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(3, 259, (n, P), generator=g)
+    completions = sample_completions(model, prompts, L, g)
+    truth = completions.clone()
+    truth[::2, 1:] = torch.randint(3, 259, (n // 2 + n % 2, L - 1), generator=g)  # rewards differ
+    return prompts, completions, truth
+
+
+def test_loss_and_gradient_equal_a_brute_force_computation():
+    model = svf_model()
+    perturb(model, 2.0)
+    prompts, completions, truth = fixed_sample(model)
+    assert not (completions == PAD).any()
+    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, 0.7)
+    z = [layer.z for layer in svf_layers(model).values()]
+    grads = torch.autograd.grad(loss.mean(), z)
+
+    expected, expected_reward = brute_force(model, prompts, completions, truth, 0.7)
+    expected_grads = torch.autograd.grad(expected.mean(), z)
+    assert len(set(reward.tolist())) > 1  # the advantage is not zero everywhere
+    assert torch.allclose(reward.double(), expected_reward)
+    assert torch.allclose(loss.double(), expected.detach(), atol=1e-5)
+    assert float(kl.min()) > 1e-3
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want.float(), atol=1e-5, rtol=1e-3)
+
+
+def test_kl_is_zero_at_z_one():
+    model = svf_model()
+    prompts, completions, truth = fixed_sample(model)
+    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, 5.0)
+    assert float(kl.abs().max()) < 1e-6
+    perturb(model, 0.05)
+    assert float(reinforce_terms(model, prompts, completions, truth, 5.0)[2].min()) > 0
+
+
+def rows(seed: int, n: int = 4, length: int = 33) -> torch.Tensor:
+    """Rows of a repeating byte pattern."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, 7, (n, 1), generator=g)
+    return 3 + (start + torch.arange(length)) % 7 * 13
+
+
+def adapted(kl_weight: float, steps: int = 12) -> SVFModel:
+    """A few Adam steps (the trainer's optimizer family) on the objective, through `loss_fn`. The
+    base's matrices are scaled up first: a fresh model's near-uniform outputs hardly move with z."""
+    model = svf_model(kl_weight, prompt_bytes=16, completion_bytes=4, samples=4).train()
+    with torch.no_grad():
+        for p in model.base.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    model.decompose()
+    objective = loss_fn(model.cfg)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for step in range(steps):
+        summed, count, aux, figures = objective(model, {"tokens": rows(step), "patch_lengths": None})
+        assert set(figures) == {"reward", "kl"} and figures["reward"][1] == 16
+        optimizer.zero_grad()
+        (summed + aux).backward()
+        optimizer.step()
+    return model
+
+
+def distance_to_base(model: SVFModel) -> tuple[float, float]:
+    """(KL(π_z ‖ π_base) per sampled id on held-out rows, mean |z − 1|)."""
+    tokens = rows(99, n=8)
+    completions = sample_completions(model, tokens[:, :16], 4, torch.Generator().manual_seed(0))
+    kl = reinforce_terms(model, tokens[:, :16], completions, tokens[:, 16:20], 0.0)[2]
+    z = torch.cat([layer.z.detach() for layer in svf_layers(model).values()])
+    return float(kl.mean()) / 4, float((z - 1).abs().mean())
+
+
+def test_a_large_kl_weight_keeps_z_near_one():
+    (free_kl, free_z), (held_kl, held_z) = distance_to_base(adapted(0.0)), distance_to_base(adapted(100.0))
+    assert free_kl > 1e-3  # without the penalty the policy moves
+    assert held_kl < 0.1 * free_kl and held_z < 0.5 * free_z
+
+
+def test_evaluation_reports_next_byte_loss_and_bad_settings_name_their_key():
+    model = svf_model().eval()
+    tokens = rows(0)
+    summed, count, aux = loss_fn(model.cfg)(model, {"tokens": tokens, "patch_lengths": None})
+    assert aux is None and int(count) == tokens[:, 1:].numel()
+    with pytest.raises(ValueError, match="prompt_bytes \\+ completion_bytes = 40"):
+        loss_fn(model.cfg)(model.train(), {"tokens": rows(0, length=20), "patch_lengths": None})
+    with pytest.raises(ConfigError, match="model.objective.kl_weight"):
+        load_recipe("svf_expert_tiny", ["model.objective.kind=reinforce", "model.objective.kl_weight=-1"])
+    with pytest.raises(ConfigError, match="samples only apply to kind reinforce.*model.objective"):
+        load_recipe("svf_expert_tiny", ["model.objective.samples=5"])  # next_byte has no samples
+    with pytest.raises(ValueError, match="samples completions from a byte_lm base; this base is kind blt"):
+        SVFConfig(base=load_recipe("cpu_tiny").model, objective={"kind": "reinforce"})
+    assert load_recipe("svf_expert_tiny", ["model.objective.kind=reinforce"]).model.objective == (
+        SVFObjective(kind="reinforce")
+    )
