@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import zlib
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from blt_scale.checkpoint.layout import latest_complete
 from blt_scale.data.loader import build_loader
 from blt_scale.files import read_jsonl
 from blt_scale.train.local_ranks import spawn_ranks, wait_ranks
@@ -153,6 +155,17 @@ def reference(tmp_factory, name: str, overrides: list[str], nproc: int, recipe: 
         run(run_dir, overrides, nproc, recipe, resume="never")
         _CACHE[key] = run_dir
     return _CACHE[key]
+
+
+def resume_without_newest(done: Path, dest: Path, overrides: list[str], nproc: int, recipe: str) -> Path:
+    """A copy of the finished run `done` at `dest`, its newest checkpoint dropped, trained to the end
+    again: it must say it resumed from the one before. Returns `dest` to compare with `done`."""
+    shutil.copytree(done, dest)
+    shutil.rmtree(latest_complete(dest))
+    before = latest_complete(dest)
+    _, out = run(dest, overrides, nproc, recipe)
+    assert "resumed from" in out and before.name in out, out[-3000:]
+    return dest
 
 
 def read_json(path: Path) -> dict:

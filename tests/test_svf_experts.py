@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 from cli_helpers import blt
+from dist_helpers import one_torch_thread
 from svf_helpers import task_docs, write_task
 
 from blt_scale.checkpoint.expert import load_expert
@@ -61,10 +62,8 @@ def base_overrides(w) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models: one thread is faster, and never fights the rank processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

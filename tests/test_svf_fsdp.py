@@ -1,13 +1,10 @@
 """An SVF expert's run under FSDP2 over gloo: 2 ranks train the same z as one process, and a
 resumed run continues bit for bit."""
 
-import shutil
-
 import pytest
 import torch
-from dist_helpers import DETERMINISTIC, FSDP, losses, reference, run
+from dist_helpers import DETERMINISTIC, FSDP, losses, reference, resume_without_newest, run
 
-from blt_scale.checkpoint.layout import checkpoints_dir
 from blt_scale.checkpoint.restore import load_model
 from blt_scale.files import read_jsonl
 from blt_scale.model.svf import get_z
@@ -39,11 +36,7 @@ def test_svf_fsdp_two_ranks_matches_one_process_and_resumes_exactly(tmp_path, tm
     assert all(torch.allclose(z1[k], z2[k], atol=1e-5) for k in z1)
     assert any(float((v - 1).abs().max()) > 1e-3 for v in z2.values())  # z trained
 
-    resumed = tmp_path / "resumed"
-    shutil.copytree(two_dir, resumed)
-    shutil.rmtree(checkpoints_dir(resumed) / "step_000010")
-    _, out = run(resumed, SVF + FSDP, 2, RECIPE)
-    assert "resumed from" in out and "step_000005" in out
+    resumed = resume_without_newest(two_dir, tmp_path / "resumed", SVF + FSDP, 2, RECIPE)  # from step 5
     assert losses(resumed) == two
     z3 = get_z(load_model(resumed)[0].base)
     assert all(torch.equal(z2[k], z3[k]) for k in z2)
@@ -66,11 +59,7 @@ def test_svf_reinforce_under_fsdp_resumes_exactly(tmp_path):
     run(full, overrides, 2, RECIPE)
     rows = [r for r in read_jsonl(full / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in rows] == list(range(1, 11))
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    shutil.rmtree(checkpoints_dir(resumed) / "step_000010")
-    _, out = run(resumed, overrides, 2, RECIPE)
-    assert "resumed from" in out and "step_000005" in out
+    resumed = resume_without_newest(full, tmp_path / "resumed", overrides, 2, RECIPE)  # from step 5
     again = {r["step"]: r for r in read_jsonl(resumed / "metrics.jsonl") if "reward" in r}
     assert all((again[r["step"]]["reward"], again[r["step"]]["kl"]) == (r["reward"], r["kl"]) for r in rows)
     assert losses(resumed) == losses(full)
