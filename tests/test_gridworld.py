@@ -21,7 +21,7 @@ from blt_scale.data.gridworld import (
 from blt_scale.data.loader import DataConfig, build_loader
 from blt_scale.model.mvot import IMAGE_OFFSET, stream_ids
 from blt_scale.model.patcher import PatcherConfig
-from blt_scale.model.vocab import PAD
+from blt_scale.model.vocab import BOS, PAD
 
 WORLD = GridWorldConfig()
 
@@ -97,3 +97,35 @@ def test_bad_settings_are_one_clear_error(tokenizer_dir):
     cfg = DataConfig(seq_len=192, gridworld=GridWorldConfig(tokenizer=str(tokenizer_dir), cell_pixels=3))
     with pytest.raises(ValueError, match="16-pixel images"):
         build_loader(cfg, PatcherConfig(), 2, "train", 0, 1)
+
+
+@pytest.mark.parametrize("fmt", ["mds", "wds"])
+def test_prepared_traces_read_back_with_image_ids_in_either_format(fmt, tmp_path, tokenizer_dir):
+    """`blt prep gridworld --format F`: every whole document in a loaded row is one of the written
+    traces, its 0xFF c pairs read as image ids (MDS in order, webdataset resampled)."""
+    from blt_scale.data.gridworld import load_tokenizer, tokenizer_codes
+    from blt_scale.data.loader import SourceConfig
+    from blt_scale.data.prep_gridworld import GridWorldPrepConfig, prep_gridworld
+
+    world = GridWorldConfig(tokenizer=str(tokenizer_dir))
+    out = tmp_path / fmt
+    manifest = prep_gridworld(
+        GridWorldPrepConfig(world=world, out=str(out), format=fmt, traces=12, val_traces=2)
+    )
+    assert manifest["format"] == fmt and manifest["kind"] == "gridworld"
+    codes_of = tokenizer_codes(load_tokenizer(str(tokenizer_dir)), world)
+    written = {
+        tuple(stream_ids(trace_bytes(make_trace(world, 0, "train", i), world, codes_of), bos=True, eos=True))
+        for i in range(12)
+    }
+    cfg = DataConfig(seq_len=400, sources=[SourceConfig(uri=str(out))])
+    batch = next(
+        iter(build_loader(cfg, PatcherConfig(mode="space", max_patch_len=8), 4, "train", 0, 1, seed=3))
+    )
+    whole = 0
+    for row in batch["tokens"].tolist():
+        starts = [i for i, t in enumerate(row) if t == BOS]
+        for a, b in zip(starts, starts[1:]):  # a document that ends before the next one starts
+            assert tuple(row[a:b]) in written
+            whole += 1
+    assert whole >= 4 and (batch["tokens"] >= IMAGE_OFFSET).any()

@@ -41,6 +41,7 @@ def cmd_gridworld(args: argparse.Namespace) -> int:
     cfg = GridWorldPrepConfig(
         world=world,
         out=args.out,
+        format=args.format,
         traces=args.traces,
         val_traces=args.val_traces,
         seed=args.seed,
@@ -172,9 +173,15 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_text)
 
-    p = prep.add_parser("gridworld", help="FrozenLake-style traces with coded state images -> MDS shards")
+    p = prep.add_parser("gridworld", help="FrozenLake-style traces with coded state images -> shards")
     p.add_argument("--tokenizer", required=True, help="a trained vq_image run directory or export")
     p.add_argument("--out", required=True, help="dataset directory (path or fsspec URI)")
+    p.add_argument(
+        "--format",
+        choices=["mds", "wds"],
+        default="mds",
+        help="mds: mosaicml-streaming (exact resume); wds: webdataset tars (read resampled)",
+    )
     p.add_argument("--traces", type=int, required=True, help="training traces")
     p.add_argument("--val-traces", type=int, default=64, help="validation traces (default: 64)")
     p.add_argument("--size", type=int, default=4, help="cells per side of the lake (default: 4)")

@@ -180,7 +180,7 @@ def build_loader(
     if set(formats.values()) == {"wds"}:
         from blt_scale.data.wds_loader import WdsLoader
 
-        return WdsLoader(cfg, patcher, micro_batch, split, rank, world_size, seed)
+        return WdsLoader(cfg, patcher, micro_batch, split, rank, world_size, seed, images=bool(images))
     raise ValueError(f"data.sources mix formats {formats}: use all MDS or all webdataset")
 
 

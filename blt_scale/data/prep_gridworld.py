@@ -1,8 +1,9 @@
 """`blt prep gridworld`: grid-world traces (gridworld.py) with their state images coded by a trained
-VQ image tokenizer, written as MDS shards by the same part/manifest machinery as `blt prep text`.
+VQ image tokenizer, written as MDS (default) or webdataset shards by the same part/manifest machinery
+as `blt prep text`.
 
 A trace is one document: its text bytes, and each image code c as the two bytes 0xFF, c
-(model/mvot.py). The manifest says `kind: gridworld`, which tells the MDS loader to read those pairs
+(model/mvot.py). The manifest says `kind: gridworld`, which tells either loader to read those pairs
 back as image ids. Train traces are indices 0..traces-1 of the train seed stream, validation traces
 indices of the val stream (gridworld.make_trace), so the two never share a seed.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -33,6 +35,9 @@ KIND = "gridworld"  # the manifest kind whose documents hold image codes
 class GridWorldPrepConfig(Config):
     world: GridWorldConfig = Field(description="the lake and trace layout; world.tokenizer codes the images")
     out: str = Field(description="dataset directory (local path or fsspec URI)")
+    format: Literal["mds", "wds"] = Field(
+        default="mds", description="mds (exact resume) or wds (webdataset tars, read resampled)"
+    )
     traces: int = Field(gt=0, description="training traces")
     val_traces: int = Field(default=64, ge=0, description="validation traces")
     seed: int = 0
@@ -73,12 +78,12 @@ def prep_gridworld(cfg: GridWorldPrepConfig) -> dict:
     codes_of = tokenizer_codes(tokenizer, cfg.world)
     name = part_name(0, 1)  # traces are cheap: one part, no workers
     with tempfile.TemporaryDirectory(prefix="blt-prep-") as staging:
-        stager = PartStager("mds", staging, name, cfg.shard_size, with_entropy=False)
+        stager = PartStager(cfg.format, staging, name, cfg.shard_size, with_entropy=False)
         for split, count in (("train", cfg.traces), ("val", cfg.val_traces)):
             for i in range(count):
                 stager.write(
                     split, trace_bytes(make_trace(cfg.world, cfg.seed, split, i), cfg.world, codes_of)
                 )
-        upload_part(root, "mds", stager.finish())
+        upload_part(root, cfg.format, stager.finish())
     extra = {"kind": KIND, "columns": ["text"], "image_codes": tokenizer.cfg.rvq.codebook_size}
-    return {**finalize(root, "mds", [name], extra), "converted_parts": 1}
+    return {**finalize(root, cfg.format, [name], extra), "converted_parts": 1}

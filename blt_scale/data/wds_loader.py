@@ -23,6 +23,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from blt_scale.data.packing import document_ids
 from blt_scale.data.store import open_complete
+from blt_scale.model.mvot import stream_ids
 from blt_scale.model.patcher import PatcherConfig, patch_lengths
 
 
@@ -82,21 +83,33 @@ class _WdsRows(IterableDataset):
         buffer = np.empty(0, dtype=np.int64)
         while True:
             while len(buffer) < ld.row_len:
-                buffer = np.concatenate([buffer, document_ids(next(docs[rng.choice(len(docs), p=p)]))])
+                doc = next(docs[rng.choice(len(docs), p=p)])
+                ids = stream_ids(doc, bos=True, eos=True) if ld.images else document_ids(doc)
+                buffer = np.concatenate([buffer, ids])
             ids, buffer = buffer[: ld.row_len], buffer[ld.row_len :]
             yield ids, patch_lengths(torch.from_numpy(ids[None, :-1]), ld.patcher)[0].numpy()
 
 
 class WdsLoader:
     def __init__(
-        self, cfg, patcher: PatcherConfig, micro_batch: int, split: str, rank: int, world_size: int, seed: int
+        self,
+        cfg,
+        patcher: PatcherConfig,
+        micro_batch: int,
+        split: str,
+        rank: int,
+        world_size: int,
+        seed: int,
+        images: bool = False,
     ):
+        """images: documents hold image codes as 0xFF c byte pairs (`blt prep gridworld --format wds`)."""
         if patcher.mode == "entropy":
             raise ValueError(
                 "patcher.mode=entropy needs MDS entropy shards (`blt prep entropies`); webdataset sources "
                 "have none"
             )
         self.patcher, self.micro_batch, self.rank, self.seed = patcher, micro_batch, rank, seed
+        self.images = images
         self.row_len, self.workers = cfg.seq_len + 1, cfg.workers
         checked = [shard_urls(s.uri, split) for s in cfg.sources]
         self.expected = {url: sums for source in checked for url, sums in source.items()}
