@@ -64,10 +64,10 @@ SKIP = {
     "blt adapt runs/cpu_tiny/export --data data/legal_shards --out experts/legal [--targets PATTERN] "
     "train.steps=200": "needs task shards and minutes of training: tests/test_svf_experts.py (blt adapt), "
     "tests/test_svf_fsdp.py (FSDP, resume)",
-    "blt adapt runs/byte_lm/export --data data/legal_shards --out experts/legal_rl "
-    "model.objective.kind=reinforce": "needs a trained byte model and task shards: "
-    "tests/test_svf_experts.py::test_a_reinforce_expert_raises_its_task_reward, tests/test_svf_fsdp.py "
-    "(FSDP, resume)",
+    "blt adapt runs/cpu_tiny/export --data data/legal_shards --out experts/legal_rl "
+    "model.objective.kind=reinforce": "needs task shards: "
+    "tests/test_svf_experts.py::test_a_reinforce_expert_raises_its_task_reward (a byte_lm base), "
+    "tests/test_svf_reinforce.py (a BLT base against brute force), tests/test_svf_fsdp.py (FSDP, resume)",
     "blt generate runs/cpu_tiny/export --experts experts/legal experts/code --dispatch prompt "
     '--prompt "Whereas" --json': "needs trained experts: tests/test_svf_experts.py "
     "(blt generate --experts --dispatch prompt|mix --json)",

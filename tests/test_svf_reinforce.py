@@ -1,6 +1,7 @@
 """The SVF REINFORCE objective with a KL penalty (train/objectives.py, model.objective.kind=reinforce),
-checked against a brute-force computation: one forward pass per sampled id, the KL summed over the
-vocabulary by hand, the base model a separate copy with z = 1."""
+checked against a brute-force computation: one forward pass per sampled id (a BLT base patches each
+prefix on its own), the KL summed over the vocabulary by hand, the base model a separate copy with
+z = 1."""
 
 from __future__ import annotations
 
@@ -8,27 +9,31 @@ import copy
 
 import pytest
 import torch
+from dist_helpers import one_torch_thread
 
 from blt_scale.config import ConfigError
+from blt_scale.model.patcher import PatcherConfig, patch_lengths_with_next
 from blt_scale.model.svf import SVFConfig, SVFModel, SVFObjective, set_z, svf_layers
-from blt_scale.model.vocab import PAD
+from blt_scale.model.vocab import OFFSET, PAD
 from blt_scale.train.objectives import loss_fn, reinforce_terms, sample_completions
 from blt_scale.train.recipe import load_recipe
 
 BASE = {"kind": "byte_lm", "dim": 32, "layers": 1, "heads": 2, "window": None}
+LOCAL = {"dim": 32, "layers": 1, "heads": 2, "window": 16}
+BLT_BASE = {"kind": "blt", "encoder": LOCAL, "decoder": LOCAL, "global": {"dim": 32, "layers": 1, "heads": 2}}
+SPACE = PatcherConfig(mode="space", max_patch_len=4)
+PATCHERS = {"byte_lm": None, "blt": SPACE}  # a byte LM needs no patcher
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
-def svf_model(kl_weight: float = 0.1, **objective) -> SVFModel:
+def svf_model(kl_weight: float = 0.1, base: dict = BASE, **objective) -> SVFModel:
     torch.manual_seed(0)
-    cfg = SVFConfig(base=BASE, objective={"kind": "reinforce", "kl_weight": kl_weight, **objective})
+    cfg = SVFConfig(base=base, objective={"kind": "reinforce", "kl_weight": kl_weight, **objective})
     return SVFModel(cfg)
 
 
@@ -39,7 +44,7 @@ def perturb(model: SVFModel, scale: float = 0.3) -> None:
             layer.z.add_(scale * torch.randn(layer.z.shape, generator=g))
 
 
-def brute_force(model, prompts, completions, truth, kl_weight):
+def brute_force(model, prompts, completions, truth, kl_weight, patcher=None):
     """Per completion, per position: a forward pass over the prefix alone, in float64."""
     base = copy.deepcopy(model)
     set_z(base, None)
@@ -51,7 +56,9 @@ def brute_force(model, prompts, completions, truth, kl_weight):
         seq = torch.cat([prompts[i], completions[i]])
         log_prob = kl = 0.0
         for t in range(L):
-            lp, lb = (m(seq[None, : P + t])[0, -1].double() for m in (model, base))
+            prefix = seq[None, : P + t]
+            lengths = () if patcher is None else (patch_lengths_with_next(prefix, patcher),)
+            lp, lb = (m(prefix, *lengths)[0, -1].double() for m in (model, base))
             keep = torch.arange(lp.numel()) != PAD
             lp, lb = lp[keep].log_softmax(-1), lb[keep].log_softmax(-1)
             log_prob = log_prob + lp[int(completions[i, t]) - 1]  # PAD (id 0) removed: ids shift by one
@@ -60,25 +67,27 @@ def brute_force(model, prompts, completions, truth, kl_weight):
     return torch.stack(losses), torch.stack(rewards)
 
 
-def fixed_sample(model, n=6, P=10, L=5):
+def fixed_sample(model, n=6, P=10, L=5, patcher=None):
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(3, 259, (n, P), generator=g)
-    completions = sample_completions(model, prompts, L, g)
+    prompts[:, 2::3] = OFFSET + ord(" ")  # a BLT base sees several space patches
+    completions = sample_completions(model, prompts, L, g, patcher)
     truth = completions.clone()
     truth[::2, 1:] = torch.randint(3, 259, (n // 2 + n % 2, L - 1), generator=g)  # rewards differ
     return prompts, completions, truth
 
 
-def test_loss_and_gradient_equal_a_brute_force_computation():
-    model = svf_model()
+@pytest.mark.parametrize("base", [BASE, BLT_BASE], ids=["byte_lm", "blt"])
+def test_loss_and_gradient_equal_a_brute_force_computation(base):
+    model, patcher = svf_model(base=base), PATCHERS[base["kind"]]
     perturb(model, 2.0)
-    prompts, completions, truth = fixed_sample(model)
+    prompts, completions, truth = fixed_sample(model, patcher=patcher)
     assert not (completions == PAD).any()
-    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, 0.7)
+    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, 0.7, patcher)
     z = [layer.z for layer in svf_layers(model).values()]
     grads = torch.autograd.grad(loss.mean(), z)
 
-    expected, expected_reward = brute_force(model, prompts, completions, truth, 0.7)
+    expected, expected_reward = brute_force(model, prompts, completions, truth, 0.7, patcher)
     expected_grads = torch.autograd.grad(expected.mean(), z)
     assert len(set(reward.tolist())) > 1  # the advantage is not zero everywhere
     assert torch.allclose(reward.double(), expected_reward)
@@ -150,8 +159,10 @@ def test_evaluation_reports_next_byte_loss_and_bad_settings_name_their_key():
         load_recipe("svf_expert_tiny", ["model.objective.kind=reinforce", "model.objective.kl_weight=-1"])
     with pytest.raises(ConfigError, match="samples only apply to kind reinforce.*model.objective"):
         load_recipe("svf_expert_tiny", ["model.objective.samples=5"])  # next_byte has no samples
-    with pytest.raises(ValueError, match="samples completions from a byte_lm base; this base is kind blt"):
-        SVFConfig(base=load_recipe("cpu_tiny").model, objective={"kind": "reinforce"})
+    blt = svf_model(base=BLT_BASE).train()
+    for patcher, named in ((None, "no patcher"), (PatcherConfig(mode="entropy"), "entropy")):
+        with pytest.raises(ValueError, match=f"patcher.mode space, static or byte \\(this run: {named};"):
+            loss_fn(blt.cfg, patcher)(blt, {"tokens": rows(0), "patch_lengths": None})
     assert load_recipe("svf_expert_tiny", ["model.objective.kind=reinforce"]).model.objective == (
         SVFObjective(kind="reinforce")
     )

@@ -119,3 +119,17 @@ def test_a_trainer_that_fails_after_locking_releases_the_run_directory(tmp_path)
     take = f"from blt_scale.train.run_lock import RunLock; RunLock({str(run_dir)!r})"
     other = subprocess.run([sys.executable, "-c", take], capture_output=True, text=True)
     assert other.returncode == 0, other.stderr[-2000:]
+
+
+def test_progress_line_eta_is_unknown_on_the_first_row_and_zero_on_the_last(tmp_path, capsys):
+    from blt_scale.train.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, total_steps=5, enabled=True)
+    row = {"loss": 1.0, "bpb": 1.44, "lr": 1e-3, "bytes_per_s": 100.0, "mfu": 0.1}
+    for step in (1, 3, 5):
+        logger.log({"step": step, **row})
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" eta ")[1] for line in lines][::2] == ["?", "0s"] and "nan" not in "".join(lines)
+    last_resumed = MetricsLogger(tmp_path, total_steps=5, enabled=True)  # a resume at the last step
+    last_resumed.log({"step": 5, **row})
+    assert capsys.readouterr().err.strip().endswith("eta 0s")

@@ -105,16 +105,6 @@ class SVFConfig(Config):
             raise ValueError(f"SVF adapts a text model (kind blt or byte_lm), not kind {value.kind}")
         return value
 
-    @model_validator(mode="after")
-    def _reinforce_samples_bytes(self):
-        # Sampling a BLT would need the run's patcher inside the objective; a byte LM needs none.
-        if self.objective.kind == "reinforce" and self.base.kind != "byte_lm":
-            raise ValueError(
-                f"model.objective.kind=reinforce samples completions from a byte_lm base; "
-                f"this base is kind {self.base.kind} (train it with kind next_byte)"
-            )
-        return self
-
 
 class SVFLinear(nn.Linear):
     """nn.Linear with W' = U diag(σ ⊙ z) Vᵀ; u, s, vh are buffers (filled by `decompose`), z the

@@ -32,7 +32,7 @@ def evaluate_bpb(
     rows = (batches or t.eval_batches) * t.micro_batch_for(1)
     micro = t.micro_batch_for(env.world_size)
     loader = build_loader(cfg.data, cfg.patcher, micro, "val", env.rank, env.world_size, t.seed)
-    objective = loss_fn(cfg.model)  # the reported loss; auxiliary training terms are left out
+    objective = loss_fn(cfg.model, cfg.patcher)  # the reported loss; auxiliary training terms are left out
     loss_sum, count = 0.0, 0
     figures: dict[str, list[float]] = {}  # the objective's further figures: name -> [sum, count]
     for _, batch in zip(range(max(1, rows // (micro * env.world_size))), loader):

@@ -183,7 +183,8 @@ class Trainer:
         if getattr(cfg.model, "init_from", None) and fresh:  # brain phases start from earlier runs
             load_init(model, cfg.model.init_from)
         self.model, self.optimizer = self.strategy.setup(model, partial(build_optimizer, cfg=cfg.optim))
-        self.loss_fn = loss_fn(cfg.model)  # the model kind's objective: the loop knows no variant
+        # the model kind's objective: the loop knows no variant
+        self.loss_fn = loss_fn(cfg.model, cfg.patcher)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.steps, cfg.optim)
         )

@@ -65,10 +65,12 @@ class MetricsLogger:
             self.first_step, self.started = step, time.perf_counter()
         done = step - self.first_step
         elapsed = time.perf_counter() - self.started
-        eta = elapsed / done * (self.total_steps - step) if done else float("nan")
+        left = self.total_steps - step
+        # The first row this process logs has no pace to extrapolate from: "eta ?" until the second.
+        eta = f"{elapsed / done * left:.0f}s" if done else ("0s" if left <= 0 else "?")
         print(
             f"step {step}/{self.total_steps} loss {row['loss']:.4f} bpb {row['bpb']:.4f} "
-            f"lr {row['lr']:.2e} {row['bytes_per_s']:.0f} B/s mfu {row['mfu']:.3f} eta {eta:.0f}s",
+            f"lr {row['lr']:.2e} {row['bytes_per_s']:.0f} B/s mfu {row['mfu']:.3f} eta {eta}",
             file=sys.stderr,
             flush=True,
         )

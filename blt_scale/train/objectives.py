@@ -14,6 +14,7 @@ ranks (the RVQ's EMA statistics are summed over ranks so every rank keeps the sa
 from __future__ import annotations
 
 import zlib
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from torch import nn
 from blt_scale.model.brain_blt import BRAIN_KEYS
 from blt_scale.model.brain_common import kl_sum
 from blt_scale.model.mvot import IMAGE_OFFSET, discrepancy_loss
+from blt_scale.model.patcher import PatcherConfig, patch_lengths_with_next
 from blt_scale.model.rvq import LocalSync, ResidualVQ
 from blt_scale.model.svf import base_weights
 from blt_scale.model.vocab import PAD
@@ -154,30 +156,46 @@ def policy_logp(logits: torch.Tensor) -> torch.Tensor:
     )
 
 
+def next_logits(model: nn.Module, ids: torch.Tensor, patcher: PatcherConfig | None) -> torch.Tensor:
+    """Every position's next-id logits as generation sees them: a BLT base (patcher given) is told
+    whether each byte closes its patch, which its rules decide from the bytes so far."""
+    return model(ids) if patcher is None else model(ids, patch_lengths_with_next(ids, patcher))
+
+
 @torch.no_grad()
 def sample_completions(
-    model: nn.Module, prompts: torch.Tensor, length: int, generator: torch.Generator
+    model: nn.Module,
+    prompts: torch.Tensor,
+    length: int,
+    generator: torch.Generator,
+    patcher: PatcherConfig | None = None,
 ) -> torch.Tensor:
     """[N, length] ids sampled from the model after each prompt row. A full forward per id, always
     `length` of them: under FSDP every rank must run the same number of forward passes."""
     seq = prompts
     for _ in range(length):
-        probs = policy_logp(model(seq)[:, -1]).exp()
+        probs = policy_logp(next_logits(model, seq, patcher)[:, -1]).exp()
         seq = torch.cat([seq, torch.multinomial(probs, 1, generator=generator)], 1)
     return seq[:, prompts.shape[1] :]
 
 
 def reinforce_terms(
-    model: nn.Module, prompts: torch.Tensor, completions: torch.Tensor, truth: torch.Tensor, kl_weight: float
+    model: nn.Module,
+    prompts: torch.Tensor,
+    completions: torch.Tensor,
+    truth: torch.Tensor,
+    kl_weight: float,
+    patcher: PatcherConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, reward, KL) per completion (ReinforceObjective in model/svf.py): reward = fraction of
     ids equal to the true continuation, KL = Σ_t KL(π_z ‖ π_base) over the completion's positions,
     loss = (−(r − mean r)·log π_z(ŷ) + kl_weight·KL) / completion length."""
     P, L = prompts.shape[1], completions.shape[1]
     inputs = torch.cat([prompts, completions], 1)[:, :-1]
-    logp = policy_logp(model(inputs)[:, P - 1 :])  # [N, L, V]: the distributions the ids came from
+    # [N, L, V]: the distributions the ids came from (one forward equals sampling's per-prefix ones)
+    logp = policy_logp(next_logits(model, inputs, patcher)[:, P - 1 :])
     with torch.no_grad(), base_weights(model):
-        base = policy_logp(model(inputs)[:, P - 1 :])
+        base = policy_logp(next_logits(model, inputs, patcher)[:, P - 1 :])
     sampled = logp.gather(-1, completions.unsqueeze(-1)).squeeze(-1).sum(1)
     # PAD has probability 0 under both policies, and 0·log 0 is 0. masked_fill, not torch.where:
     # where's unchosen branch (−inf − −inf) would still send NaN into the gradient.
@@ -188,13 +206,22 @@ def reinforce_terms(
     return loss, reward, kl.detach()
 
 
-def svf_loss(model, batch):
+def svf_loss(model, batch, patcher: PatcherConfig | None = None):
     """Next-byte loss, or the paper's REINFORCE objective with a KL penalty (model.objective). Either
     way the logged loss is the batch's next-byte loss (evaluation reports only that), so bpb stays
-    comparable; REINFORCE also logs `reward` (per completion) and `kl` (nats per sampled id)."""
+    comparable; REINFORCE also logs `reward` (per completion) and `kl` (nats per sampled id). A BLT
+    base patches what it samples with the run's patcher."""
     objective = model.cfg.objective
     if objective.kind == "next_byte" or not model.training:
         return text_loss(model, batch)
+    if model.cfg.base.kind == "byte_lm":
+        patcher = None
+    elif patcher is None or patcher.mode == "entropy":
+        raise ValueError(
+            "model.objective.kind=reinforce patches the bytes it samples, which needs patcher.mode "
+            f"space, static or byte (this run: {patcher.mode if patcher else 'no patcher'}; entropy "
+            "patches need entropies that no dataset holds for new bytes)"
+        )
     tokens = batch["tokens"]
     P, L, S = objective.prompt_bytes, objective.completion_bytes, objective.samples
     if P + L > tokens.shape[1]:
@@ -207,10 +234,9 @@ def svf_loss(model, batch):
     # Seeded by the batch's ids: a resumed run draws the same completions for the same batch.
     generator = torch.Generator(device=tokens.device).manual_seed(zlib.crc32(tokens.cpu().numpy().tobytes()))
     prompts = tokens[:, :P].repeat_interleave(S, 0)
-    completions = sample_completions(model, prompts, L, generator)
-    loss, reward, kl = reinforce_terms(
-        model, prompts, completions, tokens[:, P : P + L].repeat_interleave(S, 0), objective.kl_weight
-    )
+    completions = sample_completions(model, prompts, L, generator, patcher)
+    truth = tokens[:, P : P + L].repeat_interleave(S, 0)
+    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, objective.kl_weight, patcher)
     # The trainer divides by global_batch · seq_len: scaled so the gradient is that of the mean loss
     # per completion over the global batch.
     aux = loss.mean() * tokens.shape[0] * (tokens.shape[1] - 1) - ce
@@ -229,7 +255,10 @@ LOSSES = {
 }
 
 
-def loss_fn(model_cfg):
+def loss_fn(model_cfg, patcher: PatcherConfig | None = None):
     """The objective of a model kind. The trainer logs sum / count (and any figures) and
-    back-propagates sum + aux (aux None: nothing extra)."""
+    back-propagates sum + aux (aux None: nothing extra). `patcher`: the run's, for objectives that
+    patch what they generate (SVF's REINFORCE on a BLT)."""
+    if model_cfg.kind == "svf":
+        return partial(svf_loss, patcher=patcher)
     return LOSSES[model_cfg.kind]
