@@ -201,6 +201,7 @@ def test_a_reinforce_expert_raises_its_task_reward(world, tmp_path):
     assert all(0 <= r["reward"] <= 1 and r["kl"] > -1e-6 for r in rows)  # KL ≥ 0 up to rounding
     model, _ = load_exported(world / "base")
     z, info, _ = load_expert(out)
+    assert info.objective == "reinforce" and load_expert(world / "ea")[1].objective == "next_byte"
     apply_svf(model, info.targets)
     set_z(model, None)
     base = continuation_reward(model, "a")

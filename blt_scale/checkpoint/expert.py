@@ -1,7 +1,7 @@
 """SVF experts on disk (model/svf.py): a directory with
 
     expert.safetensors   one z vector per adapted layer, keyed by the layer's dotted name in the base model
-    expert.yaml          ExpertInfo: the base export it adapts, the target pattern, sizes, training summary
+    expert.yaml          ExpertInfo: base export, target pattern, sizes, objective, training summary
     examples.jsonl       optional: held-out texts of the expert's task ({"text": ...} per line), which
                          `blt generate --dispatch classifier|mix` fits on
 
@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import ConfigDict, Field
@@ -31,6 +32,9 @@ class ExpertInfo(Config):
     base: str = Field(description="the exported model the expert was trained on")
     targets: str = Field(description="the regular expression that chose the adapted layers")
     sizes: dict[str, int] = Field(description="layer name -> length of its z vector")
+    objective: Literal["next_byte", "reinforce"] = Field(
+        default="next_byte", description="what z was trained on (the run's model.objective.kind)"
+    )
     steps: int = 0
     val_bpb: float | None = None
 

@@ -134,6 +134,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         base=str(Path(args.export).resolve()),
         targets=cfg.model.targets,
         sizes={k: int(v.numel()) for k, v in z.items()},
+        objective=cfg.model.objective.kind,
         steps=int(ckpt.name.removeprefix("step_")),
         val_bpb=val[-1] if val else None,
     )
