@@ -1,7 +1,8 @@
 """Brain variants in the trainer, on the decodable synthetic task of brain_helpers (each word's
 signal is a deterministic function of the word): both variants learn it and beat the
 noise-input control; the three MEG->text phases chain from their recipes; both train with FSDP on
-2 ranks and resume exactly after kill -9.
+2 ranks, resume exactly after kill -9, and train under DeepSpeed ZeRO-2 as under FSDP (step by step,
+within the DeepSpeed tests' fp32 tolerance; two accumulation micro-batches per step on each rank).
 
 The text-only floor: words are uniform over brain_helpers.WORDS, so a model that ignores the
 signal pays at best ln(10) nats per window spread over the window's bytes (word + EOS, 4.0 on
@@ -11,11 +12,13 @@ average): FLOOR = 0.576 nats/byte. Learning the task means going clearly below i
 import json
 import math
 import signal
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from brain_helpers import WORDS, prep_fixture_dataset
-from dist_helpers import kill, losses, one_torch_thread, run, start, traced_rows, wait_for
+from dist_helpers import kill, losses, one_torch_thread, reference, run, start, traced_rows, wait_for
 
 from blt_scale.checkpoint.layout import latest_complete
 from blt_scale.cli import main
@@ -132,6 +135,7 @@ def test_meg_to_text_three_phases_from_recipes_learn_and_beat_the_noise_control(
 
 
 STEPS = 8
+FP32_TOL = 1e-5  # as test_train_deepspeed
 FSDP = [
     "parallel.strategy=fsdp",
     "train.deterministic=true",
@@ -156,14 +160,19 @@ VARIANTS = {
 }
 
 
-@pytest.mark.multiproc
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fsdp_two_ranks_resume_exactly_after_kill9(variant, tmp_path, request):
+def fsdp_reference(variant: str, tmp_path_factory, request) -> tuple[Path, list[str], str]:
+    """(the uninterrupted 2-rank FSDP run of `variant`, its overrides, its recipe), trained once for
+    the kill -9 and the ZeRO-2 tests."""
     recipe, data_fixture, extra = VARIANTS[variant]
     data = request.getfixturevalue(data_fixture)
     overrides = [f"data.sources=[{{uri: {data}}}]", *COMMON, *FSDP, *extra]
-    ref = tmp_path / "ref"
-    run(ref, overrides, 2, recipe, resume="never")
+    return reference(tmp_path_factory, f"brain_fsdp_{variant}", overrides, 2, recipe), overrides, recipe
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fsdp_two_ranks_resume_exactly_after_kill9(variant, tmp_path, tmp_path_factory, request):
+    ref, overrides, recipe = fsdp_reference(variant, tmp_path_factory, request)
 
     killed = tmp_path / "killed"
     procs, log = start(killed, overrides, 2, recipe, resume="never")
@@ -183,3 +192,20 @@ def test_fsdp_two_ranks_resume_exactly_after_kill9(variant, tmp_path, request):
     assert losses(killed) == losses(ref), "resumed trajectory differs from the uninterrupted run"
     assert traced_rows(killed) == traced_rows(ref), "a window was repeated or skipped"
     assert losses(ref)[STEPS] < losses(ref)[1]
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_zero2_two_ranks_equal_fsdp(variant, tmp_path, tmp_path_factory, request):
+    fsdp_dir, overrides, recipe = fsdp_reference(variant, tmp_path_factory, request)
+    zero2_dir = tmp_path / "zero2"
+    zero2 = [*overrides, "parallel.strategy=deepspeed", "parallel.zero_stage=2", "checkpoint.every=100"]
+    run(zero2_dir, zero2, 2, recipe, resume="never")
+    for run_dir, strategy in ((fsdp_dir, "fsdp"), (zero2_dir, "deepspeed")):
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["parallel"]["strategy"] == strategy
+    fsdp, ds = losses(fsdp_dir), losses(zero2_dir)
+    assert sorted(fsdp) == sorted(ds) == list(range(1, STEPS + 1))
+    worst = max(abs(fsdp[s] - ds[s]) for s in fsdp)
+    print(f"\n{variant}: worst |FSDP - ZeRO-2| loss over {STEPS} steps {worst:.2e}")
+    assert worst <= FP32_TOL, (fsdp, ds)
