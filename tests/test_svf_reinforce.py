@@ -12,6 +12,7 @@ import torch
 from dist_helpers import one_torch_thread
 
 from blt_scale.config import ConfigError
+from blt_scale.model.flops import model_flops
 from blt_scale.model.patcher import PatcherConfig, patch_lengths_with_next
 from blt_scale.model.svf import SVFConfig, SVFModel, SVFObjective, set_z, svf_layers
 from blt_scale.model.vocab import OFFSET, PAD
@@ -165,4 +166,29 @@ def test_evaluation_reports_next_byte_loss_and_bad_settings_name_their_key():
             loss_fn(blt.cfg, patcher)(blt, {"tokens": rows(0), "patch_lengths": None})
     assert load_recipe("svf_expert_tiny", ["model.objective.kind=reinforce"]).model.objective == (
         SVFObjective(kind="reinforce")
+    )
+
+
+def test_reinforce_flops_count_every_forward_a_step_runs():
+    """flops.py's REINFORCE step against the forward passes a step really runs, recorded with their
+    rows, lengths and whether they are differentiated (forward and backward: 3 forward-equivalents)."""
+    model = svf_model(prompt_bytes=16, completion_bytes=4, samples=3).train()
+    calls = []
+    model.base.register_forward_hook(
+        lambda m, args, out: calls.append((*args[0].shape, torch.is_grad_enabled()))
+    )
+    tokens = rows(0, n=2, length=33)
+    summed, _, aux, _ = loss_fn(model.cfg)(model, {"tokens": tokens, "patch_lengths": None})
+    (summed + aux).backward()
+
+    def row(n: int) -> float:
+        return model_flops(model.cfg.base, n).forward_per_byte * n
+
+    assert len(calls) == 1 + 4 + 2  # next-byte loss, one per sampled id, policy and base scoring
+    ran = sum(rows * row(n) * (3 if grad else 1) for rows, n, grad in calls)
+    counted = model_flops(model.cfg, 32).train_per_byte * tokens[:, :-1].numel()
+    assert counted == pytest.approx(ran, rel=1e-9)
+    assert (
+        counted
+        > 2 * model_flops(model.cfg.model_copy(update={"objective": SVFObjective()}), 32).train_per_byte * 64
     )

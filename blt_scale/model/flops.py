@@ -42,6 +42,10 @@ class FlopReport:
     attention: dict[str, float]  # forward FLOPs per byte
     seq_len: int
     patch_bytes: float
+    # Training work per byte as forward-pass equivalents over the row (3: forward and backward), plus
+    # FLOPs per byte spent on other sequences (SVF's REINFORCE samples and scores completions).
+    train_forwards: float = 3.0
+    extra_train_per_byte: float = 0.0
 
     @property
     def forward_per_byte(self) -> float:
@@ -49,7 +53,7 @@ class FlopReport:
 
     @property
     def train_per_byte(self) -> float:
-        return 3 * self.forward_per_byte
+        return self.train_forwards * self.forward_per_byte + self.extra_train_per_byte
 
     @property
     def total_params(self) -> int:
@@ -289,11 +293,29 @@ def vq_image_flops(cfg: VQImageConfig, seq_len: int) -> FlopReport:
     return FlopReport(params, linear, {}, seq_len, 1.0)
 
 
+def svf_flops(cfg: SVFConfig, seq_len: int, patch_bytes: float) -> FlopReport:
+    """The base model's work (W' is formed once per forward; z adds parameters). With the REINFORCE
+    objective a step does no backward over the rows: one forward for the logged next-byte loss, then
+    per row and sample a forward over every prefix while sampling, a forward and backward of the
+    completed sequence under π_z and one forward under the base (train/objectives.py)."""
+    report = model_flops(cfg.base, seq_len, patch_bytes)
+    report.params["svf"] = svf_vector_size(cfg)
+    objective = cfg.objective
+    if objective.kind == "reinforce":
+        P, L = objective.prompt_bytes, objective.completion_bytes
+
+        def row(n: int) -> float:  # forward FLOPs over a sequence of n ids
+            return model_flops(cfg.base, n, patch_bytes).forward_per_byte * n
+
+        per_sample = sum(row(P + t) for t in range(L)) + (3 + 1) * row(P + L - 1)
+        report.train_forwards = 1.0
+        report.extra_train_per_byte = objective.samples * per_sample / seq_len
+    return report
+
+
 def model_flops(cfg, seq_len: int, patch_bytes: float = 1.0) -> FlopReport:
-    if isinstance(cfg, SVFConfig):  # the base model's work (W' is formed once per forward); z adds params
-        report = model_flops(cfg.base, seq_len, patch_bytes)
-        report.params["svf"] = svf_vector_size(cfg)
-        return report
+    if isinstance(cfg, SVFConfig):
+        return svf_flops(cfg, seq_len, patch_bytes)
     if isinstance(cfg, VQImageConfig):
         return vq_image_flops(cfg, seq_len)
     if isinstance(cfg, BrainBLTConfig):
