@@ -285,11 +285,12 @@ def test_dropout_acts_only_in_training_and_output_projections_scale_with_depth()
 @pytest.mark.parametrize("with_docs", [False, True], ids=["no-docs", "docs"])
 def test_a_prefix_is_seen_by_every_query_on_every_backend(window, with_docs):
     """Causal with a prefix (Titans' persistent memory) against an explicit softmax: every query
-    sees the prefix's keys, then its causal, windowed, same-document keys."""
+    sees the prefix's keys, then its causal, windowed, same-document keys; outputs, and gradients
+    where the backend trains on CPU (flex's backward is CUDA only: refused here)."""
     g = torch.Generator().manual_seed(0)
     B, H, T, D, prefix = 2, 2, 150, 8, 3  # several chunked blocks
-    q = torch.randn(B, H, T, D, generator=g)
-    k, v = (torch.randn(B, H, prefix + T, D, generator=g) for _ in range(2))
+    q = torch.randn(B, H, T, D, generator=g, requires_grad=True)
+    k, v = (torch.randn(B, H, prefix + T, D, generator=g, requires_grad=True) for _ in range(2))
     doc = torch.zeros(B, T, dtype=torch.long)
     doc[1, 40:], doc[1, 100:] = 1, 2
     doc = doc if with_docs else None
@@ -301,6 +302,16 @@ def test_a_prefix_is_seen_by_every_query_on_every_backend(window, with_docs):
     seen = torch.cat([torch.ones(B, 1, T, prefix, dtype=torch.bool), seen.expand(B, 1, T, T)], -1)
     scores = (q @ k.transpose(-1, -2) / D**0.5).masked_fill(~seen, float("-inf"))
     want = torch.softmax(scores, -1) @ v
+    weights = torch.randn(want.shape, generator=g)  # a loss whose gradient differs per output
+    want_grads = torch.autograd.grad((want * weights).sum(), (q, k, v))
     for backend in ("dense", "chunked", "flex"):
-        got = attend(q, k, v, Causal(T, window, doc, backend, prefix=prefix))
+        inputs = [x.detach() if backend == "flex" else x for x in (q, k, v)]
+        got = attend(*inputs, Causal(T, window, doc, backend, prefix=prefix))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m, b=backend: f"{b}: {m}")
+        if backend == "flex":
+            continue
+        grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+        for name, a, b in zip("qkv", grads, want_grads):
+            torch.testing.assert_close(
+                a, b, atol=1e-5, rtol=1e-5, msg=lambda m, n=name, x=backend: f"{x} d{n}: {m}"
+            )
