@@ -71,8 +71,43 @@ Pilots, 1 seed each (seed 0, same budget): titans_mag at the default max_step 0.
 were partly within reach of the windows. With 96 bytes and a latent window of 4, softmax_full stayed
 at chance after 1798 steps (6e11).
 
+The curriculum `--near F` makes the memory's recall learnable in some seeds, not all. A fraction F
+of the training rows state the secret just before the query instead: filler, then `key: D. `, 3-6
+letters and ` key: D.` at the row's end, where the windowed softmax reaches it (`reach` checks all
+256 rows of a near-only set and stops the run otherwise); so every variant learns early that the
+answer is the digit stated before. Held-out rows are unchanged, all beyond reach, and only they
+are scored. Same budget and settings, `--near 0.8` (the steps count the near rows' patches):
+
+    variant        seeds  recall nats    recall acc  steps  learned  per seed (nats / acc)
+    softmax        0-2    2.118 ± 0.032  0.137       1543   0/3      2.112/.133 2.159/.152 2.082/.125
+    titans_mag     0-2    1.633 ± 0.329  0.264       1365   2/3      1.342/.383 1.465/.281 2.093/.129
+    softmax        3-5    2.100 ± 0.019  0.111       1542   0/3      2.120/.070 2.106/.121 2.075/.141
+    titans_mag     3-5    1.961 ± 0.214  0.169       1364   1/3      2.129/.137 2.094/.117 1.659/.254
+    (6 seeds: softmax 2.109 ± 0.027, acc 0.124; titans_mag 1.797 ± 0.322, acc 0.217; 3 of 6 learned)
+
+On the mean over seeds, titans_mag beats the windowed softmax on held-out (beyond-reach) recall by
+0.48 nats over seeds 0-2 (1.633 ± 0.329 vs 2.118 ± 0.032), 0.14 over seeds 3-5 (1.961 ± 0.214 vs
+2.100 ± 0.019) and 0.31 over all 6 (1.797 ± 0.322 vs 2.109 ± 0.027; accuracy 0.22 vs 0.12, chance
+0.125). Per seed it is all or nothing: the 3 seeds that learn (0, 1, 5) end 0.42-0.77 nats below
+softmax's run of the same seed, the other 3 within 0.012 of it, at chance. So the margin on the
+mean is not a reliable win: for seeds 3-5 it is within one titans sd. Softmax's held-out loss sits
+above chance because the near rows make it confident about a digit it cannot see. Commands:
+
+    benchmarks/bench_variants.py --task digit --budget 3e11 --seeds 6 --threads 1 --near 0.8 \
+        --variants titans_mag --memory '{"max_step": 0.25}'      # each seed's run is independent
+    benchmarks/bench_variants.py --task digit --budget 3e11 --seeds 6 --threads 1 --near 0.8 \
+        --variants softmax
+
+Curriculum pilots (same budget, titans_mag with max_step 0.25 unless stated): `--near 0.5`, seeds
+0-2: 1.453 (acc .266), 2.178, 2.086, 1 of 3 learned; softmax_full at `--near 0.5`, seed 0: 2.121
+(full attention did not carry the near rows' recall to the far ones). Seed 2 at `--near 0.8`
+stayed at chance with every change tried: budget 1e12 (4555 steps, 2.090), memory heads 1 (2.097),
+4 persistent tokens (2.100). Near rows whose gap is drawn uniformly from 3 bytes to the whole row (most beyond
+reach; not kept) did worse: seeds 0 and 2 both at chance (2.082, 2.081). `--near 0.9`: seeds 1 and
+2 at chance or above (2.170, 2.199).
+
     .venv/bin/python benchmarks/bench_variants.py [--budget 3e12] [--seeds 3] [--threads 1] [--json]
-        [--task letters|digit] [--memory '{"max_step": 0.25}']
+        [--task letters|digit] [--near 0.8] [--memory '{"max_step": 0.25}']
 """
 
 from __future__ import annotations
