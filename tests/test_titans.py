@@ -326,7 +326,7 @@ def test_memory_flops_equal_what_torch_counts(variant, depth, persistent):
         assert extra == 32 * (attention_per_key(cfg) * keys + linear - memory_parts(plain_cfg, 32)[1])
 
 
-@pytest.mark.parametrize("recipe", ["cpu_tiny_titans", "cpu_tiny_titans_mac"])
+@pytest.mark.parametrize("recipe", ["cpu_tiny_titans", "cpu_tiny_titans_mac", "cpu_tiny_titans_persistent"])
 def test_recipe_parameters_and_linear_flops_equal_the_model(recipe):
     from test_flops import real_batch
 
