@@ -29,6 +29,9 @@ Measured on 2 shared CPU cores (2026-11-30), seeds 0 1 2, weight 1.0, 48 held-ou
   images 0.81, without 0.65, commoner answer 0.57. Over all 6 seeds at weight 1.0: ld 0.0127 vs ce
   0.0131, lower in 3 of 6, paired difference -0.0004 ± 0.0042 (sd): no measurable effect of L_D at
   this scale, while interleaved images add 0.12-0.31 answer accuracy in every one of the 6 seeds.
+- 1000 steps, seeds 3 4 5, `--weight 3.0` (one process per seed, in parallel): image MSE ld 0.0150
+  vs ce 0.0113 (ld lower in 1 of 3: 0.0217 vs 0.0130, 0.0047 vs 0.0073, 0.0187 vs 0.0136): a larger
+  weight does not help either.
 """
 
 from __future__ import annotations
