@@ -10,7 +10,7 @@ import torch
 from blt_scale.data.loader import build_loader
 from blt_scale.parallel.env import DistEnv
 from blt_scale.parallel.strategy import all_reduce
-from blt_scale.train.objectives import loss_fn
+from blt_scale.train.objectives import Figures, loss_fn
 
 
 @torch.no_grad()
@@ -34,17 +34,13 @@ def evaluate_bpb(
     loader = build_loader(cfg.data, cfg.patcher, micro, "val", env.rank, env.world_size, t.seed)
     objective = loss_fn(cfg.model, cfg.patcher)  # the reported loss; auxiliary training terms are left out
     loss_sum, count = 0.0, 0
-    figures: dict[str, list[float]] = {}  # the objective's further figures: name -> [sum, count]
+    figures = Figures()
     for _, batch in zip(range(max(1, rows // (micro * env.world_size))), loader):
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with autocast():
             summed, n, _, *extra = objective(model, inputs)
         loss_sum, count = loss_sum + float(summed), count + int(n)
-        for name, (fig_sum, fig_count) in (extra[0] if extra else {}).items():
-            totals = figures.setdefault(name, [0.0, 0.0])
-            totals[0] += float(fig_sum)
-            totals[1] += float(fig_count)
-    loss_sum, count, *totals = all_reduce([loss_sum, count, *(v for pair in figures.values() for v in pair)])
+        figures.add(extra)
+    loss_sum, count, *totals = all_reduce([loss_sum, count, *figures.flat()])
     loss = loss_sum / max(count, 1)
-    named = {name: s / max(c, 1) for name, s, c in zip(figures, totals[0::2], totals[1::2])}
-    return {"loss": loss, "bpb": loss / math.log(2), **named, "bytes": int(count)}
+    return {"loss": loss, "bpb": loss / math.log(2), **figures.means(totals), "bytes": int(count)}

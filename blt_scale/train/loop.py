@@ -41,7 +41,7 @@ from blt_scale.train import records
 from blt_scale.train.config_check import check_resume_config
 from blt_scale.train.init_from import load_init
 from blt_scale.train.metrics import MetricsLogger, measure_matmul_peak, memory_gb
-from blt_scale.train.objectives import loss_fn
+from blt_scale.train.objectives import Figures, loss_fn
 from blt_scale.train.optim import build_optimizer, lr_factor
 from blt_scale.train.run_lock import RunDirLocked, RunLock
 from blt_scale.train.signals import StopFlag
@@ -296,7 +296,7 @@ class Trainer:
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         targets = patches = 0
-        figures: dict[str, list[float]] = {}  # an objective's further figures: name -> [sum, count]
+        figures = Figures()
         data_wait = 0.0
         # Sum over every target slot of the global batch, whatever the split over ranks.
         scale = self.strategy.grad_sum_factor / (t.global_batch * seq_len)
@@ -311,10 +311,7 @@ class Trainer:
             self.strategy.set_gradient_sync(self.model, i == self.accum - 1)
             with self.strategy.autocast():
                 summed, count, aux, *extra = self.loss_fn(self.model, inputs)
-            for name, (fig_sum, fig_count) in (extra[0] if extra else {}).items():
-                totals = figures.setdefault(name, [0.0, 0.0])
-                totals[0] += float(fig_sum)
-                totals[1] += float(fig_count)
+            figures.add(extra)
             if self.step + 1 in t.inject_nan_at and self.env.rank == 0:
                 summed = summed * float("nan")
             self.strategy.backward((summed if aux is None else summed + aux) * scale)
@@ -323,7 +320,7 @@ class Trainer:
             patches += int((lengths > 0).sum())
         lr = self.optimizer.param_groups[0]["lr"]
         g_loss, g_targets, g_patches, *g_figures = all_reduce(
-            [float(loss_sum), targets, patches, *(v for totals in figures.values() for v in totals)]
+            [float(loss_sum), targets, patches, *figures.flat()]
         )
         # Clip, step unless non-finite, clear the gradients (an engine may do all three itself).
         grad_norm, finite = self.strategy.optimizer_step(
@@ -355,10 +352,7 @@ class Trainer:
             "step": self.step,
             "loss": loss,
             "bpb": loss / math.log(2),
-            **{
-                name: fig_sum / max(fig_count, 1)
-                for name, fig_sum, fig_count in zip(figures, g_figures[0::2], g_figures[1::2])
-            },
+            **figures.means(g_figures),
             "lr": lr,
             "grad_norm": float(grad_norm),
             "bytes_per_s": input_bytes / elapsed,

@@ -244,6 +244,28 @@ def svf_loss(model, batch, patcher: PatcherConfig | None = None):
     return ce, count, aux, figures
 
 
+class Figures:
+    """An objective's further figures summed over micro-batches, {name: [sum, count]}; `flat` goes
+    into the step's one all_reduce (every rank runs the same objective: same names, same order) and
+    `means` reads the reduced sums back as Σ sum / Σ count."""
+
+    def __init__(self):
+        self.totals: dict[str, list[float]] = {}
+
+    def add(self, outputs: tuple) -> None:
+        """The objective's outputs after (sum, count, aux): empty, or its figures."""
+        for name, (fig_sum, fig_count) in (outputs[0] if outputs else {}).items():
+            totals = self.totals.setdefault(name, [0.0, 0.0])
+            totals[0] += float(fig_sum)
+            totals[1] += float(fig_count)
+
+    def flat(self) -> list[float]:
+        return [v for totals in self.totals.values() for v in totals]
+
+    def means(self, reduced: list[float]) -> dict[str, float]:
+        return {name: s / max(c, 1) for name, s, c in zip(self.totals, reduced[0::2], reduced[1::2])}
+
+
 LOSSES = {
     "blt": text_loss,
     "byte_lm": text_loss,
