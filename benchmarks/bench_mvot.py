@@ -82,11 +82,13 @@ def train(run_dir: Path, tokenizer: Path, seed: int, steps: int, extra: list[str
 
 
 @torch.no_grad()
-def image_error(model, cfg, traces: list[bytes]) -> dict:
-    """Mean codebook MSE and code accuracy of the state images generated after each move."""
+def image_error(model, cfg, traces: list[bytes], sample: bool = False) -> dict:
+    """Mean codebook MSE and code accuracy of the state images generated after each move, greedily
+    or (sample) drawn at temperature 1 from the image ids, seeded."""
     per_image = cfg.model.tokenizer.codes_per_image
     K = cfg.model.tokenizer.rvq.codebook_size
     dist = code_distances(model.images.codebook)
+    draws = torch.Generator().manual_seed(0)
     errors, right = [], []
     for data in traces:
         ids = torch.from_numpy(stream_ids(data, bos=True))
@@ -95,7 +97,11 @@ def image_error(model, cfg, traces: list[bytes]) -> dict:
             seq = ids[:start]
             for k in range(per_image):
                 logits = model(seq[None], patch_lengths_with_next(seq[None], cfg.patcher))[0, -1]
-                code = int(logits[IMAGE_OFFSET : IMAGE_OFFSET + K].argmax())
+                image_logits = logits[IMAGE_OFFSET : IMAGE_OFFSET + K].float()
+                if sample:
+                    code = int(torch.multinomial(image_logits.softmax(-1), 1, generator=draws))
+                else:
+                    code = int(image_logits.argmax())
                 truth = int(ids[start + k]) - IMAGE_OFFSET
                 errors.append(float(dist[truth, code]))
                 right.append(code == truth)
@@ -124,23 +130,27 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="training steps of every mvot model")
     p.add_argument("--weight", type=float, default=1.0, help="discrepancy_weight of the `ld` models")
     p.add_argument("--traces", type=int, default=48, help="held-out traces per evaluation")
+    p.add_argument("--texture", type=float, default=0.0, help="data.gridworld.texture of every run")
+    p.add_argument("--no-answers", action="store_true", help="image error only: no `noimg` model")
     p.add_argument("--work", default=None, help="directory for the runs (default: a temporary one)")
     args = p.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_mvot_"))
     started = time.perf_counter()
-    tok_cfg = load_recipe("vq_image_tokenizer_tiny", [f"run_dir={work}/tokenizer", *QUIET])
+    texture = [f"data.gridworld.texture={args.texture}"]
+    tok_cfg = load_recipe("vq_image_tokenizer_tiny", [f"run_dir={work}/tokenizer", *QUIET, *texture])
     assert run_training(tok_cfg) == 0
     tokenizer = work / "tokenizer"
     results = []
     for seed in args.seeds:
         row: dict = {"seed": seed}
-        for name, extra in [
+        models = [
             ("ld", [f"model.mvot.discrepancy_weight={args.weight}"]),
             ("ce", ["model.mvot.discrepancy_weight=0"]),
             ("noimg", ["model.mvot.discrepancy_weight=0", "data.gridworld.interleave=false"]),
-        ]:
-            run_dir = train(work / f"seed{seed}_{name}", tokenizer, seed, args.steps, extra)
+        ]
+        for name, extra in models[:2] if args.no_answers else models:
+            run_dir = train(work / f"seed{seed}_{name}", tokenizer, seed, args.steps, [*texture, *extra])
             model, _, _ = load_model(run_dir)
             cfg = saved_recipe(run_dir)
             world = cfg.data.gridworld
@@ -152,7 +162,8 @@ def main() -> None:
             model.eval()
             if name != "noimg":
                 row[name] = image_error(model, cfg, traces)
-            if name != "ld":
+                row[f"{name}_sampled"] = image_error(model, cfg, traces, sample=True)
+            if name != "ld" and not args.no_answers:
                 row[f"{name}_answer"] = answer_accuracy(model, cfg, traces)
         print(json.dumps(row), flush=True)
         results.append(row)
@@ -160,21 +171,26 @@ def main() -> None:
     def mean(key: str, field: str) -> float:
         return statistics.mean(r[key][field] for r in results)
 
-    summary = {
-        "steps": args.steps,
-        "weight": args.weight,
-        "image_mse_ld": mean("ld", "image_mse"),
-        "image_mse_ce": mean("ce", "image_mse"),
-        "ld_lower_in_seeds": sum(r["ld"]["image_mse"] < r["ce"]["image_mse"] for r in results),
-        "code_acc_ld": mean("ld", "code_acc"),
-        "code_acc_ce": mean("ce", "code_acc"),
-        "answer_acc_images": mean("ce_answer", "accuracy"),
-        "answer_acc_no_images": mean("noimg_answer", "accuracy"),
-        "answered_images": mean("ce_answer", "answered"),
-        "answered_no_images": mean("noimg_answer", "answered"),
-        "majority": mean("ce_answer", "majority"),
-        "seconds": time.perf_counter() - started,
-    }
+    summary = {"steps": args.steps, "weight": args.weight, "texture": args.texture}
+    for how in ["", "_sampled"]:
+        summary |= {
+            f"image_mse_ld{how}": mean(f"ld{how}", "image_mse"),
+            f"image_mse_ce{how}": mean(f"ce{how}", "image_mse"),
+            f"ld_lower_in_seeds{how}": sum(
+                r[f"ld{how}"]["image_mse"] < r[f"ce{how}"]["image_mse"] for r in results
+            ),
+            f"code_acc_ld{how}": mean(f"ld{how}", "code_acc"),
+            f"code_acc_ce{how}": mean(f"ce{how}", "code_acc"),
+        }
+    if not args.no_answers:
+        summary |= {
+            "answer_acc_images": mean("ce_answer", "accuracy"),
+            "answer_acc_no_images": mean("noimg_answer", "accuracy"),
+            "answered_images": mean("ce_answer", "answered"),
+            "answered_no_images": mean("noimg_answer", "answered"),
+            "majority": mean("ce_answer", "majority"),
+        }
+    summary["seconds"] = time.perf_counter() - started
     print(json.dumps(summary, indent=1))
 
 

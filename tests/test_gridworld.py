@@ -26,7 +26,7 @@ from blt_scale.model.vocab import BOS, PAD
 WORLD = GridWorldConfig()
 
 
-def fake_codes(states: np.ndarray) -> np.ndarray:
+def fake_codes(states: np.ndarray, shades=None) -> np.ndarray:
     """One code per cell: its kind (what a perfect tokenizer of these images could give)."""
     return states.reshape(len(states), -1)
 

@@ -14,6 +14,9 @@ on (seed, split, index), so a trace is the same on every machine and rank.
 
 States are drawn as `cell_pixels`² squares of one colour per cell kind (COLOURS); the VQ image
 tokenizer (model/vq_image.py) learns to code them, and trains on the states of these traces.
+`texture` > 0 scales each cell's colour by a brightness drawn afresh for every image (like sensor
+noise), so a cell kind is coded by several nearby codes and the true code is uncertain within its
+kind: the case of a large codebook, where MVoT's discrepancy loss is meant to help.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class GridWorldConfig(Config):
     cell_pixels: int = Field(default=4, gt=0, description="pixels per side of a cell in state images")
     holes: float = Field(default=0.2, ge=0, lt=1, description="chance that a cell is a hole")
     max_moves: int = Field(default=6, gt=0, description="most moves of a trace")
+    texture: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="each cell's colour is scaled by a brightness drawn uniformly in "
+        "[1 - texture, 1 + texture] afresh for every image; 0: flat colours",
+    )
     interleave: bool = Field(default=True, description="a state image after every move (MVoT); false: none")
     tokenizer: str | None = Field(
         default=None,
@@ -65,6 +75,7 @@ class Trace:
     states: list[np.ndarray]  # cell kinds [size, size]: the start, then after each move
     moves: str
     reached: bool
+    shades: np.ndarray | None = None  # brightness [len(states), size, size]; None: flat colours
 
 
 def _walk(holes: np.ndarray, goal: tuple, start: tuple, moves: str) -> Trace:
@@ -101,18 +112,26 @@ def make_trace(cfg: GridWorldConfig, seed: int, split: str, index: int) -> Trace
     else:
         count = int(rng.integers(1, cfg.max_moves + 1))
         moves = "".join(rng.choice(list(MOVES), size=count))
-    return _walk(holes, goal, start, moves)
+    trace = _walk(holes, goal, start, moves)
+    if cfg.texture > 0:  # its own stream: the traces of texture 0 stay as they were
+        shade_rng = np.random.default_rng([seed, SPLIT_SEEDS[split], index, 2])
+        trace.shades = 1 + cfg.texture * shade_rng.uniform(-1, 1, (len(trace.states), n, n))
+    return trace
 
 
-def render(states: np.ndarray, cell_pixels: int) -> torch.Tensor:
-    """Cell kinds [..., n, n] -> RGB images [..., 3, n·p, n·p] in [0, 1]."""
-    img = COLOURS[states].repeat(cell_pixels, axis=-3).repeat(cell_pixels, axis=-2)
+def render(states: np.ndarray, cell_pixels: int, shades: np.ndarray | None = None) -> torch.Tensor:
+    """Cell kinds [..., n, n] (and their brightness, same shape) -> RGB images [..., 3, n·p, n·p] in
+    [0, 1]."""
+    colours = COLOURS[states]
+    if shades is not None:
+        colours = np.clip(colours * shades[..., None], 0, 1).astype(np.float32)
+    img = colours.repeat(cell_pixels, axis=-3).repeat(cell_pixels, axis=-2)
     return torch.from_numpy(np.moveaxis(img, -1, -3).copy())
 
 
 def trace_bytes(trace: Trace, cfg: GridWorldConfig, codes_of) -> bytes:
-    """The trace as bytes; codes_of(states [S, n, n]) -> visual codes [S, codes per image]."""
-    codes = [image_bytes(c) for c in codes_of(np.stack(trace.states))]
+    """The trace as bytes; codes_of(states [S, n, n], shades) -> visual codes [S, codes per image]."""
+    codes = [image_bytes(c) for c in codes_of(np.stack(trace.states), trace.shades)]
     out = [f"Lake {cfg.size}x{cfg.size}:".encode(), codes[0], f" Moves: {' '.join(trace.moves)}.".encode()]
     if cfg.interleave:
         for m, img in zip(trace.moves, codes[1:]):
@@ -155,7 +174,7 @@ def tokenizer_codes(tokenizer, cfg: GridWorldConfig):
             f"the tokenizer reads {tokenizer.cfg.image_size}-pixel images; data.gridworld draws "
             f"{cfg.size} cells x {cfg.cell_pixels} = {cfg.image_size} pixels"
         )
-    return lambda states: tokenizer.encode(render(states, cfg.cell_pixels)).numpy()
+    return lambda states, shades=None: tokenizer.encode(render(states, cfg.cell_pixels, shades)).numpy()
 
 
 class GridWorldLoader:
@@ -181,7 +200,8 @@ class GridWorldLoader:
             pick = np.random.default_rng([self.seed, SPLIT_SEEDS[self.split], index, 1]).integers(
                 len(trace.states)
             )
-            return trace.states[pick]
+            shades = None if trace.shades is None else trace.shades[pick]
+            return render(trace.states[pick], self.world.cell_pixels, shades).numpy()
         ids = stream_ids(trace_bytes(trace, self.world, self.codes_of), bos=True, eos=True)
         if len(ids) > self.seq_len + 1:
             raise ValueError(
@@ -196,7 +216,7 @@ class GridWorldLoader:
             items = np.stack([self.item(start + i) for i in range(self.micro_batch)])
             self.consumed += self.micro_batch * self.world_size
             if self.codes_of is None:
-                images = render(items, self.world.cell_pixels)
+                images = torch.from_numpy(items)
                 yield {"images": images, "patch_lengths": torch.zeros(len(items), 1, dtype=torch.long)}
             else:
                 tokens = torch.from_numpy(items)
