@@ -9,6 +9,7 @@ from blt_scale.data.gridworld import (
     AGENT,
     AGENT_AT_GOAL,
     AGENT_IN_HOLE,
+    COLOURS,
     GOAL,
     GridWorldConfig,
     _walk,
@@ -69,6 +70,29 @@ def test_images_show_one_colour_per_cell():
     img = render(np.array([[0, 1], [2, 3]]), 3)
     assert img.shape == (3, 6, 6) and 0 <= float(img.min()) and float(img.max()) <= 1
     assert torch.equal(img[:, 3:, :3], img[:, 3:4, 0:1].expand(3, 3, 3))
+
+
+def test_texture_changes_brightness_only_and_afresh_per_image():
+    """texture t scales each cell's colour by a brightness in [1 - t, 1 + t], drawn per cell and
+    image; the lake, the moves and the states are those of the flat world."""
+    flat, textured = (
+        make_trace(WORLD, 0, "train", 5),
+        make_trace(WORLD.model_copy(update={"texture": 0.3}), 0, "train", 5),
+    )
+    assert flat.shades is None and textured.moves == flat.moves
+    assert all((a == b).all() for a, b in zip(flat.states, textured.states))
+    shades = textured.shades
+    assert shades.shape == (len(flat.states), 4, 4) and 0.7 <= shades.min() and shades.max() <= 1.3
+    assert not np.allclose(shades[0], shades[1])  # afresh for every image
+    images = render(np.stack(flat.states), 2, shades)
+    expected = np.clip(COLOURS[flat.states[1][2, 3]] * shades[1, 2, 3], 0, 1)
+    assert np.allclose(images[1, :, 4:6, 6:8].numpy(), expected[:, None, None])
+    world = WORLD.model_copy(update={"texture": 0.3})
+    batch = next(
+        iter(build_loader(DataConfig(seq_len=768, gridworld=world), PatcherConfig(), 3, "train", 0, 1))
+    )
+    assert batch["images"].shape == (3, 3, 16, 16)
+    assert len(torch.unique(batch["images"][:, 0])) > 6 * 3  # more shades than cell kinds
 
 
 @pytest.mark.parametrize("world_size", [1, 2])

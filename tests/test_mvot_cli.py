@@ -12,6 +12,14 @@ from mvot_helpers import mvot_overrides
 
 from blt_scale.checkpoint.restore import load_model
 from blt_scale.cli.generate import show_with_images
+from blt_scale.data.gridworld import (
+    GridWorldConfig,
+    load_tokenizer,
+    make_trace,
+    prompt_and_answer,
+    tokenizer_codes,
+    trace_bytes,
+)
 from blt_scale.data.loader import build_loader
 from blt_scale.data.store import open_complete
 from blt_scale.model.generate import Generation
@@ -37,10 +45,16 @@ def test_prep_train_generate_pngs(tmp_path, tokenizer_dir):
         "4",
         "--prompts-out",
         str(prompts),
+        "--texture",
+        "0.3",
     )
     manifest = open_complete(str(data))[1]
     assert manifest["kind"] == "gridworld" and manifest["splits"]["train"]["documents"] == 32
     assert sorted(p.name for p in prompts.iterdir())[:2] == ["000.answer", "000.bin"]
+    world = GridWorldConfig(texture=0.3)
+    codes_of = tokenizer_codes(load_tokenizer(str(tokenizer_dir)), world)
+    expected = prompt_and_answer(trace_bytes(make_trace(world, 0, "val", 0), world, codes_of))[0]
+    assert (prompts / "000.bin").read_bytes() == expected  # the textured lake's codes
 
     args = mvot_overrides(tokenizer_dir, steps=4) + [f"data.sources=[{{uri: {data}}}]", "data.gridworld=null"]
     cfg = load_recipe("mvot_tiny", args)

@@ -36,7 +36,11 @@ def cmd_gridworld(args: argparse.Namespace) -> int:
     from blt_scale.data.prep_gridworld import GridWorldPrepConfig, prep_gridworld
 
     world = GridWorldConfig(
-        size=args.size, max_moves=args.max_moves, interleave=not args.no_images, tokenizer=args.tokenizer
+        size=args.size,
+        max_moves=args.max_moves,
+        texture=args.texture,
+        interleave=not args.no_images,
+        tokenizer=args.tokenizer,
     )
     cfg = GridWorldPrepConfig(
         world=world,
@@ -186,6 +190,13 @@ def register_prep(prep: argparse._SubParsersAction) -> None:
     p.add_argument("--val-traces", type=int, default=64, help="validation traces (default: 64)")
     p.add_argument("--size", type=int, default=4, help="cells per side of the lake (default: 4)")
     p.add_argument("--max-moves", type=int, default=6, help="most moves of a trace (default: 6)")
+    p.add_argument(
+        "--texture",
+        type=float,
+        default=0.0,
+        help="brightness of each cell drawn in [1 - T, 1 + T] afresh per image; the tokenizer's "
+        "data.gridworld.texture (default: 0, flat colours)",
+    )
     p.add_argument(
         "--no-images", action="store_true", help="no state image after each move (only the first map)"
     )
