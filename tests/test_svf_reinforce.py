@@ -16,7 +16,7 @@ from blt_scale.model.flops import model_flops
 from blt_scale.model.patcher import PatcherConfig, patch_lengths_with_next
 from blt_scale.model.svf import SVFConfig, SVFModel, SVFObjective, set_z, svf_layers
 from blt_scale.model.vocab import OFFSET, PAD
-from blt_scale.train.objectives import loss_fn, reinforce_terms, sample_completions
+from blt_scale.train.objectives import REWARDS, loss_fn, reinforce_terms, sample_completions
 from blt_scale.train.recipe import load_recipe
 
 BASE = {"kind": "byte_lm", "dim": 32, "layers": 1, "heads": 2, "window": None}
@@ -84,7 +84,8 @@ def test_loss_and_gradient_equal_a_brute_force_computation(base):
     perturb(model, 2.0)
     prompts, completions, truth = fixed_sample(model, patcher=patcher)
     assert not (completions == PAD).any()
-    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, 0.7, patcher)
+    reward = REWARDS["match"](completions, truth)
+    loss, kl = reinforce_terms(model, prompts, completions, reward, 0.7, patcher)
     z = [layer.z for layer in svf_layers(model).values()]
     grads = torch.autograd.grad(loss.mean(), z)
 
@@ -101,10 +102,28 @@ def test_loss_and_gradient_equal_a_brute_force_computation(base):
 def test_kl_is_zero_at_z_one():
     model = svf_model()
     prompts, completions, truth = fixed_sample(model)
-    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, 5.0)
+    reward = REWARDS["match"](completions, truth)
+    loss, kl = reinforce_terms(model, prompts, completions, reward, 5.0)
     assert float(kl.abs().max()) < 1e-6
     perturb(model, 0.05)
-    assert float(reinforce_terms(model, prompts, completions, truth, 5.0)[2].min()) > 0
+    assert float(reinforce_terms(model, prompts, completions, reward, 5.0)[1].min()) > 0
+
+
+def test_rewards_score_completions_against_the_truth():
+    truth = torch.tensor([[5, 6, 7, 8]] * 4)
+    completions = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 8], [9, 6, 7, 8], [9, 9, 9, 9]])
+    assert REWARDS["match"](completions, truth).tolist() == [1.0, 0.75, 0.75, 0.0]
+    assert REWARDS["prefix"](completions, truth).tolist() == [1.0, 0.5, 0.0, 0.0]
+    assert REWARDS["exact"](completions, truth).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_the_objective_uses_the_reward_it_names(monkeypatch):
+    monkeypatch.setitem(REWARDS, "exact", lambda completions, truth: torch.full((len(completions),), 0.25))
+    model = svf_model(prompt_bytes=16, completion_bytes=4, samples=4, reward="exact").train()
+    figures = loss_fn(model.cfg)(model, {"tokens": rows(0), "patch_lengths": None})[3]
+    assert [float(x) for x in figures["reward"]] == [0.25 * 16, 16]
+    with pytest.raises(ConfigError, match="reward only apply to kind reinforce"):
+        load_recipe("svf_expert_tiny", ["model.objective.reward=exact"])
 
 
 def rows(seed: int, n: int = 4, length: int = 33) -> torch.Tensor:
@@ -138,7 +157,7 @@ def distance_to_base(model: SVFModel) -> tuple[float, float]:
     """(KL(π_z ‖ π_base) per sampled id on held-out rows, mean |z − 1|)."""
     tokens = rows(99, n=8)
     completions = sample_completions(model, tokens[:, :16], 4, torch.Generator().manual_seed(0))
-    kl = reinforce_terms(model, tokens[:, :16], completions, tokens[:, 16:20], 0.0)[2]
+    kl = reinforce_terms(model, tokens[:, :16], completions, torch.zeros(len(tokens)), 0.0)[1]
     z = torch.cat([layer.z.detach() for layer in svf_layers(model).values()])
     return float(kl.mean()) / 4, float((z - 1).abs().mean())
 

@@ -41,8 +41,8 @@ class SVFObjective(Config):
     reinforce: the paper's objective, REINFORCE on a task reward with a KL penalty to the base model
     (train/objectives.py computes it). From each training row the first `prompt_bytes` ids are a
     prompt; the adapted model samples `samples` completions of `completion_bytes` ids; a completion's
-    reward is the fraction of its ids equal to the row's true continuation, centred by the mean reward
-    of the micro-batch. Per completion ŷ the loss is
+    reward compares it with the row's true continuation (`reward`), centred by the mean reward of the
+    micro-batch. Per completion ŷ the loss is
     (−(r − r̄)·log π_z(ŷ) + kl_weight·Σ_t KL(π_z ‖ π_base)) / completion_bytes, with the KL over the
     next-id distributions at each sampled position; π_base is the same model with z = 1."""
 
@@ -56,6 +56,12 @@ class SVFObjective(Config):
         description="reinforce: ids sampled per completion (fixed: every rank runs the same forward passes)",
     )
     samples: int = Field(default=4, ge=1, description="reinforce: completions sampled per row")
+    reward: Literal["match", "prefix", "exact"] = Field(
+        default="match",
+        description="reinforce: a completion's reward against the true continuation: match, the fraction "
+        "of its ids that are right; prefix, the fraction right before the first wrong one; exact, 1 if "
+        "all are right, else 0 (train/objectives.py REWARDS)",
+    )
     kl_weight: float = Field(
         default=0.1,
         ge=0,

@@ -179,16 +179,25 @@ def sample_completions(
     return seq[:, prompts.shape[1] :]
 
 
+# A completion's reward against its row's true continuation (SVFObjective.reward): [N, L] ids each
+# -> [N]. A task with another notion of success adds its function here.
+REWARDS = {
+    "match": lambda completions, truth: (completions == truth).float().mean(1),
+    "prefix": lambda completions, truth: (completions == truth).float().cumprod(1).mean(1),
+    "exact": lambda completions, truth: (completions == truth).all(1).float(),
+}
+
+
 def reinforce_terms(
     model: nn.Module,
     prompts: torch.Tensor,
     completions: torch.Tensor,
-    truth: torch.Tensor,
+    reward: torch.Tensor,
     kl_weight: float,
     patcher: PatcherConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, reward, KL) per completion (ReinforceObjective in model/svf.py): reward = fraction of
-    ids equal to the true continuation, KL = Σ_t KL(π_z ‖ π_base) over the completion's positions,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, KL) per completion (SVFObjective in model/svf.py), given each completion's reward r:
+    KL = Σ_t KL(π_z ‖ π_base) over the completion's positions,
     loss = (−(r − mean r)·log π_z(ŷ) + kl_weight·KL) / completion length."""
     P, L = prompts.shape[1], completions.shape[1]
     inputs = torch.cat([prompts, completions], 1)[:, :-1]
@@ -200,10 +209,9 @@ def reinforce_terms(
     # PAD has probability 0 under both policies, and 0·log 0 is 0. masked_fill, not torch.where:
     # where's unchosen branch (−inf − −inf) would still send NaN into the gradient.
     kl = (logp.exp() * (logp - base).masked_fill(logp.isinf(), 0.0)).sum((-1, -2))
-    reward = (completions == truth).float().mean(1)
     advantage = reward - reward.mean()  # the micro-batch's mean reward as the baseline
     loss = (-advantage * sampled + kl_weight * kl) / L
-    return loss, reward, kl.detach()
+    return loss, kl.detach()
 
 
 def svf_loss(model, batch, patcher: PatcherConfig | None = None):
@@ -236,7 +244,8 @@ def svf_loss(model, batch, patcher: PatcherConfig | None = None):
     prompts = tokens[:, :P].repeat_interleave(S, 0)
     completions = sample_completions(model, prompts, L, generator, patcher)
     truth = tokens[:, P : P + L].repeat_interleave(S, 0)
-    loss, reward, kl = reinforce_terms(model, prompts, completions, truth, objective.kl_weight, patcher)
+    reward = REWARDS[objective.reward](completions, truth)
+    loss, kl = reinforce_terms(model, prompts, completions, reward, objective.kl_weight, patcher)
     # The trainer divides by global_batch · seq_len: scaled so the gradient is that of the mean loss
     # per completion over the global batch.
     aux = loss.mean() * tokens.shape[0] * (tokens.shape[1] - 1) - ce
