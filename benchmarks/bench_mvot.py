@@ -112,23 +112,28 @@ def image_error(model, cfg, traces: list[bytes], sample: bool = False) -> dict:
 
 
 @torch.no_grad()
-def kind_oracle(tokenizer, world, seed: int, traces: int) -> dict:
-    """The image error of a model that knows every cell's kind but not its brightness (texture), the
-    floor of image_error: greedy, it gives each kind's code nearest to that kind's codes on average;
-    sampling, it draws from the kind's codes at their frequencies (counted on the held-out states)."""
+def references(tokenizer, world, seed: int, traces: int) -> dict:
+    """Image errors that frame image_error's, from the code frequencies of the held-out state images
+    after the moves: a model that knows every cell's kind but not its brightness (`oracle_*`: greedy,
+    it gives the kind's code nearest to that kind's codes on average; sampling, it draws from the
+    kind's codes at their frequencies), and one that knows nothing of the lake (`blind_*`: the one
+    code nearest to all codes on average; draws at the codes' overall frequencies)."""
     codes_of = tokenizer_codes(tokenizer, world)
     dist = code_distances(tokenizer.codebook).double()
     counts = torch.zeros(len(COLOURS), len(dist), dtype=torch.float64)
     for i in range(traces):
         trace = make_trace(world, seed, "val", i)
-        kinds = torch.from_numpy(np.stack(trace.states)).reshape(-1)
-        codes = torch.from_numpy(codes_of(np.stack(trace.states), trace.shades)).reshape(-1)
+        kinds = torch.from_numpy(np.stack(trace.states[1:])).reshape(-1)
+        codes = torch.from_numpy(codes_of(np.stack(trace.states), trace.shades)[1:]).reshape(-1)
         counts.index_put_((kinds, codes), torch.ones(len(kinds), dtype=torch.float64), accumulate=True)
     weight, p = counts.sum(1) / counts.sum(), counts / counts.sum(1, keepdim=True).clamp_min(1)
     expected = p @ dist  # [kind, code]: mean error of giving this code for this kind
+    overall = counts.sum(0) / counts.sum()
     return {
         "oracle_greedy": float((weight * expected.min(1).values).sum()),
         "oracle_sampled": float((weight * (expected * p).sum(1)).sum()),
+        "blind_greedy": float((dist @ overall).min()),
+        "blind_sampled": float(overall @ dist @ overall),
     }
 
 
@@ -164,8 +169,8 @@ def main() -> None:
     tok_cfg = load_recipe("vq_image_tokenizer_tiny", [f"run_dir={work}/tokenizer", *QUIET, *texture])
     assert run_training(tok_cfg) == 0
     tokenizer = work / "tokenizer"
-    oracle = kind_oracle(load_tokenizer(str(tokenizer)), tok_cfg.data.gridworld, 0, args.traces)
-    print(json.dumps(oracle), flush=True)
+    reference = references(load_tokenizer(str(tokenizer)), tok_cfg.data.gridworld, 0, args.traces)
+    print(json.dumps(reference), flush=True)
     results = []
     for seed in args.seeds:
         row: dict = {"seed": seed}
@@ -196,7 +201,7 @@ def main() -> None:
     def mean(key: str, field: str) -> float:
         return statistics.mean(r[key][field] for r in results)
 
-    summary = {"steps": args.steps, "weight": args.weight, "texture": args.texture, **oracle}
+    summary = {"steps": args.steps, "weight": args.weight, "texture": args.texture, **reference}
     for how in ["", "_sampled"]:
         summary |= {
             f"image_mse_ld{how}": mean(f"ld{how}", "image_mse"),
