@@ -116,6 +116,12 @@ def test_plot_overlays_runs_on_the_axis_asked_for(finished_run, tmp_path):
     assert list(train.get_xdata()) == [s * 8 * 64 for s in (1, 2, 3, 4)]  # bytes seen after each step
     assert list(train.get_ydata()) == pytest.approx([v / math.log(2) for v in losses(other).values()])
     assert compare_runs([finished_run], x="step").axes[0].get_xlabel() == "step"
+    ax = compare_runs([other], metric="loss").axes[0]
+    assert ax.get_ylabel() == "loss"
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx(list(losses(other).values()))
+    r = blt("plot", str(other), "--metric", "reward", "--out", str(tmp_path / "no.png"), check=False)
+    assert r.returncode != 0 and "metrics.jsonl has no 'reward'" in r.stderr and "grad_norm" in r.stderr
+    assert not (tmp_path / "no.png").exists()
 
 
 def sweep_rows(budgets: list[float], sizes=("s", "m", "l")) -> list[dict]:

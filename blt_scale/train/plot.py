@@ -35,9 +35,10 @@ def plot_losses(run_dir: str | Path, marks: dict[str, int] | None = None) -> Pat
     return out
 
 
-def compare_runs(run_dirs: list[str | Path], x: str = "step"):
-    """One figure of several runs: training bpb (thin) and validation bpb (dots) of each, in one
-    color per run, against `x` (step, or bytes seen). Returns the matplotlib Figure."""
+def compare_runs(run_dirs: list[str | Path], x: str = "step", metric: str = "bpb"):
+    """One figure of several runs: a metric of metrics.jsonl (bpb, or e.g. loss, discrepancy,
+    reward), training rows thin and validation rows as dots, in one color per run, against `x`
+    (step, or bytes seen). Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,26 +51,29 @@ def compare_runs(run_dirs: list[str | Path], x: str = "step"):
         rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
         if not rows:
             raise FileNotFoundError(f"{run_dir}: no metrics.jsonl rows to plot")
-        train = [r for r in rows if "split" not in r]
+        if not any(metric in r for r in rows):
+            known = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+            raise ValueError(f"{run_dir}/metrics.jsonl has no {metric!r}; its figures: {', '.join(known)}")
+        train = [r for r in rows if "split" not in r and metric in r]
         # bytes seen at a validation step: those of the training row of the same step
-        seen = {r["step"]: r.get("bytes_consumed", 0) for r in train}
+        seen = {r["step"]: r.get("bytes_consumed", 0) for r in rows if "split" not in r}
 
         def pos(r: dict, seen: dict = seen) -> float:
             return r["step"] if x == "step" else seen.get(r["step"], 0)
 
         name = Path(run_dir).name
-        line = ax.plot([pos(r) for r in train], [r["bpb"] for r in train], lw=1, label=f"{name} train")[0]
-        val = [r for r in rows if r.get("split") == "val"]
+        line = ax.plot([pos(r) for r in train], [r[metric] for r in train], lw=1, label=f"{name} train")[0]
+        val = [r for r in rows if r.get("split") == "val" and metric in r]
         if val:
             ax.plot(
                 [pos(r) for r in val],
-                [r["bpb"] for r in val],
+                [r[metric] for r in val],
                 "o--",
                 color=line.get_color(),
                 label=f"{name} val",
             )
     ax.set_xlabel("step" if x == "step" else "training bytes")
-    ax.set_ylabel("bits per byte")
+    ax.set_ylabel("bits per byte" if metric == "bpb" else metric)
     ax.set_title(f"{len(run_dirs)} run(s)")
     ax.legend(fontsize=8)
     fig.tight_layout()
