@@ -59,6 +59,7 @@ from blt_scale.data.gridworld import (
 from blt_scale.model.generate import generate_batch
 from blt_scale.model.mvot import IMAGE_OFFSET, code_distances, stream_ids
 from blt_scale.model.patcher import patch_lengths_with_next
+from blt_scale.train.plot import compare_runs, save_figure
 from blt_scale.train.recipe import load_recipe, saved_recipe
 from blt_scale.train.run import run_training
 
@@ -171,7 +172,7 @@ def main() -> None:
     tokenizer = work / "tokenizer"
     reference = references(load_tokenizer(str(tokenizer)), tok_cfg.data.gridworld, 0, args.traces)
     print(json.dumps(reference), flush=True)
-    results = []
+    results, image_runs = [], []
     for seed in args.seeds:
         row: dict = {"seed": seed}
         models = [
@@ -191,6 +192,7 @@ def main() -> None:
             ]
             model.eval()
             if name != "noimg":
+                image_runs.append(run_dir)
                 row[name] = image_error(model, cfg, traces)
                 row[f"{name}_sampled"] = image_error(model, cfg, traces, sample=True)
             if name != "ld" and not args.no_answers:
@@ -221,6 +223,11 @@ def main() -> None:
             "majority": mean("ce_answer", "majority"),
         }
     summary["seconds"] = time.perf_counter() - started
+    # L_D per image target while training, with and without it (the expected codebook error of a code
+    # drawn from the model, teacher-forced)
+    summary["plot"] = str(
+        save_figure(compare_runs(image_runs, metric="discrepancy"), work / "discrepancy.png")
+    )
     print(json.dumps(summary, indent=1))
 
 
