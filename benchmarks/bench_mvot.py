@@ -3,35 +3,47 @@ to the true ones, and does answer accuracy gain from interleaved state images?
 
 One VQ image tokenizer (recipe vq_image_tokenizer_tiny) is trained once; then, for each seed, three
 mvot_tiny models at equal steps: interleaved images with discrepancy_weight W (`ld`) and 0 (`ce`),
-and without the state images after the moves (`noimg`, data.gridworld.interleave=false, weight 0).
-On held-out traces (the val seed stream):
+and without the state images after the moves (`noimg`, data.gridworld.interleave=false, weight 0;
+left out with --no-answers). On held-out traces (the val seed stream):
 - image error (`ld`, `ce`): for every state image after a move, the true trace up to that image is
-  the prefix and the model generates the image's 16 codes greedily, restricted to image ids; the
-  figure is the mean over generated codes of the MSE between the generated and the true code's
-  codebook vectors (the quantity L_D weighs), and `code_acc` the share of codes that are right;
+  the prefix and the model generates the image's 16 codes, restricted to image ids, greedily and
+  (`*_sampled`) at temperature 1; the figure is the mean over generated codes of the MSE between the
+  generated and the true code's codebook vectors (the quantity L_D weighs), and `code_acc` the share
+  of codes that are right. References from the code frequencies: `oracle_*`, a model that knows every
+  cell's kind but not its brightness; `blind_*`, one that knows nothing of the lake;
 - answer accuracy (`ce` with images, `noimg` without): from the prompt (lake image and moves) the
   model writes the rest greedily (with images it must draw the states first), and its ' Goal? yes/no'
-  is compared with the truth; `majority` is the accuracy of always giving the commoner answer.
+  is compared with the truth; `majority` is the accuracy of always giving the commoner answer;
+- discrepancy.png: L_D per image target in the training rows of every `ld` and `ce` run.
 
-    PYTHONPATH=. python benchmarks/bench_mvot.py [--seeds 0 1 2] [--steps 200] [--weight 1.0] [--traces 48]
+    PYTHONPATH=. python benchmarks/bench_mvot.py [--seeds 0 1 2] [--steps 200] [--weight 1.0]
+        [--texture 0.0] [--traces 48] [--no-answers]
 
-Measured on 2 shared CPU cores (2026-11-30), seeds 0 1 2, weight 1.0, 48 held-out traces each:
-- 300 steps (8 min in all): image MSE ld 0.0494 vs ce 0.0487 (ld lower in 1 of 3 seeds: 0.0516 vs
-  0.0442, 0.0437 vs 0.0524, 0.0529 vs 0.0495); code accuracy 0.819 vs 0.822. Answer accuracy with
-  images 0.688, without 0.729, always-the-commoner-answer 0.708: neither model reads the lake yet.
-- 1000 steps (37 min): image MSE ld 0.0144 vs ce 0.0150 (ld lower in 2 of 3 seeds: 0.0092 vs 0.0086,
-  0.0161 vs 0.0180, 0.0177 vs 0.0182); code accuracy 0.950 vs 0.949: a small difference, inside the
-  spread between seeds. Answer accuracy with interleaved images 0.889 (0.833, 0.875, 0.958), without
-  0.674 (0.646, 0.729, 0.646), commoner answer 0.708: drawing the states first is what makes the
-  answers better than the base rate here.
-- 1000 steps, seeds 3 4 5 (`--seeds 3 4 5 --steps 1000`, 30 min): image MSE ld 0.0111 vs ce 0.0113
-  (ld lower in 1 of 3: 0.0056 vs 0.0130, 0.0089 vs 0.0073, 0.0188 vs 0.0136); answer accuracy with
-  images 0.81, without 0.65, commoner answer 0.57. Over all 6 seeds at weight 1.0: ld 0.0127 vs ce
-  0.0131, lower in 3 of 6, paired difference -0.0004 ± 0.0042 (sd): no measurable effect of L_D at
-  this scale, while interleaved images add 0.12-0.31 answer accuracy in every one of the 6 seeds.
-- 1000 steps, seeds 3 4 5, `--weight 3.0` (one process per seed, in parallel): image MSE ld 0.0150
-  vs ce 0.0113 (ld lower in 1 of 3: 0.0217 vs 0.0130, 0.0047 vs 0.0073, 0.0187 vs 0.0136): a larger
-  weight does not help either.
+L_D charges a wrong code by how far its codebook vector lies from the right one, so it can only
+matter where several codes look alike. With flat colours (texture 0) each cell kind has one code;
+`--texture 0.3` draws each cell's brightness afresh per image, so a kind is coded by 2-20 codes (as
+a large codebook codes one look by many) and the exact code of a cell is unknowable.
+
+Measured on 2 shared CPU cores (2026-11-30), weight 1.0, 48 held-out traces each, greedy unless said:
+- Flat colours, 300 steps, seeds 0-2 (8 min): image MSE ld 0.0494 vs ce 0.0487 (ld lower in 1 of 3);
+  answer accuracy with images 0.688, without 0.729, commoner answer 0.708: neither reads the lake yet.
+- Flat colours, 1000 steps, 6 seeds (`--seeds 0 1 2 --steps 1000`, 37 min; then 3 4 5): image MSE ld
+  0.0127 vs ce 0.0131 (blind 0.075), ld lower in 3 of 6, paired difference -0.0004 ± 0.0042 (sd): no
+  measurable effect. `--weight 3.0` (seeds 3-5): 0.0150 vs 0.0113, worse. Answer accuracy with
+  interleaved images 0.889 (seeds 0-2) and 0.81 (3-5), without 0.674 and 0.65, commoner answer 0.708
+  and 0.57: images add 0.12-0.31 in every one of the 6 seeds.
+- `--texture 0.3 --no-answers`, one process per seed, 3 at a time. References: oracle 0.017 greedy,
+  0.033 sampled; blind 0.090 greedy, 0.179 sampled.
+  - 1000 steps (9 min), 6 seeds: ld lower in 6 of 6, greedy 0.125 vs 0.168 (paired -0.043 ± 0.039),
+    sampled 0.124 vs 0.168 (-0.044 ± 0.030). Both are still near the blind references: the models
+    have not learned the lake, and L_D's gain is that it hedges towards central codes.
+  - 3000 steps (26 min), seeds 0-2: greedy ld 0.067, 0.075, 0.063 vs ce 0.074, 0.067, 0.118;
+    sampled 0.061, 0.065, 0.056 vs 0.067, 0.062, 0.129: ld lower in 2 of 3. discrepancy.png shows
+    why: the teacher-forced L_D of every `ld` run drops from ~0.17 to ~0.11 between steps 750 and
+    850; the `ce` runs drop at step ~850, ~1500 and not by step 3000 (seed 2, 0.14). L_D makes the
+    model learn which codes are alike sooner, and afterwards both reach about the same error.
+- `--texture 0.1`, 1000 steps, seeds 0-2: greedy ld 0.101, 0.059, 0.093 vs ce 0.055, 0.060, 0.096
+  (blind 0.077): ld lower in 2 of 3 but higher on average; neither model has learned the lake.
 """
 
 from __future__ import annotations
