@@ -14,7 +14,9 @@ left out with --no-answers). On held-out traces (the val seed stream):
 - answer accuracy (`ce` with images, `noimg` without): from the prompt (lake image and moves) the
   model writes the rest greedily (with images it must draw the states first), and its ' Goal? yes/no'
   is compared with the truth; `majority` is the accuracy of always giving the commoner answer;
-- discrepancy.png: L_D per image target in the training rows of every `ld` and `ce` run.
+- discrepancy.png (in the work directory): L_D per image target in the training rows of every `ld`
+  and `ce` run, and `learned_at`, the step at which it falls halfway from the blind to the oracle
+  reference.
 
     PYTHONPATH=. python benchmarks/bench_mvot.py [--seeds 0 1 2] [--steps 200] [--weight 1.0]
         [--texture 0.0] [--traces 48] [--no-answers]
@@ -34,14 +36,17 @@ Measured on 2 shared CPU cores (2026-11-30), weight 1.0, 48 held-out traces each
   and 0.57: images add 0.12-0.31 in every one of the 6 seeds.
 - `--texture 0.3 --no-answers`, one process per seed, 3 at a time. References: oracle 0.017 greedy,
   0.033 sampled; blind 0.090 greedy, 0.179 sampled.
-  - 1000 steps (9 min), 6 seeds: ld lower in 6 of 6, greedy 0.125 vs 0.168 (paired -0.043 ± 0.039),
-    sampled 0.124 vs 0.168 (-0.044 ± 0.030). Both are still near the blind references: the models
-    have not learned the lake, and L_D's gain is that it hedges towards central codes.
-  - 3000 steps (26 min), seeds 0-2: greedy ld 0.067, 0.075, 0.063 vs ce 0.074, 0.067, 0.118;
-    sampled 0.061, 0.065, 0.056 vs 0.067, 0.062, 0.129: ld lower in 2 of 3. discrepancy.png shows
-    why: the teacher-forced L_D of every `ld` run drops from ~0.17 to ~0.11 between steps 750 and
-    850; the `ce` runs drop at step ~850, ~1500 and not by step 3000 (seed 2, 0.14). L_D makes the
-    model learn which codes are alike sooner, and afterwards both reach about the same error.
+  - 1000 steps (9 min per 3 seeds), 6 seeds: ld lower in 6 of 6, greedy 0.125 vs 0.168 (paired
+    -0.043 ± 0.039), sampled 0.124 vs 0.168 (-0.044 ± 0.030). Both are partway through learning
+    the lake: greedy errors above the blind greedy reference, sampled ones below the blind sampled.
+  - 3000 steps (26 min per 3 seeds), 6 seeds: both models learn the lake (below the blind
+    references), and then L_D no longer lowers the error: greedy ld 0.067, 0.075, 0.063, 0.077, 0.078,
+    0.071 vs ce 0.074, 0.067, 0.118, 0.074, 0.079, 0.057 (lower in 3 of 6; means 0.072 vs 0.078, the
+    gap from seed 2, whose ce model had not learned); sampled lower in 2 of 6 (0.065 vs 0.074).
+  - What L_D changes is when the model learns which codes are alike. `learned_at` (the first step
+    whose 5 training rows' mean L_D is below halfway from blind to oracle, 0.106) is 1030, 1130,
+    1200, 1250, 1250, 1070 with L_D and 1610, 1430, never, 1250, 1450, 1400 without: earlier in 5
+    of 6 seeds, the same step in one. discrepancy.png shows the drop.
 - `--texture 0.1`, 1000 steps, seeds 0-2: greedy ld 0.101, 0.059, 0.093 vs ce 0.055, 0.060, 0.096
   (blind 0.077): ld lower in 2 of 3 but higher on average; neither model has learned the lake.
 """
@@ -68,6 +73,7 @@ from blt_scale.data.gridworld import (
     tokenizer_codes,
     trace_bytes,
 )
+from blt_scale.files import read_jsonl
 from blt_scale.model.generate import generate_batch
 from blt_scale.model.mvot import IMAGE_OFFSET, code_distances, stream_ids
 from blt_scale.model.patcher import patch_lengths_with_next
@@ -150,6 +156,16 @@ def references(tokenizer, world, seed: int, traces: int) -> dict:
     }
 
 
+def learned_at(run_dir: Path, below: float, rows: int = 5) -> int | None:
+    """The first step at which the mean L_D of `rows` consecutive training rows is below `below`
+    (None: never): when the model learned which codes are alike."""
+    history = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "split" not in r and "discrepancy" in r]
+    for i in range(len(history) - rows + 1):
+        if statistics.mean(r["discrepancy"] for r in history[i : i + rows]) < below:
+            return history[i + rows - 1]["step"]
+    return None
+
+
 @torch.no_grad()
 def answer_accuracy(model, cfg, traces: list[bytes]) -> dict:
     prompts = [prompt_and_answer(d) for d in traces]
@@ -206,6 +222,9 @@ def main() -> None:
             if name != "noimg":
                 image_runs.append(run_dir)
                 row[name] = image_error(model, cfg, traces)
+                # halfway from knowing nothing of the lake to knowing every cell's kind
+                halfway = (reference["blind_sampled"] + reference["oracle_sampled"]) / 2
+                row[f"{name}_learned_at"] = learned_at(run_dir, halfway)
                 row[f"{name}_sampled"] = image_error(model, cfg, traces, sample=True)
             if name != "ld" and not args.no_answers:
                 row[f"{name}_answer"] = answer_accuracy(model, cfg, traces)
@@ -226,6 +245,8 @@ def main() -> None:
             f"code_acc_ld{how}": mean(f"ld{how}", "code_acc"),
             f"code_acc_ce{how}": mean(f"ce{how}", "code_acc"),
         }
+    summary["learned_at_ld"] = [r["ld_learned_at"] for r in results]
+    summary["learned_at_ce"] = [r["ce_learned_at"] for r in results]
     if not args.no_answers:
         summary |= {
             "answer_acc_images": mean("ce_answer", "accuracy"),
