@@ -149,7 +149,7 @@ def test_prep_refuses_a_split_that_leaks(recordings, tmp_path, monkeypatch):
 
     monkeypatch.setattr(prep_module, "assign_windows", per_window)
     with pytest.raises(ValueError) as info:
-        prep(recordings[:1], tmp_path / "ds", "split=by-block")
+        prep(recordings[:1], tmp_path / "ds", "split=by-block", "block_s=20")
     msg = str(info.value)
     assert "\n" not in msg and str(recordings[0][0]) in msg and "shares samples with" in msg
 
@@ -184,3 +184,33 @@ def test_brain_prep_refuses_webdataset_with_its_reason(recordings, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "--format wds" in err and "MDS only" in err and "exactly-once resume" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+def held_out(got: dict[str, list[dict]]) -> list[dict]:
+    return got["val"] + got["test"]
+
+
+def test_held_out_blocks_hold_windows_and_the_split_survives_moving_the_corpus(tmp_path):
+    """Recordings with a long silent tail: of 8 ten-second blocks only the first holds word
+    windows. A block without windows must not be held out (val would be empty however large
+    val_fraction). Recordings are named by their path below the folder holding them all, so the
+    same corpus copied to a folder of another depth gets the same split."""
+    manifests, held = [], []
+    for where in ("a/deeper/folder", "b"):
+        src = tmp_path / where
+        src.mkdir(parents=True)
+        recs = [
+            write_eeg_fif(src / f"sub-{i + 1:02d}_raw.fif", n_words=10, seed=i, sfreq=SFREQ, tail=60.0)
+            for i in range(3)
+        ]
+        out = tmp_path / f"ds-{where.replace('/', '-')}"
+        manifest = prep(recs, out, "block_s=10", "val_fraction=0.3", "test_fraction=0.1")
+        got = windows_by_split(out, manifest, tmp_path)
+        for split in ("val", "test"):
+            blocks = {f"{s['recording']}#block0" for s in got[split]}
+            assert blocks == set(manifest["split"][split]) and len(blocks) == 1
+        names = {"sub-01_raw.fif", "sub-02_raw.fif", "sub-03_raw.fif"}
+        assert {s["recording"] for s in got["train"]} == names - {s["recording"] for s in held_out(got)}
+        manifests.append(manifest["split"])
+        held.append(sorted((s["recording"], s["onset_s"]) for s in held_out(got)))
+    assert manifests[0] == manifests[1] and held[0] == held[1]

@@ -40,7 +40,6 @@ from blt_scale.data.brain.split import (
     block_seconds,
     check_disjoint,
     held_out_units,
-    recording_units,
     window_unit,
 )
 from blt_scale.data.brain.windows import cut_windows, window_samples
@@ -52,11 +51,11 @@ log = logging.getLogger(__name__)
 
 def _check_inputs(
     recs: list[Recording], cfg: BrainPrepConfig
-) -> tuple[dict[str, BadRecording], dict[str, float]]:
+) -> tuple[dict[str, BadRecording], dict[str, list[str]]]:
     """Header-only checks of every recording; returns the bad ones (errors unless skip_bad) and
-    every readable recording's duration in seconds."""
+    the split units each readable recording's text windows fall in."""
     bad: dict[str, BadRecording] = {}
-    seconds_of: dict[str, float] = {}
+    units_of: dict[str, list[str]] = {}
     first: tuple[float, str] | None = None
     for rec in recs:
         if rec.bids is not None and rec.events_tsv is None:
@@ -67,7 +66,7 @@ def _check_inputs(
             continue
         raw = open_raw(rec, preload=False)
         sfreq, seconds = float(raw.info["sfreq"]), raw.n_times / raw.info["sfreq"]
-        seconds_of[rec.name] = seconds
+        units_of[rec.name] = window_units(rec, raw, cfg)
         if cfg.preprocess.resample is None:
             if first is None:
                 first = (sfreq, rec.path)
@@ -83,18 +82,25 @@ def _check_inputs(
             )
     if bad and not cfg.skip_bad:
         raise next(iter(bad.values()))
-    return bad, seconds_of
+    return bad, units_of
 
 
-def split_plan(recs: list[Recording], cfg: BrainPrepConfig, bad: dict, seconds_of: dict) -> dict[str, str]:
+def window_units(rec: Recording, raw, cfg: BrainPrepConfig) -> list[str]:
+    """The split units that hold at least one of the recording's text windows, found from its
+    header and events before any signal is read. Units without a window are left out of the
+    split plan: holding one out would hold out nothing. (The window count is taken at the
+    resampled length, which mne rounds the same way; a window touching the recording's last
+    sample is the only one this can misjudge.)"""
+    sfreq = float(raw.info["sfreq"])
+    target = float(cfg.preprocess.resample or sfreq)
+    n_times = int(round(raw.n_times * target / sfreq))
+    windows, _ = cut_windows(text_events(raw, rec.events_tsv, cfg.events), n_times, target, cfg.windows)
+    return sorted({window_unit(cfg, rec.name, rec.subject, w.start, target) for w in windows if w.text})
+
+
+def split_plan(recs: list[Recording], cfg: BrainPrepConfig, bad: dict, units_of: dict) -> dict[str, str]:
     """{unit: val|test} of the held-out units of all good inputs (see split.py)."""
-    units = [
-        u
-        for r in recs
-        if r.name not in bad
-        for u in recording_units(cfg, r.name, r.subject, seconds_of[r.name])
-    ]
-    return held_out_units(units, cfg)
+    return held_out_units([u for r in recs if r.name not in bad for u in units_of[r.name]], cfg)
 
 
 def recording_windows(rec: Recording, cfg, events_required: bool = True):
@@ -208,8 +214,8 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     check_plan(root, plan)
     if root.is_complete():
         return {**root.read_json(MANIFEST), "converted_parts": 0}
-    bad, seconds_of = _check_inputs(recs, cfg)
-    held = split_plan(recs, cfg, bad, seconds_of)
+    bad, units_of = _check_inputs(recs, cfg)
+    held = split_plan(recs, cfg, bad, units_of)
     root.write_json(PLAN, plan)
     names = [part_name(i, len(recs)) for i in range(len(recs))]
     todo = [i for i, n in enumerate(names) if not root.exists(f"{PARTS}/{n}.json")]

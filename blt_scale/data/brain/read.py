@@ -120,6 +120,7 @@ def find_recordings(inputs: list[str]) -> list[Recording]:
                 raise _unknown(path)
             else:
                 out.append(_plain(path))
+    _name_relative(out)
     names = [r.name for r in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -130,6 +131,16 @@ def find_recordings(inputs: list[str]) -> list[Recording]:
 def _plain(path: str) -> Recording:
     sub, ses = _entities(path)
     return Recording(path, os.path.abspath(path), sub, ses)
+
+
+def _name_relative(recs: list[Recording]) -> None:
+    """Plain recordings named by their path below the deepest folder holding them all, so that
+    the names, and the held-out split hashed from them, stay the same when the corpus moves."""
+    plain = [r for r in recs if r.bids is None]
+    if plain:
+        base = os.path.commonpath([os.path.dirname(r.name) for r in plain])
+        for r in plain:
+            r.name = os.path.relpath(r.name, base)
 
 
 def open_raw(rec: Recording, preload: bool):

@@ -3,7 +3,7 @@
 Columns (the contract the brain loader and models rely on):
     signal   float16 [channels, time]     preprocessed, robust-scaled
     text     bytes                        the aligned text, UTF-8
-    subject  str, session str, recording str
+    subject  str, session str, recording str (path below the folder of all inputs; see read.py)
     sfreq    float64
     ch_names json (list of str)
     ch_pos   float32 [channels, 3]        metres, head/device frame of the file; NaN-free

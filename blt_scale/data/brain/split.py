@@ -12,8 +12,9 @@ by-block      contiguous blocks of block_s seconds of a recording, numbered from
               window of another split are dropped, held-out splits winning (test over val
               over train), and counted.
 
-Which units are held out is decided once, before any recording is converted, from all inputs:
-the units sorted by crc32 of their id, the first round(test_fraction x N) to test, the next
+Which units are held out is decided once, before any recording is converted, from all inputs'
+units that hold at least one text window (an empty unit held out would hold out nothing): the
+units sorted by crc32 of their id, the first round(test_fraction x N) to test, the next
 round(val_fraction x N) to val (at least one each when its fraction is > 0, and at least one
 unit left for training). So the split depends only on the inputs and options, never on the
 number of workers or the order of conversion.
@@ -26,7 +27,6 @@ and raises naming the recording.
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import numpy as np
@@ -43,15 +43,6 @@ _HINT = {
 
 def block_seconds(cfg) -> float:
     return cfg.block_s if cfg.block_s is not None else BLOCK_WINDOWS * cfg.windows.seconds()
-
-
-def recording_units(cfg, name: str, subject: str, seconds: float) -> list[str]:
-    """The split units a recording of `seconds` contributes."""
-    if cfg.split == "by-recording":
-        return [name]
-    if cfg.split == "by-subject":
-        return [subject]
-    return [block_id(name, i) for i in range(max(1, math.ceil(seconds / block_seconds(cfg))))]
 
 
 def block_id(name: str, index: int) -> str:
