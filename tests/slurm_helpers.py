@@ -97,7 +97,7 @@ def wait_metrics(run_dir: Path, rows: int, job: str, timeout: float = JOB_TIMEOU
     deadline = time.monotonic() + timeout
     while len(losses(run_dir)) < rows:
         state, _ = job_state(job)
-        if state not in ACTIVE:
+        if state not in ACTIVE and state != "UNKNOWN":  # UNKNOWN: squeue failed under load, sacct lags
             raise AssertionError(f"job {job} ended ({state}) before {rows} metric rows")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{run_dir}: fewer than {rows} metric rows after {timeout} s")

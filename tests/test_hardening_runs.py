@@ -162,10 +162,21 @@ def test_sigterm_to_every_process_with_wandb_on_stops_cleanly(tmp_path):
     }
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         Path(wandb_env[var]).mkdir()
-    with_wandb = [o for o in TINY if not o.startswith("wandb.")] + ["wandb.enabled=true", "train.steps=30"]
+    with_wandb = [o for o in TINY if not o.startswith("wandb.")] + ["wandb.enabled=true"]
     env = os.environ | {"OMP_NUM_THREADS": "1"} | wandb_env
+    # Far more steps than needed, so the run is still going when the signal comes however fast
+    # the machine or however late this process is scheduled; the resume sets the real length.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "blt_scale.cli", "train", "cpu_tiny", *with_wandb, f"run_dir={run_dir}"],
+        [
+            sys.executable,
+            "-m",
+            "blt_scale.cli",
+            "train",
+            "cpu_tiny",
+            *with_wandb,
+            "train.steps=100000",
+            f"run_dir={run_dir}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -189,9 +200,11 @@ def test_sigterm_to_every_process_with_wandb_on_stops_cleanly(tmp_path):
     stopped = int(last.split("after step ")[1].split(";")[0])
     assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, stopped + 1))
 
-    r = blt("train", "cpu_tiny", *with_wandb, f"run_dir={run_dir}", env=wandb_env)
-    assert f"at step {stopped}/30" in r.stderr
-    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 31))
+    r = blt(
+        "train", "cpu_tiny", *with_wandb, f"train.steps={stopped + 3}", f"run_dir={run_dir}", env=wandb_env
+    )
+    assert f"at step {stopped}/{stopped + 3}" in r.stderr
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, stopped + 4))
 
 
 def test_the_outcome_is_the_last_line_with_wandb_on(tmp_path):

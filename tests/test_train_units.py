@@ -35,7 +35,8 @@ def test_env_from_torchrun_then_slurm():
         }
     )
     assert (sl.rank, sl.world_size, sl.local_rank, sl.master_addr, sl.source) == (5, 8, 1, "gpu07", "slurm")
-    assert sl.master_port == 29500 + 4242
+    assert sl.master_port == 29500 + 4242 % 3000 < 32768  # below the ephemeral port range
+    assert read_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "3299"}).master_port == 29799
     assert read_env({}) == DistEnv()
 
 

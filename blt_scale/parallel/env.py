@@ -15,6 +15,9 @@ import torch
 import torch.distributed as dist
 
 SLURM_DEFAULT_PORT = 29500
+# Job ids spread over this many ports above the default: enough for the jobs that share a node,
+# and all below Linux's ephemeral range (32768-60999), where an outgoing connection may hold one.
+SLURM_PORT_SPREAD = 3000
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def read_env(environ: dict | None = None) -> DistEnv:
             local_rank=int(env.get("SLURM_LOCALID", 0)),
             master_addr=env.get("MASTER_ADDR") or first_slurm_host(nodelist),
             # A port derived from the job id lets two jobs share a node without colliding.
-            master_port=int(env.get("MASTER_PORT") or SLURM_DEFAULT_PORT + job % 10000),
+            master_port=int(env.get("MASTER_PORT") or SLURM_DEFAULT_PORT + job % SLURM_PORT_SPREAD),
             source="slurm",
         )
     return DistEnv()
