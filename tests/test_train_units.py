@@ -1,5 +1,6 @@
 """Trainer pieces that need no rank processes: rank environment, checkpoint picking, configs, run lock."""
 
+import socket
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 from blt_scale.checkpoint.layout import MARKER, latest_complete, remove_partial
 from blt_scale.config import ConfigError
 from blt_scale.parallel.config import ParallelConfig
-from blt_scale.parallel.env import DistEnv, first_slurm_host, read_env
+from blt_scale.parallel.env import DistEnv, ephemeral_ports, first_slurm_host, free_port, read_env
 from blt_scale.parallel.strategy import build_strategy
 from blt_scale.train.recipe import load_recipe
 
@@ -45,6 +46,19 @@ def test_env_from_torchrun_then_slurm():
 )
 def test_first_slurm_host(nodes, first):
     assert first_slurm_host(nodes) == first
+
+
+def test_free_port_lies_outside_the_ephemeral_range_and_is_free(tmp_path):
+    """A master port from the ephemeral range can be taken by a rank's own retrying connect()
+    (TCP self-connect); the local launcher's port never lies there."""
+    low, high = ephemeral_ports()
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= p < 65536 and not low <= p <= high for p in ports) and len(ports) > 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))  # free: this bind would raise otherwise
+    (tmp_path / "range").write_text("40000\t50000\n")
+    assert ephemeral_ports(str(tmp_path / "range")) == (40000, 50000)
+    assert ephemeral_ports(str(tmp_path / "missing")) == (32768, 60999)
 
 
 def test_latest_complete_ignores_partial_checkpoints(tmp_path):

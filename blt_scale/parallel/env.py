@@ -6,6 +6,7 @@ plus the WANDB_* variables the metrics honour."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 from dataclasses import dataclass
@@ -84,10 +85,34 @@ def wandb_settings(environ: dict | None = None) -> dict:
     return {k: env[k] for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY") if env.get(k)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ephemeral_ports(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The range the kernel draws connect() source ports from (Linux's default where unreadable)."""
+    try:
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(attempts: int = 200) -> int:
+    """A TCP port free now and outside the ephemeral range. The ranks that connect to the master
+    retry until it listens, each retry on a fresh source port from that range; one that drew the
+    master's own port (bind(0) would pick it from there) would connect to itself and take the port
+    (TCP self-connect). Ports outside the range are never handed out as source ports."""
+    low, high = ephemeral_ports()
+    below, above = range(max(1024, low - 10000), low), range(high + 1, 65536)
+    pool = below if len(below) >= len(above) else above
+    rng = random.Random()  # seeded from the OS: concurrent launches draw different ports
+    for _ in range(attempts):
+        port = rng.choice(pool)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port in {pool.start}-{pool.stop - 1} after {attempts} tries")
 
 
 def pick_device(name: str, env: DistEnv) -> torch.device:
