@@ -109,14 +109,35 @@ def test_recording_shorter_than_one_window(tmp_path):
     assert report["skipped"]["windows_outside_recording"] == 1 and report["splits"]["train"]["documents"] == 4
 
 
-def test_no_text_events(tmp_path):
+@pytest.mark.parametrize("held_out", [[], ["val_fraction=0.3"]], ids=["no-val", "val"])
+def test_no_text_events(tmp_path, held_out):
+    """The same errors whether or not a split is planned (the plan reads every recording's events
+    first, and must not turn a recording's error into a split error)."""
     raw, _ = make_eeg_raw(n_words=5)
     raw.set_annotations(mne.Annotations([1.0], [0.5], ["BAD_movement"], orig_time=raw.info["meas_date"]))
     raw.save(tmp_path / "silent_raw.fif", verbose="error")
-    msg = fails(tmp_path, [tmp_path / "silent_raw.fif"], match="no text events")
+    msg = fails(tmp_path, [tmp_path / "silent_raw.fif"], *held_out, match="no text events")
     assert "silent_raw.fif" in msg
     # skipping the only recording leaves nothing: still an error, and no dataset
-    msg = fails(tmp_path, [tmp_path / "silent_raw.fif"], "skip_bad=true", match="no windows from 1 recording")
+    fails(
+        tmp_path,
+        [tmp_path / "silent_raw.fif"],
+        *held_out,
+        "skip_bad=true",
+        match="no windows from 1 recording",
+    )
+
+
+def test_no_event_leaves_a_whole_window(tmp_path):
+    # 4.2 s long, one word at 0.2 s: its window (-1.5...0.5 s) starts before the recording
+    early, _ = write_eeg_fif(tmp_path / "early_raw.fif", n_words=1, lead=0.2, tail=3.0)
+    good, _ = write_eeg_fif(tmp_path / "good_raw.fif", n_words=12)
+    window = ["windows.tmin=-1.5", "windows.tmax=0.5", "val_fraction=0.3", "block_s=5"]
+    msg = fails(tmp_path, [good, early], *window, match="none of 1 text events leaves a whole window")
+    assert str(early) in msg and "-1.5...0.5 s" in msg
+    report = prep(tmp_path, [good, early], *window, "skip_bad=true")
+    assert report["skipped"]["recordings"] == 1 and report["skipped_inputs"][0]["input"] == str(early)
+    assert report["splits"]["val"]["documents"] > 0 and report["splits"]["train"]["documents"] > 0
 
 
 def test_sampling_rate_mismatch_names_the_file(tmp_path):

@@ -214,3 +214,7 @@ def test_held_out_blocks_hold_windows_and_the_split_survives_moving_the_corpus(t
         manifests.append(manifest["split"])
         held.append(sorted((s["recording"], s["onset_s"]) for s in held_out(got)))
     assert manifests[0] == manifests[1] and held[0] == held[1]
+    # Same names and sizes, other files: converting them into the first corpus's finished
+    # directory is refused, not answered with the first corpus's shards.
+    with pytest.raises(ValueError, match=r"different finished conversion \(differs in \['inputs'\]\)"):
+        prep(recs, tmp_path / "ds-a-deeper-folder", "block_s=10", "val_fraction=0.3", "test_fraction=0.1")

@@ -6,10 +6,10 @@ recordings and does nothing once _COMPLETE exists), and the manifest is written 
 
 Checks made before any shard is written: every input is a recording of a known format, BIDS
 recordings have an events.tsv, all inputs share one sampling rate unless preprocess.resample
-is set, and each recording is at least one window long. Recordings that are bad (too short,
-no text events, too many bad channels) stop the conversion with an error naming the file, or,
-with skip_bad, are skipped, logged and counted in the manifest. Windows that cross a
-recording's ends are always skipped and counted.
+is set, each recording is at least one window long and has a text event whose window lies
+inside it. Recordings that are bad (too short, no text events, too many bad channels) stop the
+conversion with an error naming the file, or, with skip_bad, are skipped, logged and counted in
+the manifest. Windows that cross a recording's ends are always skipped and counted.
 
 Splits (split.py): train, val and test hold whole units (time blocks, recordings or subjects)
 chosen once from all inputs; the manifest's `split` records the unit and the held-out ids, and
@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 def _check_inputs(
     recs: list[Recording], cfg: BrainPrepConfig
 ) -> tuple[dict[str, BadRecording], dict[str, list[str]]]:
-    """Header-only checks of every recording; returns the bad ones (errors unless skip_bad) and
-    the split units each readable recording's text windows fall in."""
+    """Checks of every recording from its header and events (no signal is read); returns the bad
+    ones (errors unless skip_bad) and the split units each good recording's text windows fall in."""
     bad: dict[str, BadRecording] = {}
     units_of: dict[str, list[str]] = {}
     first: tuple[float, str] | None = None
@@ -66,7 +66,6 @@ def _check_inputs(
             continue
         raw = open_raw(rec, preload=False)
         sfreq, seconds = float(raw.info["sfreq"]), raw.n_times / raw.info["sfreq"]
-        units_of[rec.name] = window_units(rec, raw, cfg)
         if cfg.preprocess.resample is None:
             if first is None:
                 first = (sfreq, rec.path)
@@ -80,6 +79,11 @@ def _check_inputs(
                 f"{rec.path}: recording of {seconds:.3f} s is shorter than one window "
                 f"({cfg.windows.seconds():g} s of windows.*)"
             )
+            continue
+        try:
+            units_of[rec.name] = window_units(rec, raw, cfg)
+        except BadRecording as err:
+            bad[rec.name] = err
     if bad and not cfg.skip_bad:
         raise next(iter(bad.values()))
     return bad, units_of
@@ -94,13 +98,34 @@ def window_units(rec: Recording, raw, cfg: BrainPrepConfig) -> list[str]:
     sfreq = float(raw.info["sfreq"])
     target = float(cfg.preprocess.resample or sfreq)
     n_times = int(round(raw.n_times * target / sfreq))
-    windows, _ = cut_windows(text_events(raw, rec.events_tsv, cfg.events), n_times, target, cfg.windows)
+    events = text_events(raw, rec.events_tsv, cfg.events)
+    if not events and cfg.windows.mode == "events":
+        raise no_text_events(rec, cfg)
+    windows, _ = cut_windows(events, n_times, target, cfg.windows)
+    if not windows:
+        raise no_whole_window(rec, len(events), cfg)
     return sorted({window_unit(cfg, rec.name, rec.subject, w.start, target) for w in windows if w.text})
 
 
+def no_text_events(rec: Recording, cfg: BrainPrepConfig) -> BadRecording:
+    return BadRecording(
+        f"{rec.path}: no text events in {rec.events_tsv or 'its annotations'} (kinds {cfg.events.kinds}; "
+        f"ignored {cfg.events.ignore}); expected word or sentence descriptions"
+    )
+
+
+def no_whole_window(rec: Recording, events: int, cfg: BrainPrepConfig) -> BadRecording:
+    return BadRecording(
+        f"{rec.path}: none of {events} text events leaves a whole window "
+        f"({cfg.windows.tmin:g}...{cfg.windows.tmax:g} s) inside the recording"
+    )
+
+
 def split_plan(recs: list[Recording], cfg: BrainPrepConfig, bad: dict, units_of: dict) -> dict[str, str]:
-    """{unit: val|test} of the held-out units of all good inputs (see split.py)."""
-    return held_out_units([u for r in recs if r.name not in bad for u in units_of[r.name]], cfg)
+    """{unit: val|test} of the held-out units of all good inputs (see split.py); none when no
+    input has a text window (the manifest step then says there is nothing to train on)."""
+    units = [u for r in recs if r.name not in bad for u in units_of[r.name]]
+    return held_out_units(units, cfg) if units else {}
 
 
 def recording_windows(rec: Recording, cfg, events_required: bool = True):
@@ -112,12 +137,8 @@ def recording_windows(rec: Recording, cfg, events_required: bool = True):
     events = text_events(raw, rec.events_tsv, cfg.events)
     windows_cfg = cfg.windows
     if not events and cfg.windows.mode == "events":
-        where = rec.events_tsv or "its annotations"
         if events_required:
-            raise BadRecording(
-                f"{rec.path}: no text events in {where} (kinds {cfg.events.kinds}; "
-                f"ignored {cfg.events.ignore}); expected word or sentence descriptions"
-            )
+            raise no_text_events(rec, cfg)
         seconds = cfg.windows.seconds()
         windows_cfg = cfg.windows.model_copy(
             update={"mode": "sliding", "length_s": seconds, "step_s": seconds}
@@ -126,10 +147,7 @@ def recording_windows(rec: Recording, cfg, events_required: bool = True):
     windows, outside = cut_windows(events, prep.data.shape[1], prep.sfreq, windows_cfg)
     n = window_samples(windows_cfg, prep.sfreq)
     if not windows:
-        raise BadRecording(
-            f"{rec.path}: none of {len(events)} text events leaves a whole window "
-            f"({cfg.windows.tmin:g}...{cfg.windows.tmax:g} s) inside the recording"
-        )
+        raise no_whole_window(rec, len(events), cfg)
     return prep, windows, outside, n
 
 
@@ -208,7 +226,8 @@ def prep_brain(cfg: BrainPrepConfig, progress: bool = True) -> dict:
     plan = {
         "kind": "brain",
         "options": options,
-        "inputs": [[r.name, s] for r, s in zip(recs, sizes)],
+        # where the files are, not their names: the same names elsewhere are another corpus
+        "inputs": [[os.path.abspath(r.path), s] for r, s in zip(recs, sizes)],
         "parts": [[i] for i in range(len(recs))],
     }
     check_plan(root, plan)
