@@ -122,6 +122,8 @@ def test_plot_overlays_runs_on_the_axis_asked_for(finished_run, tmp_path):
     r = blt("plot", str(other), "--metric", "reward", "--out", str(tmp_path / "no.png"), check=False)
     assert r.returncode != 0 and "metrics.jsonl has no 'reward'" in r.stderr and "grad_norm" in r.stderr
     assert not (tmp_path / "no.png").exists()
+    with pytest.raises(ValueError, match="has no 'split'"):  # a field, but not a figure
+        compare_runs([other], metric="split")
 
 
 def sweep_rows(budgets: list[float], sizes=("s", "m", "l")) -> list[dict]:

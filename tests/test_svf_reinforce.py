@@ -6,6 +6,7 @@ z = 1."""
 from __future__ import annotations
 
 import copy
+from typing import get_args
 
 import pytest
 import torch
@@ -115,6 +116,8 @@ def test_rewards_score_completions_against_the_truth():
     assert REWARDS["match"](completions, truth).tolist() == [1.0, 0.75, 0.75, 0.0]
     assert REWARDS["prefix"](completions, truth).tolist() == [1.0, 0.5, 0.0, 0.0]
     assert REWARDS["exact"](completions, truth).tolist() == [1.0, 0.0, 0.0, 0.0]
+    # every reward can be named in a config, and every name has a reward
+    assert set(REWARDS) == set(get_args(SVFObjective.model_fields["reward"].annotation))
 
 
 def test_the_objective_uses_the_reward_it_names(monkeypatch):

@@ -56,7 +56,7 @@ class GridWorldConfig(Config):
         ge=0,
         lt=1,
         description="each cell's colour is scaled by a brightness drawn uniformly in "
-        "[1 - texture, 1 + texture] afresh for every image; 0: flat colours",
+        "[1 - texture, 1 + texture] afresh for every image (channels clipped at 1); 0: flat colours",
     )
     interleave: bool = Field(default=True, description="a state image after every move (MVoT); false: none")
     tokenizer: str | None = Field(

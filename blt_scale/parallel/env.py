@@ -104,15 +104,18 @@ def free_port(attempts: int = 200) -> int:
     below, above = range(max(1024, low - 10000), low), range(high + 1, 65536)
     pool = below if len(below) >= len(above) else above
     rng = random.Random()  # seeded from the OS: concurrent launches draw different ports
-    for _ in range(attempts):
+    for _ in range(attempts if pool else 0):
         port = rng.choice(pool)
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind(("", port))  # every address, as the master's store will listen
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free TCP port in {pool.start}-{pool.stop - 1} after {attempts} tries")
+    # The ephemeral range covers every port, or all tried are taken: the kernel's choice.
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def pick_device(name: str, env: DistEnv) -> torch.device:

@@ -180,7 +180,8 @@ def sample_completions(
 
 
 # A completion's reward against its row's true continuation (SVFObjective.reward): [N, L] ids each
-# -> [N]. A task with another notion of success adds its function here.
+# -> [N]. A task with another notion of success adds its function here and its name to
+# SVFObjective.reward (the config lives below train/ and cannot import this table).
 REWARDS = {
     "match": lambda completions, truth: (completions == truth).float().mean(1),
     "prefix": lambda completions, truth: (completions == truth).float().cumprod(1).mean(1),

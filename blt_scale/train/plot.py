@@ -51,10 +51,10 @@ def compare_runs(run_dirs: list[str | Path], x: str = "step", metric: str = "bpb
         rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
         if not rows:
             raise FileNotFoundError(f"{run_dir}: no metrics.jsonl rows to plot")
-        if not any(metric in r for r in rows):
+        if not any(isinstance(r.get(metric), (int, float)) for r in rows):
             known = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
             raise ValueError(f"{run_dir}/metrics.jsonl has no {metric!r}; its figures: {', '.join(known)}")
-        train = [r for r in rows if "split" not in r and metric in r]
+        train = [r for r in rows if "split" not in r and isinstance(r.get(metric), (int, float))]
         # bytes seen at a validation step: those of the training row of the same step
         seen = {r["step"]: r.get("bytes_consumed", 0) for r in rows if "split" not in r}
 
@@ -63,7 +63,7 @@ def compare_runs(run_dirs: list[str | Path], x: str = "step", metric: str = "bpb
 
         name = Path(run_dir).name
         line = ax.plot([pos(r) for r in train], [r[metric] for r in train], lw=1, label=f"{name} train")[0]
-        val = [r for r in rows if r.get("split") == "val" and metric in r]
+        val = [r for r in rows if r.get("split") == "val" and isinstance(r.get(metric), (int, float))]
         if val:
             ax.plot(
                 [pos(r) for r in val],
