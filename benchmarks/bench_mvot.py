@@ -48,7 +48,7 @@ Measured on 2 shared CPU cores (2026-11-30), weight 1.0, 48 held-out traces each
     whose 5 training rows' mean L_D is below halfway from blind to oracle, 0.106) is 1030, 1130,
     1200, 1250, 1250, 1070 with L_D and 1610, 1430, never, 1250, 1450, 1400 without: earlier in 5
     of 6 seeds, the same step in one. discrepancy.png shows the drop.
-  - The weight, 1000 steps, seeds 0-2 (`--weight W`; the `ce` models are the same runs, bit for bit,
+  - The weight, 1000 steps, seeds 0-2 (`--weight W`; the `ce` models give identical figures in both,
     greedy 0.180, 0.193, 0.166): `--weight 0.3` ld 0.099, 0.193, 0.171, lower in 1 of 3 (sampled
     0.102, 0.179, 0.169 vs 0.180, 0.181, 0.171: 3 of 3, two by < 0.003); `--weight 3.0` ld 0.097,
     0.118, 0.099, lower in 3 of 3 (sampled 0.089, 0.111, 0.092: 3 of 3), and seed 0's L_D reaches
